@@ -1,0 +1,1 @@
+"""Data: read and validate image/label pairs, the built-in synthetic set, train/validation splits."""
