@@ -1,0 +1,202 @@
+"""predict / evaluate CLIs and the frozen-graph + SavedModel export, on a tiny model dir built here."""
+import csv
+import json
+import os
+
+import cv2
+import numpy as np
+import pytest
+
+from unet_perf import evaluate, export, predict
+from unet_perf.compat import v1
+from unet_perf.inference import Predictor, build_predictor, restore
+
+from test_inference import make_model_dir, tiny_config
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    return make_model_dir(tmp_path / "model")[0]
+
+
+def run(main, argv, capsys):
+    """Run a CLI main through run_cli; returns (exit code, stdout, stderr)."""
+    from unet_perf.errors import run_cli
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(main, argv)
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err
+
+
+def write_slices(folder, count, size=(40, 52), seed=0, labels=False):
+    rng = np.random.default_rng(seed)
+    (folder / "image").mkdir(parents=True)
+    if labels:
+        (folder / "label").mkdir()
+    for index in range(count):
+        cv2.imwrite(str(folder / "image" / "{}.png".format(index)), rng.integers(0, 256, size).astype(np.uint8))
+        if labels:
+            mask = np.full(size, 255, np.uint8)
+            mask[:, 20 + index] = 0
+            cv2.imwrite(str(folder / "label" / "{}.png".format(index)), mask)
+
+
+# --- predict -----------------------------------------------------------------------------------------------
+
+def test_predict_folder_writes_probability_and_mask_pngs(tmp_path, model_dir, capsys):
+    write_slices(tmp_path / "in", 3)
+    code, out, _ = run(predict.main, ["--model_dir", model_dir, "--input", str(tmp_path / "in" / "image"),
+                                      "--output", str(tmp_path / "out"), "--batch_size", "2"], capsys)
+    assert code == 0
+    assert "[3/3]" in out  # a line per image when stderr is not a terminal
+    with Predictor.from_model_dir(model_dir, batch_size=2) as predictor:
+        expected = predictor.predict(cv2.imread(str(tmp_path / "in" / "image" / "1.png"), cv2.IMREAD_GRAYSCALE))
+    prob = cv2.imread(str(tmp_path / "out" / "1_prob.png"), cv2.IMREAD_UNCHANGED)
+    mask = cv2.imread(str(tmp_path / "out" / "1_mask.png"), cv2.IMREAD_UNCHANGED)
+    assert prob.shape == (40, 52) and prob.dtype == np.uint8
+    np.testing.assert_allclose(prob / 255.0, expected, atol=1 / 255.0 + 1e-6)
+    np.testing.assert_array_equal(mask, np.where(expected > 0.5, 255, 0))
+    assert sorted(os.listdir(str(tmp_path / "out"))) == sorted(
+        "{}_{}.png".format(i, kind) for i in range(3) for kind in ("prob", "mask"))
+
+
+def test_predict_multipage_tiff_writes_stacks(tmp_path, model_dir, capsys):
+    pages = [np.random.default_rng(i).integers(0, 256, (36, 36)).astype(np.uint8) for i in range(3)]
+    volume = str(tmp_path / "test-volume.tif")
+    assert cv2.imwritemulti(volume, pages)
+    code, _, _ = run(predict.main, ["--model_dir", model_dir, "--input", volume, "--output",
+                                    str(tmp_path / "out"), "--tta", "--overlap", "8"], capsys)
+    assert code == 0
+    ok, stack = cv2.imreadmulti(str(tmp_path / "out" / "prob.tif"), flags=cv2.IMREAD_UNCHANGED)
+    assert ok and len(stack) == 3 and stack[0].shape == (36, 36)
+    ok, masks = cv2.imreadmulti(str(tmp_path / "out" / "mask.tif"), flags=cv2.IMREAD_UNCHANGED)
+    assert ok and len(masks) == 3 and set(np.unique(masks[2]).tolist()) <= {0, 255}
+    np.testing.assert_array_equal(stack[2], cv2.imread(str(tmp_path / "out" / "test-volume_2_prob.png"),
+                                                       cv2.IMREAD_UNCHANGED))
+
+
+@pytest.mark.parametrize("case, message", [
+    ("no_model_dir", "does not exist"),
+    ("no_config", "config.json is missing"),
+    ("no_checkpoint", "no checkpoint"),
+    ("empty_input", "holds no images"),
+    ("missing_input", "--input"),
+    ("big_overlap", "--overlap"),
+])
+def test_predict_user_errors(tmp_path, capsys, case, message):
+    model_dir = str(tmp_path / "model")
+    inputs = tmp_path / "in"
+    write_slices(inputs, 1)
+    input_path = str(inputs / "image")
+    extra = []
+    if case == "no_config":
+        os.makedirs(model_dir)
+    elif case == "no_checkpoint":
+        os.makedirs(model_dir)
+        with open(os.path.join(model_dir, "config.json"), "w") as handle:
+            json.dump(tiny_config().__dict__, handle)
+    elif case != "no_model_dir":
+        make_model_dir(model_dir)
+    if case == "empty_input":
+        input_path = str(tmp_path / "empty")
+        os.makedirs(input_path)
+    elif case == "missing_input":
+        input_path = str(tmp_path / "nowhere")
+    elif case == "big_overlap":
+        extra = ["--overlap", "32"]
+    code, out, err = run(predict.main, ["--model_dir", model_dir, "--input", input_path,
+                                        "--output", str(tmp_path / "out")] + extra, capsys)
+    assert code == 2
+    assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err
+
+
+# --- evaluate ----------------------------------------------------------------------------------------------
+
+def test_evaluate_writes_table_json_csv_and_overlays(tmp_path, model_dir, capsys):
+    write_slices(tmp_path / "data", 4, labels=True)
+    output = tmp_path / "eval"
+    code, out, _ = run(evaluate.main, ["--model_dir", model_dir, "--data_path", str(tmp_path / "data"),
+                                       "--val_split", "2-3", "--output", str(output)], capsys)
+    assert code == 0
+    assert "v_rand" in out and "mean" in out
+    report = json.loads((output / "metrics.json").read_text())
+    assert [row["slice"] for row in report["slices"]] == ["2", "3"]
+    for key in ("v_rand", "v_info", "dice", "pixel_error"):
+        assert 0.0 <= report["mean"][key] <= 1.0
+    assert report["mean"]["pixel_error"] == pytest.approx(
+        np.mean([row["pixel_error"] for row in report["slices"]]))
+    rows = list(csv.reader((output / "metrics.csv").open()))
+    assert rows[0][:3] == ["slice", "v_rand", "v_info"] and rows[-1][0] == "mean" and len(rows) == 4
+    strip = cv2.imread(str(output / "3_overlay.png"))
+    assert strip.shape == (40, 4 * 52 + 3 * 4, 3)
+
+
+def test_overlay_colours_the_two_error_kinds():
+    image = np.full((2, 3), 100, np.uint8)
+    gt = np.array([[1, 1, 0], [0, 1, 1]], np.uint8)
+    prob = np.array([[0.9, 0.1, 0.2], [0.8, 0.9, 0.9]], np.float32)
+    strip = evaluate.overlay(image, gt, prob)
+    errors = strip[:, -3:]
+    assert tuple(errors[0, 1]) == evaluate.FALSE_MEMBRANE  # interior predicted as membrane
+    assert tuple(errors[1, 0]) == evaluate.MISSED_MEMBRANE  # membrane predicted as interior
+    assert tuple(errors[0, 0]) == (100, 100, 100) and tuple(errors[0, 2]) == (100, 100, 100)
+
+
+def test_evaluate_reports_missing_data(tmp_path, model_dir, capsys):
+    code, _, err = run(evaluate.main, ["--model_dir", model_dir, "--data_path", str(tmp_path / "none")], capsys)
+    assert code == 2 and err.startswith("error: ") and "Traceback" not in err
+
+
+# --- export ------------------------------------------------------------------------------------------------
+
+def session_prediction(model_dir, batch, height, width, inputs):
+    """What a session restored from the model dir predicts for `inputs` at the exported shape."""
+    from unet_perf.inference import load_config, resolve_checkpoint
+
+    cfg = load_config(model_dir)
+    with v1.Graph().as_default() as graph, v1.Session(graph=graph) as sess:
+        images, probability = build_predictor(cfg, batch, height, width)
+        restore(sess, resolve_checkpoint(model_dir), model_dir, cfg)
+        return sess.run(probability, {images: inputs})
+
+
+def test_export_frozen_graph_and_saved_model_match_the_session(tmp_path, model_dir, capsys):
+    output = str(tmp_path / "export")
+    code, out, _ = run(export.main, ["--model_dir", model_dir, "--output", output, "--height", "32", "--width",
+                                     "64", "--batch", "2"], capsys)
+    assert code == 0 and "input:0" in out
+    inputs = np.random.default_rng(7).random((2, 32, 64, 1)).astype(np.float32)
+    expected = session_prediction(model_dir, 2, 32, 64, inputs)
+
+    graph_def = v1.GraphDef()
+    with open(os.path.join(output, "unet.pb"), "rb") as handle:
+        graph_def.ParseFromString(handle.read())
+    assert not [n.name for n in graph_def.node if n.op in ("VarHandleOp", "VariableV2")]  # really frozen
+    with v1.Graph().as_default() as graph:
+        v1.import_graph_def(graph_def, name="")
+        images = graph.get_tensor_by_name("input:0")
+        assert images.shape.as_list() == [2, 32, 64, 1]
+        with v1.Session(graph=graph) as sess:
+            frozen = sess.run("probability:0", {images: inputs})
+    np.testing.assert_allclose(frozen, expected, atol=1e-6)
+
+    with v1.Graph().as_default() as graph, v1.Session(graph=graph) as sess:
+        meta = v1.saved_model.loader.load(sess, [v1.saved_model.tag_constants.SERVING],
+                                          os.path.join(output, "saved_model"))
+        signature = meta.signature_def["serving_default"]
+        saved = sess.run(signature.outputs["probability"].name, {signature.inputs["images"].name: inputs})
+    np.testing.assert_allclose(saved, expected, atol=1e-6)
+
+    info = json.loads(open(os.path.join(output, "export.json")).read())
+    assert info["input"] == "input:0" and info["output"] == "probability:0" and info["shape"] == [2, 32, 64, 1]
+    # exporting again into the same folder replaces the previous export
+    code, _, _ = run(export.main, ["--model_dir", model_dir, "--output", output], capsys)
+    assert code == 0
+
+
+def test_export_rejects_shapes_the_unet_cannot_take(tmp_path, model_dir, capsys):
+    code, _, err = run(export.main, ["--model_dir", model_dir, "--output", str(tmp_path / "x"), "--height", "30"],
+                       capsys)
+    assert code == 2 and "--height 30" in err and "2^depth = 4" in err

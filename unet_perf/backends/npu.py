@@ -1,0 +1,253 @@
+"""Ascend NPU backend: TF 1.15 + CANN's npu_bridge, coded against ../shared/compat/npu_bridge_api.txt.
+
+How one Session.run becomes K = iterations_per_loop steps on the NPU ("sink mode"):
+- the session config registers the `NpuOptimizer` graph pass with `iterations_per_loop=K` and
+  `enable_data_pre_proc=True` (the iterator's GetNext moves to the device);
+- `prepare_session` wraps the train op with `util.set_iteration_per_loop`, which loads K-1 into the variable
+  `npu_runconfig/iterations_per_loop` and returns `IterationOp`; the device then runs the WHOLE graph K times per
+  Session.run and the fetched tensors hold the values of the last iteration.
+
+So the training step is built once (no while_loop), and everything that must happen every step (loss-scale
+bookkeeping, counters, global step) is an op grouped with the train op. Differences from the host backend:
+- `loss_scale=auto` resolves against `precision_mode`, not `--precision`: see `npu_loss_scale_kind`.
+- dynamic scaling halves the scale after `decr_every_n_nan_or_inf=2` consecutive overflows (the npu_bridge
+  default and the ModelZoo U-Net's choice): Ascend 910 runs in saturation mode, where the float-status check also
+  fires on harmless saturations, and halving on every single one slides the scale toward 1 (a documented pitfall,
+  ascend-npu.md §6). Every overflowing step is still skipped.
+- the global step advances on skipped steps too (we increment it ourselves instead of passing it to the
+  optimizer, whose conditional apply would not advance it), so "steps = runs x K" holds as on the host.
+- `mean_loss` is the mean since the last multiple of K, kept in a variable (`loss_sum`): with runs starting at
+  multiples of K (checkpoints are), that is the mean over the K device iterations of one Session.run.
+
+npu_bridge is imported lazily, so this module imports on machines without it.
+"""
+import json
+import os
+
+from tensorflow.core.protobuf.rewriter_config_pb2 import RewriterConfig  # same path in TF 1.15 and 2.x
+
+from unet_perf.backends.base import Backend
+from unet_perf.compat import npu_bridge_available, v1
+from unet_perf.errors import UserError
+
+# Tensor the NPU loss-scale optimizer names after reducing the float status: True = NO overflow (ascend-npu.md §2).
+OVERFLOW_STATUS_NAME = "overflow_status_reduce_all"
+# precision_mode values that never compute in float16, so loss scaling is not needed under loss_scale=auto.
+_NO_FP16_MODES = ("force_fp32", "allow_mix_precision_bf16", "allow_fp32_to_bf16")
+
+
+def profiling_options(output_dir, fp_point="", bp_point=""):
+    """Ascend profiler options for `NpuBackend.session_config(cfg, profiling_options=...)`.
+
+    Empty fp_point/bp_point let the profiler find the forward/backward boundaries itself.
+    """
+    return {
+        "output": output_dir,
+        "training_trace": "on",
+        "task_trace": "on",
+        "aicpu": "on",
+        "fp_point": fp_point,
+        "bp_point": bp_point,
+        "aic_metrics": "PipeUtilization",
+    }
+
+
+def check_npu_steps(cfg):
+    """Total steps, checkpoint and validation intervals must be multiples of K (the device runs K steps per run).
+
+    Config.validate already enforces this; running it here also covers a Config built in code. Returns K.
+    """
+    cfg.validate()
+    return cfg.iterations_per_loop
+
+
+def npu_loss_scale_kind(cfg):
+    """('none'|'dynamic'|'fixed', value) for the NPU.
+
+    `--loss_scale auto` follows precision_mode: modes that may compute in float16 (allow_mix_precision,
+    allow_fp32_to_fp16, force_fp16, and must_keep_origin_dtype on a float16 graph) need loss scaling, so auto
+    means dynamic there; float32/bfloat16 modes mean none. Explicit values pass through.
+    """
+    if cfg.loss_scale.strip().lower() != "auto":
+        return cfg.loss_scale_kind()
+    if cfg.precision_mode in _NO_FP16_MODES:
+        return "none", None
+    if cfg.precision_mode == "must_keep_origin_dtype" and cfg.precision != "fp16":
+        return "none", None
+    return "dynamic", None
+
+
+class NpuBackend(Backend):
+    """Backend for Ascend NPUs through npu_bridge; see the module docstring."""
+
+    name = "npu"
+
+    def __init__(self, decr_every_n_nan_or_inf=2):
+        if not npu_bridge_available():
+            raise UserError("--device npu needs CANN's npu_bridge (the TF 1.15 Ascend stack), which does not "
+                            "import here; use --device host")
+        rank_size = os.environ.get("RANK_SIZE", "1").strip() or "1"
+        if rank_size != "1":
+            # Without an allreduce the devices would train unsynchronised copies.
+            raise UserError("RANK_SIZE={}: unet_perf trains on one NPU; set RANK_SIZE=1".format(rank_size))
+        self.decr_every_n_nan_or_inf = decr_every_n_nan_or_inf
+        self._train_op = None
+        self._iterations_per_loop = None
+        self._session_iterations_per_loop = None
+
+    def session_config(self, cfg, profiling_options=None):
+        """ConfigProto with the NpuOptimizer pass; `profiling_options` is a dict from `profiling_options()`."""
+        config = v1.ConfigProto()
+        custom_op = config.graph_options.rewrite_options.custom_optimizers.add()
+        custom_op.name = "NpuOptimizer"
+        params = custom_op.parameter_map
+        params["use_off_line"].b = True
+        params["enable_data_pre_proc"].b = True  # GetNext offload: the prerequisite of sink mode
+        params["iterations_per_loop"].i = cfg.iterations_per_loop
+        params["precision_mode"].s = v1.compat.as_bytes(cfg.precision_mode)
+        if profiling_options:
+            params["profiling_mode"].b = True
+            params["profiling_options"].s = v1.compat.as_bytes(json.dumps(profiling_options, sort_keys=True))
+        # The migration guide turns these two grappler passes off for the NPU and keeps the others.
+        config.graph_options.rewrite_options.remapping = RewriterConfig.OFF
+        config.graph_options.rewrite_options.memory_optimization = RewriterConfig.OFF
+        self._session_iterations_per_loop = cfg.iterations_per_loop
+        return config
+
+    def build_train_loop(self, cfg, next_batch, loss_fn, global_step):
+        """One training step's graph; the device repeats it K times per Session.run. Returns the FETCH_KEYS dict.
+
+        Every fetch carries a control dependency on the step, so running any of them trains.
+        """
+        k = check_npu_steps(cfg)
+        kind, fixed_value = npu_loss_scale_kind(cfg)
+        # Built before any control_dependencies block (the manager's variables must not inherit one).
+        manager = self._loss_scale_manager(cfg, kind, fixed_value)
+        optimizer = _make_optimizer(cfg)
+        if manager is not None:
+            from npu_bridge.estimator.npu.npu_loss_scale_optimizer import NPULossScaleOptimizer
+            optimizer = NPULossScaleOptimizer(optimizer, manager, is_distributed=False)
+        initial_scale = {"dynamic": cfg.loss_scale_init, "fixed": fixed_value}.get(kind, 1.0)
+        state = _train_state(initial_scale)
+
+        step = global_step.read_value()
+        loss = loss_fn(next_batch(), step)
+        position = v1.math.floormod(step, k)  # index of this step inside the device loop
+        loss_sum = v1.where(v1.math.equal(position, 0), loss, state["loss_sum"].read_value() + loss)
+        mean_loss = loss_sum / v1.cast(position + 1, v1.float32)
+
+        graph = v1.get_default_graph()
+        first_new_op = len(graph.get_operations())
+        grads_and_vars = optimizer.compute_gradients(loss)
+        apply_op = optimizer.apply_gradients(grads_and_vars)  # no global_step: advanced below, also when skipped
+        overflow = _overflow_flag(graph.get_operations()[first_new_op:], grads_and_vars, manager)
+
+        # Values of this step first, then every update grouped into one op the device loop runs each iteration.
+        with v1.control_dependencies([apply_op, mean_loss, overflow]):
+            scale = _read(manager.get_loss_scale()) if manager is not None else v1.constant(1.0)
+            scale = v1.cast(scale, v1.float32)
+            previous_scale = state["last_loss_scale"].read_value()
+        changed = v1.math.not_equal(scale, previous_scale)
+        with v1.control_dependencies([changed]):
+            updates = [
+                v1.assign(state["last_loss_scale"], scale),
+                v1.assign_add(state["scale_changes"], v1.cast(changed, v1.int64)),
+                v1.assign_add(state["skipped_steps"], v1.cast(overflow, v1.int64)),
+                v1.assign(state["loss_sum"], loss_sum),
+                v1.assign_add(global_step, 1),
+            ]
+        train_op = v1.group(*updates, name="npu_train_step")
+        self._train_op = train_op
+        self._iterations_per_loop = k
+
+        with v1.control_dependencies([train_op]):
+            return {
+                "loss": v1.identity(loss),
+                "mean_loss": v1.identity(mean_loss),
+                "global_step": global_step.read_value(),
+                "loss_scale": v1.identity(scale),
+                "overflow": v1.identity(overflow),
+                "skipped_steps": state["skipped_steps"].read_value(),
+                "scale_changes": state["scale_changes"].read_value(),
+            }
+
+    def prepare_session(self, sess, fetches):
+        """For K > 1: `util.set_iteration_per_loop` after variables are initialised/restored.
+
+        It adds variables and ops, so the graph must not be finalized yet. Returns `fetches` with every tensor
+        made to depend on the returned IterationOp (the op the device loops on).
+        """
+        if self._train_op is None or self._train_op.graph is not sess.graph:
+            raise ValueError("prepare_session: call build_train_loop in this session's graph first")
+        k = self._iterations_per_loop
+        if self._session_iterations_per_loop not in (None, k):
+            raise ValueError("the session was configured for iterations_per_loop={} but the train loop for {}"
+                             .format(self._session_iterations_per_loop, k))
+        if k == 1:
+            return fetches
+        from npu_bridge.estimator.npu import util
+        with sess.graph.as_default():
+            iteration_op = util.set_iteration_per_loop(sess, self._train_op, k)
+            with v1.control_dependencies([iteration_op]):
+                return {key: v1.identity(value) if isinstance(value, v1.Tensor) else value
+                        for key, value in fetches.items()}
+
+    def _loss_scale_manager(self, cfg, kind, fixed_value):
+        if kind == "dynamic":
+            from npu_bridge.estimator.npu.npu_loss_scale_manager import ExponentialUpdateLossScaleManager
+            return ExponentialUpdateLossScaleManager(
+                init_loss_scale=cfg.loss_scale_init,
+                incr_every_n_steps=cfg.loss_scale_growth_interval,
+                decr_every_n_nan_or_inf=self.decr_every_n_nan_or_inf,
+                incr_ratio=2,
+                decr_ratio=0.5)
+        if kind == "fixed":
+            from npu_bridge.estimator.npu.npu_loss_scale_manager import FixedLossScaleManager
+            # The overflow check makes the optimizer skip non-finite updates, as on the host.
+            return FixedLossScaleManager(fixed_value, enable_overflow_check=True)
+        return None
+
+
+def _make_optimizer(cfg):
+    from unet_perf.optim import make_optimizer  # shared with the host backend
+    return make_optimizer(cfg)
+
+
+def _train_state(initial_scale):
+    """Non-trainable variables updated every device iteration; saved with the checkpoint."""
+    with v1.variable_scope("npu_train_state", reuse=v1.AUTO_REUSE):
+        def counter(name):
+            return v1.get_variable(name, shape=[], dtype=v1.int64, initializer=v1.zeros_initializer(),
+                                   trainable=False)
+        return {
+            "skipped_steps": counter("skipped_steps"),
+            "scale_changes": counter("scale_changes"),
+            # The scale seen after the previous step: a change of the manager's scale counts as one event.
+            "last_loss_scale": v1.get_variable("last_loss_scale", shape=[], dtype=v1.float32,
+                                               initializer=v1.constant_initializer(initial_scale),
+                                               trainable=False),
+            "loss_sum": v1.get_variable("loss_sum", shape=[], dtype=v1.float32,
+                                        initializer=v1.zeros_initializer(), trainable=False),
+        }
+
+
+def _read(value):
+    """A read ordered by the enclosing control dependencies (a ref variable's implicit snapshot is not)."""
+    if hasattr(value, "read_value"):
+        return value.read_value()
+    return v1.identity(value)
+
+
+def _overflow_flag(new_ops, grads_and_vars, manager):
+    """bool: this step's gradients overflowed (and the update was skipped).
+
+    Prefers the NPU optimizer's own float-status result (it sees saturations that leave the numbers finite);
+    when absent (INF/NaN mode falls back to TF's check) derives it from the gradients the same way.
+    """
+    if manager is None:
+        return v1.constant(False)  # nothing is skipped without a loss-scale optimizer
+    for op in new_ops:
+        if op.name.rsplit("/", 1)[-1].startswith(OVERFLOW_STATUS_NAME):
+            return v1.math.logical_not(op.outputs[0])
+    finite = [v1.math.reduce_all(v1.math.is_finite(grad)) for grad, _ in grads_and_vars if grad is not None]
+    return v1.math.logical_not(v1.math.reduce_all(v1.stack(finite)))

@@ -1,0 +1,62 @@
+"""From a Config to arrays: read (or synthesise) the slices, split them, and build border weight maps."""
+import math
+
+import numpy as np
+
+from unet_perf.data.sources import Pairs, load_pairs
+from unet_perf.data.split import split_indices
+from unet_perf.data.synthetic import membranes
+from unet_perf.data.weights import border_weight_maps
+from unet_perf.errors import UserError
+
+
+def load_dataset(cfg):
+    """(train Pairs, val Pairs or None, weights float32 [N_train,H,W] or None) for `cfg`; prints nothing.
+
+    Slices must be at least ceil(crop_size / input_scale) px on each side: that is the area the augmentation
+    samples to produce one crop_size tile.
+    """
+    if cfg.weight_map and (cfg.weight_sigma <= 0 or cfg.weight_w0 < 0):
+        raise UserError("--weight_map needs --weight_sigma > 0 and --weight_w0 >= 0, got {} and {}".format(
+            cfg.weight_sigma, cfg.weight_w0))
+    min_size = required_size(cfg.crop_size, cfg.input_scale)
+    if cfg.data_path:
+        pairs = load_pairs(cfg.data_path, rgb=cfg.rgb, min_size=min_size)
+        source = cfg.data_path
+    else:
+        if cfg.synthetic_size < min_size:
+            raise UserError("--synthetic_size {} is smaller than the {} px that --crop_size {} at --input_scale {} "
+                            "samples; raise --synthetic_size or lower --crop_size".format(
+                                cfg.synthetic_size, min_size, cfg.crop_size, cfg.input_scale))
+        pairs = membranes(cfg.synthetic_count, cfg.synthetic_size, cfg.seed)
+        source = "the synthetic set (--synthetic_count {})".format(cfg.synthetic_count)
+    train_idx, val_idx = split_indices(len(pairs.names), cfg.val_split, cfg.seed)
+    if len(train_idx) < cfg.batch_size:
+        raise UserError("--batch_size {} is larger than the {} training slices in {}; lower --batch_size or hold "
+                        "out fewer slices with --val_split".format(cfg.batch_size, len(train_idx), source))
+    train = subset(pairs, train_idx)
+    val = subset(pairs, val_idx) if len(val_idx) else None
+    weights = None
+    if cfg.weight_map:
+        weights = border_weight_maps(train.masks, cfg.weight_w0, cfg.weight_sigma)
+    return train, val, weights
+
+
+def required_size(crop_size, input_scale):
+    """Smallest slice side (px) from which the augmentation can sample a crop_size tile at input_scale."""
+    return int(math.ceil(crop_size / float(input_scale) - 1e-9))
+
+
+def subset(pairs, indices):
+    """The slices of `pairs` at `indices`, in that order."""
+    indices = np.asarray(indices, np.int64)
+    return Pairs(pairs.images[indices], pairs.masks[indices], [pairs.names[i] for i in indices])
+
+
+def describe(pairs):
+    """One line: count, size and membrane share, e.g. '24 slices 512x512, membrane 21.9%'."""
+    if pairs is None or len(pairs.names) == 0:
+        return "0 slices"
+    count, height, width = pairs.masks.shape
+    membrane = 100.0 * (1.0 - float(np.mean(pairs.masks)))
+    return "{} slice{} {}x{}, membrane {:.1f}%".format(count, "" if count == 1 else "s", width, height, membrane)

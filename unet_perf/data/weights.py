@@ -1,0 +1,75 @@
+"""The U-Net paper's border weight map (Ronneberger et al. 2015, eq. 2), computed once per slice on the host.
+
+    w(x) = w_c(x) + w0 * exp(-(d1(x) + d2(x))^2 / (2 sigma^2))    on membrane pixels (mask == 0)
+    w(x) = w_c(x)                                                 on cell pixels (mask == 1)
+
+- Cells are the 4-connected components of mask == 1, so two cells that touch only diagonally through a thin
+  membrane stay separate cells.
+- d1, d2: Euclidean distance to the nearest and the second-nearest cell. The border term is applied on membrane
+  pixels only (inside a cell d1 = 0 and the term would just blur the cell's own edge); with one cell or none,
+  d2 is infinite and the border term vanishes.
+- w_c balances class frequencies: with f0, f1 the membrane and interior shares of the slice, w_c = 2*f1 on
+  membrane and 2*f0 on interior, so both classes carry equal total weight and the mean of the two class weights is
+  1. A slice with only one class gets w_c = 1.
+Each cell's distances are computed with cv2.distanceTransform on its bounding box grown by the distance beyond
+which the border term is below 1e-3 * w0 (far pixels cannot change the result), so a 512^2 slice takes a few ms
+to tens of ms.
+"""
+import math
+
+import cv2
+import numpy as np
+
+NEGLIGIBLE = 1e-3  # border terms below NEGLIGIBLE * w0 are dropped (they set the per-cell window)
+
+
+def border_weight_map(mask, w0=10.0, sigma=5.0, balance=True):
+    """float32 [H,W] weight map of one uint8 {0,1} mask (1 = cell interior); see the module doc string."""
+    mask = np.asarray(mask)
+    interior = (mask > 0).astype(np.uint8)
+    weights = class_weights(interior) if balance else np.ones(interior.shape, np.float32)
+    if w0 == 0:
+        return weights
+    if sigma <= 0:
+        raise ValueError("sigma must be positive, got {}".format(sigma))
+    d1, d2 = _two_nearest_cell_distances(interior, sigma * math.sqrt(2.0 * math.log(1.0 / NEGLIGIBLE)))
+    border = w0 * np.exp(-np.square(d1 + d2) / (2.0 * sigma * sigma))
+    return (weights + np.where(interior == 0, border, 0.0)).astype(np.float32)
+
+
+def border_weight_maps(masks, w0=10.0, sigma=5.0, balance=True):
+    """float32 [N,H,W]: border_weight_map of every slice of uint8 masks [N,H,W]."""
+    masks = np.asarray(masks)
+    out = np.empty(masks.shape, np.float32)
+    for index in range(masks.shape[0]):
+        out[index] = border_weight_map(masks[index], w0, sigma, balance)
+    return out
+
+
+def class_weights(interior):
+    """float32 [H,W] frequency-balancing weights w_c (2*f1 on membrane, 2*f0 on interior; 1 for one class)."""
+    f1 = float(interior.mean()) if interior.size else 0.0
+    f0 = 1.0 - f1
+    if f0 == 0.0 or f1 == 0.0:
+        return np.ones(interior.shape, np.float32)
+    return np.where(interior > 0, 2.0 * f0, 2.0 * f1).astype(np.float32)
+
+
+def _two_nearest_cell_distances(interior, reach):
+    """(d1, d2) float32 [H,W]: distances to the nearest and second-nearest cell, inf beyond `reach` px."""
+    height, width = interior.shape
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(interior, connectivity=4, ltype=cv2.CV_32S)
+    d1 = np.full((height, width), np.inf, np.float32)
+    d2 = np.full((height, width), np.inf, np.float32)
+    grow = int(math.ceil(reach)) + 1
+    for cell in range(1, count):
+        x, y, w, h = stats[cell, :4]
+        top, bottom = max(0, y - grow), min(height, y + h + grow)
+        left, right = max(0, x - grow), min(width, x + w + grow)
+        outside = (labels[top:bottom, left:right] != cell).astype(np.uint8)
+        distance = cv2.distanceTransform(outside, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+        near, second = d1[top:bottom, left:right], d2[top:bottom, left:right]
+        # second-nearest = min(old second, max(old nearest, new)); nearest = min(old nearest, new)
+        np.minimum(second, np.maximum(near, distance), out=second)
+        np.minimum(near, distance, out=near)
+    return d1, d2

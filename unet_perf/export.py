@@ -1,0 +1,126 @@
+"""`python -m unet_perf.export`: a frozen GraphDef (for Ascend ATC) and a SavedModel of a trained U-Net.
+
+    python -m unet_perf.export --model_dir runs/unet --output export/ --height 256 --width 256 --batch 1
+
+Writes
+    <output>/unet.pb           frozen GraphDef, fixed input shape
+    <output>/saved_model/      SavedModel (tag "serve", signature "serving_default": images -> probability)
+    <output>/export.json       names, shapes and the normalisation the input expects
+
+Tensors (both files):
+    input:0        float32 [batch, height, width, 1], the image already NORMALISED as in training
+                   (--normalize of the model: unit = x/255, symmetric = x/127.5-1, standard = per-image z-score)
+                   and already rescaled by the model's --input_scale
+    probability:0  float32 [batch, height, width, 1], P(cell interior) = sigmoid of the logits
+
+Ascend: atc --model=<output>/unet.pb --framework=3 --output=unet --soc_version=Ascend910
+        --input_shape="input:1,256,256,1" --out_nodes="probability:0"
+"""
+import json
+import os
+import shutil
+
+from unet_perf.config import PRECISIONS, build_parser
+from unet_perf.errors import UserError, run_cli
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "probability"
+FROZEN_NAME = "unet.pb"
+SAVED_MODEL_DIR = "saved_model"
+SIGNATURE_INPUT = "images"
+
+
+def export_model(model_dir, output, height=None, width=None, batch=1, checkpoint=None, precision="fp32"):
+    """Write the frozen graph, the SavedModel and export.json; returns the export.json dict."""
+    from unet_perf.compat import v1
+    from unet_perf.inference import load_config, with_precision
+
+    cfg = with_precision(load_config(model_dir), precision)
+    verbosity = v1.logging.get_verbosity()
+    v1.logging.set_verbosity(v1.logging.ERROR)  # the v1 freeze/SavedModel APIs log deprecation notices on 2.x
+    try:
+        return _export(cfg, model_dir, output, height, width, batch, checkpoint)
+    finally:
+        v1.logging.set_verbosity(verbosity)
+
+
+def _export(cfg, model_dir, output, height, width, batch, checkpoint):
+    from unet_perf.compat import v1
+    from unet_perf.inference import build_predictor, resolve_checkpoint, restore
+
+    height = height or cfg.crop_size
+    width = width or cfg.crop_size
+    multiple = 2 ** cfg.depth
+    for flag, value in (("--height", height), ("--width", width)):
+        if value <= 0 or value % multiple:
+            raise UserError("{} {} must be a positive multiple of 2^depth = {} (try {})".format(
+                flag, value, multiple, max(multiple, value // multiple * multiple)))
+    if batch <= 0:
+        raise UserError("--batch must be positive, got {}".format(batch))
+    prefix = resolve_checkpoint(model_dir, checkpoint)
+    saved_model_dir = os.path.join(output, SAVED_MODEL_DIR)
+    _prepare_output(output, saved_model_dir)
+    graph = v1.Graph()
+    with graph.as_default(), v1.Session(graph=graph) as sess:
+        images, probability = build_predictor(cfg, batch, height, width, INPUT_NAME, OUTPUT_NAME)
+        restore(sess, prefix, model_dir, cfg)
+        frozen = v1.graph_util.convert_variables_to_constants(sess, graph.as_graph_def(), [OUTPUT_NAME])
+        with open(os.path.join(output, FROZEN_NAME), "wb") as handle:
+            handle.write(frozen.SerializeToString())
+        builder = v1.saved_model.builder.SavedModelBuilder(saved_model_dir)
+        signature = v1.saved_model.signature_def_utils.predict_signature_def(
+            inputs={SIGNATURE_INPUT: images}, outputs={OUTPUT_NAME: probability})
+        builder.add_meta_graph_and_variables(
+            sess, [v1.saved_model.tag_constants.SERVING],
+            signature_def_map={v1.saved_model.signature_constants.DEFAULT_SERVING_SIGNATURE_DEF_KEY: signature})
+        builder.save()
+    info = {
+        "checkpoint": prefix, "frozen_graph": os.path.join(output, FROZEN_NAME), "saved_model": saved_model_dir,
+        "input": INPUT_NAME + ":0", "output": OUTPUT_NAME + ":0", "shape": [batch, height, width, 1],
+        "dtype": "float32", "normalize": cfg.normalize, "input_scale": cfg.input_scale, "precision": cfg.precision,
+        "signature": "serving_default", "signature_input": SIGNATURE_INPUT, "signature_output": OUTPUT_NAME,
+    }
+    with open(os.path.join(output, "export.json"), "w") as handle:
+        json.dump(info, handle, indent=2)
+    return info
+
+
+def _prepare_output(output, saved_model_dir):
+    """Create `output`; replace a previous SavedModel export there, refuse to delete anything else."""
+    try:
+        os.makedirs(output, exist_ok=True)
+    except OSError as err:
+        raise UserError("cannot create --output {} ({}); choose a writable folder".format(output, err))
+    if os.path.exists(saved_model_dir):
+        if not os.path.isfile(os.path.join(saved_model_dir, "saved_model.pb")):
+            raise UserError("{} exists and is not a SavedModel; remove it or choose another --output".format(
+                saved_model_dir))
+        shutil.rmtree(saved_model_dir)  # a previous export: the builder needs a fresh directory
+
+
+def main(argv=None):
+    parser = build_parser("Export a trained U-Net as a frozen GraphDef (for ATC) and a SavedModel", fields=())
+    parser.add_argument("--model_dir", required=True, help="directory written by python -m unet_perf.train")
+    parser.add_argument("--output", required=True, help="folder for unet.pb, saved_model/ and export.json")
+    parser.add_argument("--height", type=int, default=None, help="input height (default: the model's --crop_size)")
+    parser.add_argument("--width", type=int, default=None, help="input width (default: the model's --crop_size)")
+    parser.add_argument("--batch", type=int, default=1, help="fixed batch size of the input")
+    parser.add_argument("--checkpoint", default=None,
+                        help="best, latest, a directory or a checkpoint prefix (default: best/ if present, else "
+                             "the latest checkpoint)")
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                        help="compute precision baked into the graph (fp32 lets ATC choose with --precision_mode)")
+    args = parser.parse_args(argv)
+    info = export_model(args.model_dir, args.output, args.height, args.width, args.batch, args.checkpoint,
+                        args.precision)
+    print("frozen graph  {}  ({} -> {}, shape {})".format(info["frozen_graph"], info["input"], info["output"],
+                                                         info["shape"]))
+    print("saved model   {}  (signature serving_default: {} -> {})".format(info["saved_model"], SIGNATURE_INPUT,
+                                                                           OUTPUT_NAME))
+    print("input must be normalised with --normalize {} after rescaling by --input_scale {}".format(
+        info["normalize"], info["input_scale"]))
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

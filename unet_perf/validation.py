@@ -1,0 +1,47 @@
+"""Validation during training: predict the held-out slices with the inference path and score them.
+
+    validator = Validator(cfg, val_pairs)   # while the trainer builds its graph (adds the predictor graph)
+    ...
+    metrics = validator.run(sess)           # {"v_rand", "v_info", "dice", "iou", "pixel_error", thresholds}
+"""
+import numpy as np
+
+from unet_perf.compat import v1
+from unet_perf.inference import build_predictor, predict_image
+from unet_perf.metrics import evaluate_slices
+
+METRIC_KEYS = ("v_rand", "v_info", "dice", "iou", "pixel_error")
+
+
+class Validator(object):
+    """Scores the held-out slices `val_pairs` (Pairs of images uint8 [N,H,W], masks uint8 {0,1}) with the
+    overlap-tile inference (no TTA, for speed). Build it inside the trainer's graph: the predictor reuses the
+    "unet" variables, so `run(sess)` sees the weights the training session holds."""
+
+    def __init__(self, cfg, val_pairs, batch_size=4, overlap=None, tta=False):
+        if len(val_pairs.images) == 0:
+            raise ValueError("no validation slices")
+        self.cfg = cfg
+        self.images = np.asarray(val_pairs.images)
+        self.masks = np.asarray(val_pairs.masks)
+        self.batch_size = batch_size
+        self.overlap = overlap
+        self.tta = tta
+        with v1.name_scope("validation"):
+            self.input, self.probability = build_predictor(cfg, batch_size, input_name="input",
+                                                           output_name="probability")
+
+    def predict(self, sess):
+        """P(interior) float32 [N,H,W] of the held-out slices."""
+        def predict_batch(batch):
+            return sess.run(self.probability, {self.input: batch})
+
+        return np.stack([predict_image(predict_batch, image, self.cfg, self.batch_size, self.overlap, self.tta)
+                         for image in self.images])
+
+    def run(self, sess):
+        """Dict of floats: v_rand, v_info (best threshold of the slice means), dice, iou, pixel_error (means),
+        v_rand_threshold, v_info_threshold."""
+        scores = evaluate_slices(self.predict(sess), self.masks)
+        keys = METRIC_KEYS + ("v_rand_threshold", "v_info_threshold")
+        return {key: float(scores[key]) for key in keys}
