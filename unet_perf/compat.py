@@ -59,3 +59,70 @@ def set_dataset_deterministic(options, deterministic):
 def describe():
     """A short description of the TensorFlow build, for logs and benchmark JSON."""
     return {"tensorflow": tf.__version__, "npu_bridge": npu_bridge_available()}
+
+
+_XLA_JIT_AVAILABLE = []  # memo of the probe below (a plain Python bool, not TensorFlow state)
+
+
+def xla_jit_available():
+    """True when this build runs a tiny xla_function (below) correctly in graph mode on the CPU.
+
+    The Ascend TF 1.15 build may lack XLA kernels, and npu_bridge turns XLA off anyway: no XLA there.
+    The probe runs once in its own graph and session; the answer is memoised.
+    """
+    if not _XLA_JIT_AVAILABLE:
+        _XLA_JIT_AVAILABLE.append(_probe_xla_jit())
+    return _XLA_JIT_AVAILABLE[0]
+
+
+def _probe_xla_jit():
+    if npu_bridge_available():
+        return False
+    try:
+        with v1.Graph().as_default():
+            square_sum = xla_function(lambda x: [v1.reduce_sum(x * x) + 1.0])(v1.range(4.0))[0]
+            with v1.Session() as sess:
+                return float(sess.run(square_sum)) == 15.0
+    except Exception:  # any failure to build or compile means "no XLA here"
+        return False
+
+
+def xla_function(fn):
+    """`fn` (tensors in, list of tensors out) as one XLA-compiled function, callable in graph mode.
+
+    2.x calls the flag `jit_compile`; 1.15 (and 2.x before 2.5) `experimental_compile`.
+    """
+    if TF_VERSION >= (2, 5):  # TF-2-only: jit_compile replaced experimental_compile in 2.5
+        return tf.function(fn, autograph=False, jit_compile=True)
+    return tf.function(fn, autograph=False, experimental_compile=True)
+
+
+def start_profiler_trace(logdir):
+    """Start TensorFlow 2.x's profiler (an xplane trace for TensorBoard's profile plugin) writing under logdir.
+
+    Returns False where it does not exist (TF 1.15 has no tf.profiler.experimental; there, the RunMetadata written
+    with FileWriter.add_run_metadata is what TensorBoard shows). Cannot run while a FULL_TRACE run is active.
+    """
+    experimental = getattr(tf.profiler, "experimental", None)  # TF-2-only module, probed
+    if experimental is None:
+        return False
+    experimental.start(logdir)
+    return True
+
+
+def stop_profiler_trace():
+    """Stop the trace started by start_profiler_trace (call only after it returned True)."""
+    tf.profiler.experimental.stop()  # TF-2-only: reached only after start_profiler_trace returned True
+
+
+def enable_op_determinism():
+    """Ask TensorFlow for deterministic kernels (same seed = same numbers), for --deterministic.
+
+    TF_DETERMINISTIC_OPS=1 is what 1.15 (GPU cuDNN/bias-add kernels) and 2.x before 2.9 read;
+    tf.config.experimental.enable_op_determinism exists from 2.9 on (probed) and also makes unsupported
+    non-deterministic ops raise instead of silently differing.
+    """
+    os.environ["TF_DETERMINISTIC_OPS"] = "1"
+    enable = getattr(tf.config.experimental, "enable_op_determinism", None)  # TF 2.9+ only, probed
+    if enable is not None:
+        enable()

@@ -1,1 +1,19 @@
 """Backends: `host` (CPU/GPU, in-graph K-step loop) and `npu` (Ascend npu_bridge). See base.py."""
+from unet_perf import compat
+from unet_perf.errors import UserError
+
+
+def get_backend(cfg):
+    """The backend for cfg.device: "host", "npu", or "auto" (npu when npu_bridge imports, else host)."""
+    device = cfg.device
+    if device == "auto":
+        device = "npu" if compat.npu_bridge_available() else "host"
+    if device == "host":
+        from unet_perf.backends.host import HostBackend
+        return HostBackend()
+    if device == "npu":
+        if not compat.npu_bridge_available():
+            raise UserError("--device npu needs CANN's npu_bridge, which does not import here; use --device host")
+        from unet_perf.backends.npu import NpuBackend  # imported lazily: it imports npu_bridge
+        return NpuBackend()
+    raise UserError("--device must be auto, host or npu, got {!r}".format(cfg.device))

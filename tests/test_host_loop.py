@@ -1,0 +1,158 @@
+"""Host backend: the K-step while_loop equals K single steps, loss scaling inside the loop, precisions, fetches."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from unet_perf import compat
+from unet_perf.backends import get_backend
+from unet_perf.backends.base import FETCH_KEYS
+from unet_perf.backends.host import HostBackend
+from unet_perf.compat import v1
+from unet_perf.config import Config
+from unet_perf.errors import UserError
+from unet_perf.losses import compute_loss
+from unet_perf.model import unet
+
+SIZE = 32
+
+
+def _cfg(**kwargs):
+    values = dict(depth=2, base_filters=4, crop_size=SIZE, batch_size=2, dropout=0.5, iterations_per_loop=1,
+                  learning_rate=1e-3)
+    values.update(kwargs)
+    return Config(**values)
+
+
+def _arrays(count=8, nan_index=None):
+    """Blobs on noise: a learnable in-memory task. Optionally one image full of NaN (a poisoned batch)."""
+    rng = np.random.RandomState(1)
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    masks = np.zeros((count, SIZE, SIZE, 1), np.float32)
+    for i in range(count):
+        cy, cx = rng.randint(8, SIZE - 8, size=2)
+        masks[i, ..., 0] = ((yy - cy) ** 2 + (xx - cx) ** 2 < 40).astype(np.float32)
+    images = (0.6 * masks + 0.4 * rng.rand(count, SIZE, SIZE, 1)).astype(np.float32)
+    if nan_index is not None:
+        images[nan_index] = np.nan
+    return images, masks
+
+
+class _Run(object):
+    """A graph + session training the tiny U-Net with the host backend on a fixed, unshuffled dataset."""
+
+    def __init__(self, cfg, arrays=None, backend=None):
+        self.graph = v1.Graph()
+        with self.graph.as_default():
+            images, masks = arrays if arrays is not None else _arrays()
+            dataset = tf.data.Dataset.from_tensor_slices((images, masks)).repeat()
+            iterator = v1.data.make_initializable_iterator(dataset.batch(cfg.batch_size, drop_remainder=True))
+            global_step = v1.train.get_or_create_global_step()
+
+            def loss_fn(batch, step):
+                return compute_loss(unet(batch[0], cfg, True, step), batch[1], None, cfg.loss)
+
+            self.backend = backend or HostBackend()
+            self.fetches = self.backend.build_train_loop(cfg, iterator.get_next, loss_fn, global_step)
+            self.sess = v1.Session(graph=self.graph, config=self.backend.session_config(cfg))
+            self.sess.run(v1.global_variables_initializer())
+            self.sess.run(iterator.initializer)
+            self.names = [v.name for v in v1.global_variables()]
+            self.variables = v1.global_variables()
+
+    def run(self):
+        return self.sess.run(self.fetches)
+
+    def weights(self):
+        return dict(zip(self.names, self.sess.run(self.variables)))
+
+
+def _assert_same_weights(a, b, rtol=1e-5, atol=1e-6):
+    assert sorted(a) == sorted(b)
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], rtol=rtol, atol=atol, err_msg=name)
+
+
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_k_step_loop_equals_k_single_steps(batch_norm):
+    k = 4
+    looped = _Run(_cfg(iterations_per_loop=k, batch_norm=batch_norm))
+    single = _Run(_cfg(iterations_per_loop=1, batch_norm=batch_norm))
+    start = looped.weights()
+    out = looped.run()
+    single_losses = [single.run()["loss"] for _ in range(k)]
+    assert set(out) == set(FETCH_KEYS)
+    assert out["global_step"] == k
+    assert out["loss"] == pytest.approx(single_losses[-1], rel=1e-4)
+    assert out["mean_loss"] == pytest.approx(np.mean(single_losses), rel=1e-4)
+    end = looped.weights()
+    _assert_same_weights(end, single.weights())
+    assert not np.allclose(start["unet/down0/conv1/kernel:0"], end["unet/down0/conv1/kernel:0"])
+    if batch_norm:
+        assert np.any(end["unet/down0/conv1/moving_mean:0"] != 0)
+
+
+def test_poisoned_batch_skips_update_halves_scale_and_counts_once():
+    # Slice 2 is NaN: with batch 2 the second step's batch is poisoned.
+    cfg = _cfg(loss_scale="dynamic", loss_scale_init=1024.0, loss_scale_growth_interval=100)
+    run = _Run(cfg, _arrays(nan_index=2))
+    first = run.run()
+    assert not first["overflow"]
+    before = run.weights()
+    second = run.run()
+    after = run.weights()
+    assert second["overflow"]
+    assert second["loss_scale"] == 512.0
+    assert second["skipped_steps"] == 1
+    assert second["scale_changes"] == 1
+    assert second["global_step"] == 2
+    for name in before:
+        if not name.startswith(("global_step", "loss_scale/")):
+            assert np.array_equal(before[name], after[name]), name
+    third = run.run()
+    assert not third["overflow"] and third["skipped_steps"] == 1
+
+
+def test_loop_keeps_scale_state_across_iterations():
+    # Interval 2 over a 6-step loop: the scale doubles three times; a looped NaN batch is skipped once.
+    cfg = _cfg(iterations_per_loop=6, loss_scale="dynamic", loss_scale_init=4.0, loss_scale_growth_interval=2)
+    out = _Run(cfg).run()
+    assert out["loss_scale"] == 32.0 and out["scale_changes"] == 3 and out["skipped_steps"] == 0
+    poisoned = _Run(cfg, _arrays(nan_index=5)).run()  # step 3 (0-based 2) sees slices 4,5
+    assert poisoned["skipped_steps"] == 1
+    assert poisoned["global_step"] == 6
+    assert poisoned["scale_changes"] == 3  # x2 after steps 0,1; /2 at step 2; x2 after 3,4
+    assert poisoned["loss_scale"] == 8.0
+    assert not poisoned["overflow"] and np.isfinite(poisoned["loss"])
+
+
+def test_fp16_reaches_fp32_loss_and_bf16_trains():
+    losses = {}
+    for precision in ("fp32", "fp16", "bf16"):
+        cfg = _cfg(precision=precision, iterations_per_loop=15, dropout=0.0, learning_rate=3e-3, base_filters=8)
+        run = _Run(cfg)
+        for _ in range(2):
+            out = run.run()
+        losses[precision] = out["mean_loss"]
+        assert out["skipped_steps"] <= 2
+    assert losses["fp32"] < 0.5  # it learned something (BCE starts near 0.7)
+    assert abs(losses["fp16"] - losses["fp32"]) <= 0.1 * losses["fp32"]
+    assert np.isfinite(losses["bf16"]) and losses["bf16"] < 0.6
+
+
+def test_training_graph_has_static_shapes():
+    run = _Run(_cfg(precision="bf16", batch_norm=True))
+    tensors = [t for op in run.graph.get_operations() if op.name.startswith("unet/") for t in op.outputs
+               if not (op.type.startswith("FusedBatchNorm") and t.value_index >= 3)]  # opaque reserve space
+    assert len(tensors) > 100
+    assert [t.name for t in tensors if not t.shape.is_fully_defined()] == []
+    assert all(value.shape == () for value in run.fetches.values())
+
+
+def test_session_config_and_backend_selection():
+    config = HostBackend().session_config(_cfg())
+    assert config.gpu_options.allow_growth and config.allow_soft_placement
+    assert isinstance(get_backend(_cfg(device="host")), HostBackend)
+    if not compat.npu_bridge_available():
+        assert isinstance(get_backend(_cfg(device="auto")), HostBackend)
+        with pytest.raises(UserError, match="--device"):
+            get_backend(_cfg(device="npu"))

@@ -1,0 +1,68 @@
+"""tools/train_{performance,full}_1p.sh on the CPU with a tiny config: ModelZoo log layout, final lines, key file."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--max_steps=4", "--iterations_per_loop=2", "--save_checkpoints_steps=2", "--depth=2", "--base_filters=4",
+        "--crop_size=32", "--synthetic_count=4", "--synthetic_size=64"]
+NETWORK = "2D_Unet_unet_perf_for_TensorFlow"
+
+
+def _run(script, args, cwd, device_id):
+    env = dict(os.environ, PYTHON=sys.executable, ASCEND_DEVICE_ID=device_id)
+    return subprocess.run(["bash", os.path.join(REPO, "tools", script)] + args, cwd=str(cwd), env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=240)
+
+
+def _key_file(path):
+    pairs = {}
+    with open(str(path)) as handle:
+        for line in handle:
+            key, value = line.rstrip("\n").split(" = ", 1)
+            pairs[key] = value
+    return pairs
+
+
+def _final(stdout, label):
+    line = next(line for line in stdout.splitlines() if line.startswith(label))
+    return float(line.split(" : ", 1)[1])
+
+
+def test_performance_script_writes_modelzoo_log_and_key_file(tmp_path):
+    proc = _run("train_performance_1p.sh", ["--batch_size=2"] + TINY, tmp_path, "3")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    out = tmp_path / "test" / "output" / "3"
+    log = (out / "train_3.log").read_text()
+    for label in ("Final Performance images/sec : ", "E2E Training Duration sec : ", "Final Train Accuracy : "):
+        assert label in log
+    fps = _final(proc.stdout, "Final Performance images/sec")
+    assert fps > 0 and _final(proc.stdout, "E2E Training Duration sec") > 0
+
+    key = _key_file(out / "{}_bs2_1p_perf.log".format(NETWORK))
+    assert list(key) == ["Network", "RankSize", "BatchSize", "DeviceType", "CaseName", "ActualFPS", "TrainingTime",
+                         "ActualLoss", "E2ETrainingTime"]
+    assert key["CaseName"] == "{}_bs2_1p_perf".format(NETWORK) and key["RankSize"] == "1"
+    assert float(key["ActualFPS"]) == pytest.approx(fps)
+    assert float(key["TrainingTime"]) == pytest.approx(2 * 1000 / fps, rel=1e-2)
+    assert float(key["ActualLoss"]) > 0  # summary.json's final loss
+    assert (out / "model_dir" / "summary.json").exists()
+
+
+def test_full_script_key_file_has_accuracy_and_batch_size(tmp_path):
+    proc = _run("train_full_1p.sh", ["--batch_size=4"] + TINY, tmp_path, "0")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    key = _key_file(tmp_path / "test" / "output" / "0" / "{}_bs4_1p_acc.log".format(NETWORK))
+    assert key["BatchSize"] == "4"
+    accuracy = float(key["TrainAccuracy"])
+    assert 0.0 <= accuracy <= 1.0
+    assert accuracy == pytest.approx(_final(proc.stdout, "Final Train Accuracy"))
+
+
+def test_bad_data_path_fails_with_the_trainers_message(tmp_path):
+    proc = _run("train_performance_1p.sh", ["--data_path={}".format(tmp_path / "missing")] + TINY, tmp_path, "1")
+    assert proc.returncode == 2
+    assert "error:" in proc.stderr and "training failed (exit 2)" in proc.stderr
+    assert not list((tmp_path / "test" / "output" / "1").glob("*_perf.log"))

@@ -1,0 +1,137 @@
+"""tools/profile.sh: a 2-step profile of a tiny config leaves a parsable Chrome trace, op table and TensorBoard files."""
+import csv
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from unet_perf.compat import v1
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOOLS = os.path.join(REPO, "tools")
+if TOOLS not in sys.path:
+    sys.path.insert(0, TOOLS)
+
+import profile_run  # noqa: E402
+
+TINY = ["--depth", "2", "--base_filters", "4", "--crop_size", "32", "--batch_size", "2", "--synthetic_count", "4",
+        "--synthetic_size", "64"]
+
+
+def test_profile_sh_two_steps_in_a_loop(tmp_path):
+    env = dict(os.environ, PYTHON=sys.executable)
+    proc = subprocess.run(
+        ["bash", os.path.join(TOOLS, "profile.sh"), "--steps", "2", "--output", str(tmp_path), "--top", "5",
+         "--iterations_per_loop", "2"] + TINY,
+        cwd=str(tmp_path), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
+        timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    trace = json.loads((tmp_path / "trace.json").read_text())
+    spans = [e for e in trace["traceEvents"] if e["ph"] == "X"]
+    assert spans and all(e["dur"] >= 1 and isinstance(e["ts"], int) for e in spans)
+    names = {e["name"] for e in spans}
+    assert any("Conv2D" in name for name in names), sorted(names)[:40]
+
+    with open(str(tmp_path / "ops.csv")) as handle:
+        rows = list(csv.DictReader(handle))
+    assert rows and set(rows[0]) == {"op_type", "category", "count", "total_ms", "share"}
+    totals = [float(r["total_ms"]) for r in rows]
+    assert totals == sorted(totals, reverse=True)
+    assert sum(float(r["share"]) for r in rows) == pytest.approx(1.0, abs=1e-3)
+    categories = {r["category"] for r in rows}
+    assert "convolution" in categories and "loop control" in categories  # K = 2 runs an in-graph loop
+
+    # the printed table: header plus --top rows, then the category summary
+    lines = proc.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("op type"))
+    assert lines[header + 6].startswith("by category:")
+    assert glob.glob(str(tmp_path / "events.out.tfevents.*"))
+    if hasattr(__import__("tensorflow").profiler, "experimental"):
+        assert glob.glob(str(tmp_path / "plugins" / "profile" / "*" / "*.xplane.pb"))
+
+
+def test_profile_on_the_npu_backend_sets_options_and_exports(tmp_path):
+    # The recording npu_bridge stand-in of tests/npu_stub (subprocess: it never enters this test process), a fake
+    # msprof on the PATH that logs its arguments, and a PROF_ folder where the Ascend profiler would write one.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    msprof = bin_dir / "msprof"
+    msprof.write_text("#!/bin/sh\necho \"$@\" >> {}\n".format(tmp_path / "msprof_calls.txt"))
+    msprof.chmod(0o755)
+    output = tmp_path / "profile"
+    (output / "PROF_000001_test").mkdir(parents=True)
+    env = dict(os.environ, PATH="{}:{}".format(bin_dir, os.environ["PATH"]),
+               PYTHONPATH=os.pathsep.join([os.path.join(REPO, "tests", "npu_stub"), REPO]))
+    proc = subprocess.run(
+        [sys.executable, os.path.join(TOOLS, "profile_run.py"), "--device", "npu", "--steps", "2", "--output",
+         str(output), "--iterations_per_loop", "2"] + TINY,
+        cwd=str(tmp_path), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
+        timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("NPU profiling options: "))
+    options = json.loads(line.split(": ", 1)[1])
+    assert options["output"] == str(output)
+    assert options["training_trace"] == options["task_trace"] == options["aicpu"] == "on"
+    assert options["fp_point"].startswith("unet/") and "gradients" in options["bp_point"].split("/")
+    calls = (tmp_path / "msprof_calls.txt").read_text().splitlines()
+    assert calls == ["--export=on --output={}".format(output / "PROF_000001_test")]
+    assert "Ascend profile dump: {}".format(output / "PROF_000001_test") in proc.stdout
+    assert not (output / "trace.json").exists()  # the host trace is not made on the NPU
+
+
+def _node(device, name, label, start, duration, thread=0):
+    node = device.node_stats.add()
+    node.node_name, node.timeline_label = name, label
+    node.all_start_micros, node.all_end_rel_micros, node.thread_id = start, duration, thread
+    return node
+
+
+def test_op_table_and_trace_from_step_stats():
+    metadata = v1.RunMetadata()
+    cpu = metadata.step_stats.dev_stats.add()
+    cpu.device = "/job:localhost/replica:0/task:0/device:CPU:0"
+    _node(cpu, "unet/down0/conv", "unet/down0/conv = _FusedConv2D(x, w)", 100, 600)
+    _node(cpu, "unet/down1/conv", "unet/down1/conv = _FusedConv2D(y, w2)", 700, 200)
+    _node(cpu, "IteratorGetNext", "IteratorGetNext = IteratorGetNext(it)", 0, 100)
+    _node(cpu, "while/merge/_1", "while/merge/_1 = Merge(a, b)", 900, 50)
+    _node(cpu, "_SOURCE", "", 0, 50)
+    gpu_all = metadata.step_stats.dev_stats.add()
+    gpu_all.device = "/device:GPU:0/stream:all"  # duplicates per-stream records: never counted
+    _node(gpu_all, "dup", "dup = Conv2D(x)", 0, 10 ** 6)
+
+    rows = profile_run.op_table([metadata, metadata])
+    assert [(r["op_type"], r["count"]) for r in rows] == [
+        ("_FusedConv2D", 4), ("IteratorGetNext", 2), ("Merge", 2), ("_SOURCE", 2)]
+    assert rows[0]["total_ms"] == pytest.approx(1.6) and rows[0]["share"] == pytest.approx(0.8)
+    assert [r["category"] for r in rows] == [
+        "convolution", "input (tf.data wait: augmentation)", "loop control", "other"]
+    assert profile_run.category_table(rows)[0][0] == "convolution"
+
+    trace = profile_run.chrome_trace([metadata])
+    spans = [e for e in trace["traceEvents"] if e["ph"] == "X"]
+    assert len(spans) == 5 and {e["pid"] for e in spans} == {0}
+    assert spans[0]["ts"] == 100 and spans[0]["dur"] == 600 and spans[0]["args"]["name"] == "unet/down0/conv"
+
+
+def test_fp_bp_points_name_the_first_forward_and_last_backward_op(fresh_graph):
+    import tensorflow as tf
+    x = tf.ones([1, 8, 8, 1])
+    w = v1.get_variable("w", [3, 3, 1, 2])
+    y = tf.nn.conv2d(x, w, [1, 1, 1, 1], "SAME", name="first_conv")
+    loss = tf.reduce_sum(tf.nn.conv2d(y, v1.get_variable("w2", [3, 3, 2, 1]), [1, 1, 1, 1], "SAME"))
+    grads = v1.gradients(loss, [w])
+    forward, backward = profile_run.fp_bp_points(fresh_graph)
+    assert forward == "first_conv"
+    # the weight gradient of the first convolution is the last backward op computed (not a tuple identity)
+    assert fresh_graph.get_operation_by_name(backward).type == "Conv2DBackpropFilter"
+    assert backward.startswith("gradients/first_conv_grad/")
+    assert grads[0] is not None
+
+
+def test_bad_steps_is_a_user_error():
+    with pytest.raises(profile_run.UserError, match="--steps"):
+        profile_run.main(["--steps", "0"])

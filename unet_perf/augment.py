@@ -1,0 +1,423 @@
+"""Fused augmentation: one coordinate map per sample, one sampling pass for image, mask and weight map.
+
+The map sends every OUTPUT pixel (i, j) of an [h, w] tile to a source position (x, y):
+
+    (x, y) = crop centre + shift + (1 / input_scale) * Dihedral * Rotation * Shear / zoom * (j - cw, i - ch)
+             + elastic displacement(i, j)
+
+The dihedral matrix has entries 0/±1 (flips and 90° turns stay exact); the elastic displacement is the
+U-Net paper's recipe (Gaussian offsets on a coarse grid, bicubic interpolation), in source pixels. Only
+output pixels are computed and sampled, so cropping and rescaling cost nothing extra.
+
+Why it is fast: everything per pixel is elementwise plus a few gathers of uint8 bytes, so under XLA it fuses
+into one loop over the output; intensity (gamma, contrast, brightness) is a per-sample 256-entry table applied
+to the gathered bytes, and noise is one Gaussian field per batch, shifted per sample. All random numbers are
+drawn with stateless ops outside the compiled part, from a per-batch seed: the plain and XLA graphs see the
+same draws, and results never depend on thread scheduling.
+"""
+import math
+
+import numpy as np
+import tensorflow as tf
+
+from unet_perf import compat
+
+# Columns of the per-sample uniform draws (one stateless call per batch).
+(_DIHEDRAL, _ANGLE, _ZOOM, _SHEAR, _SHIFT_X, _SHIFT_Y, _CROP_X, _CROP_Y,
+ _BRIGHTNESS, _CONTRAST, _GAMMA, _NOISE, _NOISE_X, _NOISE_Y) = range(14)
+_NUM_UNIFORMS = 14
+# Independent random streams derived from the batch seed.
+_STREAM_UNIFORM, _STREAM_ELASTIC, _STREAM_NOISE = range(3)
+_NUM_STREAMS = 4
+
+
+def batch_seed(base_seed, batch_index):
+    """The stateless seed of one batch: [base_seed, batch_index] as int64 [2]."""
+    return tf.stack([tf.cast(base_seed, tf.int64), tf.cast(batch_index, tf.int64)])
+
+
+def _substream(seed, stream):
+    """A seed for one random stream of this batch; distinct for every (batch, stream) pair."""
+    return tf.stack([seed[0], seed[1] * _NUM_STREAMS + stream])
+
+
+def use_xla(cfg):
+    """Resolve cfg.xla_augment (auto|on|off) against what this TensorFlow build can compile."""
+    if cfg.xla_augment == "off":
+        return False
+    if cfg.xla_augment == "on":
+        return True
+    return compat.xla_jit_available()
+
+
+def _elastic_on(cfg):
+    return cfg.augment and cfg.elastic and cfg.elastic_sigma > 0
+
+
+def _noise_on(cfg):
+    return cfg.augment and cfg.noise > 0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Random draws (plain ops, outside any XLA cluster)
+
+
+def draw(cfg, batch, out_size, seed):
+    """All random numbers of one batch: {'uniforms': [B, 14], 'elastic': [B, 2, g, g] px or None,
+    'noise': [h, w] standard normal or None}."""
+    seed = tf.cast(seed, tf.int64)
+    draws = {"uniforms": tf.random.stateless_uniform([batch, _NUM_UNIFORMS], _substream(seed, _STREAM_UNIFORM)),
+             "elastic": None, "noise": None}
+    if _elastic_on(cfg):
+        grid = cfg.elastic_grid
+        draws["elastic"] = tf.random.stateless_normal(
+            [batch, 2, grid, grid], _substream(seed, _STREAM_ELASTIC), stddev=cfg.elastic_sigma)
+    if _noise_on(cfg):
+        draws["noise"] = tf.random.stateless_normal(list(out_size), _substream(seed, _STREAM_NOISE))
+    return draws
+
+
+def _uniform(uniforms, column, low, high):
+    """Column of the per-sample uniforms scaled to [low, high): [B]."""
+    return low + (high - low) * uniforms[:, column]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Coordinate map
+
+
+def _compose(first, second):
+    """2x2 matrix product of (a, b, c, d) tuples whose entries are scalars or [B] tensors."""
+    a1, b1, c1, d1 = first
+    a2, b2, c2, d2 = second
+    return (a1 * a2 + b1 * c2, a1 * b2 + b1 * d2, c1 * a2 + d1 * c2, c1 * b2 + d1 * d2)
+
+
+def _dihedral_matrix(uniform):
+    """One of the 8 flips/90° turns per sample, with exact 0/±1 entries."""
+    index = tf.floor(uniform * 8.0)
+    flip_x = 1.0 - 2.0 * tf.math.floormod(index, 2.0)
+    flip_y = 1.0 - 2.0 * tf.math.floormod(tf.floor(index / 2.0), 2.0)
+    transpose = tf.floor(index / 4.0)
+    keep = 1.0 - transpose
+    return (flip_x * keep, flip_y * transpose, flip_x * transpose, flip_y * keep)
+
+
+def linear_part(uniforms, cfg):
+    """Per-sample 2x2 matrix (a, b, c, d) of [B] tensors mapping centred output offsets (dx, dy) to source
+    offsets (a*dx + b*dy, c*dx + d*dy)."""
+    batch = uniforms.shape[0]
+    spacing = tf.fill([batch], 1.0 / float(cfg.input_scale))
+    zero = tf.zeros([batch])
+    matrix = (spacing, zero, zero, spacing)
+    if not cfg.augment:
+        return matrix
+    if cfg.flip:
+        matrix = _compose(matrix, _dihedral_matrix(uniforms[:, _DIHEDRAL]))
+    if cfg.rotate_deg > 0:
+        angle = _uniform(uniforms, _ANGLE, -cfg.rotate_deg, cfg.rotate_deg) * (math.pi / 180.0)
+        cos, sin = tf.cos(angle), tf.sin(angle)
+        matrix = _compose(matrix, (cos, -sin, sin, cos))
+    if cfg.shear > 0:
+        shear = _uniform(uniforms, _SHEAR, -cfg.shear, cfg.shear)
+        matrix = _compose(matrix, (1.0, shear, 0.0, 1.0))
+    if cfg.scale_range > 0:
+        inverse_zoom = 1.0 / _uniform(uniforms, _ZOOM, 1.0 - cfg.scale_range, 1.0 + cfg.scale_range)
+        matrix = tuple(entry * inverse_zoom for entry in matrix)
+    return matrix
+
+
+def _crop_centre(uniform, source_len, span):
+    """Source coordinate of the tile centre: an integer offset inside the image, or centred if it does not fit."""
+    room = source_len - span
+    if room < 0:
+        offset = tf.fill(tf.shape(uniform), room / 2.0)
+    else:
+        offset = tf.floor(uniform * float(math.floor(room) + 1))
+    return offset + (span - 1.0) / 2.0
+
+
+def tile_centre(uniforms, cfg, in_size, out_size):
+    """Per-sample source position (x, y), each [B], of the output tile centre: random crop plus random shift."""
+    span_y, span_x = [out_size[axis] / float(cfg.input_scale) for axis in (0, 1)]
+    centre_x = _crop_centre(uniforms[:, _CROP_X], in_size[1], span_x)
+    centre_y = _crop_centre(uniforms[:, _CROP_Y], in_size[0], span_y)
+    if cfg.augment and cfg.translate > 0:
+        centre_x += _uniform(uniforms, _SHIFT_X, -cfg.translate, cfg.translate) * span_x
+        centre_y += _uniform(uniforms, _SHIFT_Y, -cfg.translate, cfg.translate) * span_y
+    return centre_x, centre_y
+
+
+def cubic_weights(out_len, grid):
+    """[out_len, grid] matrix interpolating `grid` control points bicubically (Keys kernel, a=-0.5, edge
+    control points repeated) onto out_len positions; first and last outputs sit on the first and last points."""
+    weights = np.zeros((out_len, grid), np.float64)
+    for row in range(out_len):
+        t = row * (grid - 1) / float(max(out_len - 1, 1))
+        base = int(math.floor(t))
+        for tap in range(base - 1, base + 3):
+            distance = abs(t - tap)
+            if distance <= 1:
+                kernel = 1.5 * distance ** 3 - 2.5 * distance ** 2 + 1
+            elif distance < 2:
+                kernel = -0.5 * distance ** 3 + 2.5 * distance ** 2 - 4 * distance + 2
+            else:
+                kernel = 0.0
+            weights[row, min(max(tap, 0), grid - 1)] += kernel
+    return weights.astype(np.float32)
+
+
+def elastic_field(offsets, out_size):
+    """Bicubic interpolation of control-point offsets [B, 2, g, g] to the tile: (dx, dy), each [B, h, w].
+
+    Rows @ offsets @ cols^T, written as g broadcast products so that under XLA it fuses into the per-pixel
+    loop instead of materialising full-resolution fields.
+    """
+    batch, _, grid, _ = offsets.shape.as_list()
+    height, width = out_size
+    rows = tf.constant(cubic_weights(height, grid))  # [h, g]
+    cols = tf.constant(cubic_weights(width, grid).T)  # [g, w]
+    # per control row k: offsets[b, c, k, :] interpolated along the width -> [B, 2, g, w] (small)
+    along_width = tf.reshape(tf.matmul(tf.reshape(offsets, [batch * 2 * grid, grid]), cols),
+                             [batch, 2, grid, width])
+    field = 0.0
+    for k in range(grid):
+        field += rows[None, None, :, k, None] * along_width[:, :, k, None, :]
+    return field[:, 0], field[:, 1]
+
+
+def coordinate_map(cfg, in_size, out_size, draws):
+    """Source coordinates (x, y), each float32 [B, h, w], of every output pixel, before border handling."""
+    height, width = out_size
+    a, b, c, d = linear_part(draws["uniforms"], cfg)
+    centre_x, centre_y = tile_centre(draws["uniforms"], cfg, in_size, out_size)
+    cols = tf.range(width, dtype=tf.float32) - (width - 1) / 2.0  # [w]
+    rows = tf.range(height, dtype=tf.float32) - (height - 1) / 2.0  # [h]
+    # separable: a per-column part [B, 1, w] plus a per-row part [B, h, 1]
+    x = (centre_x[:, None] + a[:, None] * cols)[:, None, :] + (b[:, None] * rows)[:, :, None]
+    y = (centre_y[:, None] + c[:, None] * cols)[:, None, :] + (d[:, None] * rows)[:, :, None]
+    if draws["elastic"] is not None:
+        dx, dy = elastic_field(draws["elastic"], out_size)
+        x += dx
+        y += dy
+    return x, y
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Sampling
+
+
+def _fold_border(coord, length, border):
+    """Bring coordinates into [0, length-1]. Returns (coord, fade): fade is None except for the constant border,
+    where it fades the image to zero exactly like bilinear sampling of a zero-padded image."""
+    last = float(length - 1)
+    if border == "reflect":
+        # mirror about the edge pixels (no repeated edge); exact for coordinates within one tile of the image,
+        # clamped beyond (abs instead of floormod: half the cost)
+        return tf.clip_by_value(last - tf.abs(last - tf.abs(coord)), 0.0, last), None
+    clipped = tf.clip_by_value(coord, 0.0, last)
+    if border == "nearest":
+        return clipped, None
+    return clipped, tf.clip_by_value(1.0 - tf.abs(coord - clipped), 0.0, 1.0)
+
+
+def _split(coord, length):
+    """Integer corner (<= length-2, so its +1 neighbour exists) as int32, and the fraction in [0, 1]."""
+    corner = tf.minimum(tf.floor(coord), float(length - 2))
+    return tf.cast(corner, tf.int32), coord - corner
+
+
+def _lerp(low, high, fraction):
+    # this form is exact at fraction 0 and 1 (identity maps stay bit-exact, also on the last row/column)
+    return low * (1.0 - fraction) + high * fraction
+
+
+def _bilinear(corners, fx, fy):
+    top_left, top_right, bottom_left, bottom_right = corners
+    return _lerp(_lerp(top_left, top_right, fx), _lerp(bottom_left, bottom_right, fx), fy)
+
+
+def unit_table():
+    """[256] float32 table of k / 255, divided in numpy: XLA would turn a division into a multiplication by the
+    reciprocal, which is off by one ulp for half the values and would break the bit-exact identity."""
+    return tf.constant(np.arange(256, dtype=np.float32) / np.float32(255.0))
+
+
+def intensity_table(uniforms, cfg):
+    """Per-sample table [B*256] of uint8 value -> image value in [0, 1]: /255, gamma, contrast about mid-grey,
+    brightness, clip. Applied to the gathered corner bytes, so intensity costs one small lookup per corner."""
+    batch = uniforms.shape[0]
+    values = tf.tile(unit_table()[None, :], [batch, 1])  # [B, 256]
+    if cfg.augment:
+        per_sample = lambda column, low, high: _uniform(uniforms, column, low, high)[:, None]
+        if cfg.gamma > 0:
+            values = tf.pow(values, per_sample(_GAMMA, 1.0 - cfg.gamma, 1.0 + cfg.gamma))
+        if cfg.contrast > 0:
+            values = (values - 0.5) * per_sample(_CONTRAST, 1.0 - cfg.contrast, 1.0 + cfg.contrast) + 0.5
+        if cfg.brightness > 0:
+            values += per_sample(_BRIGHTNESS, -cfg.brightness, cfg.brightness)
+        values = tf.clip_by_value(values, 0.0, 1.0)
+    return tf.reshape(values, [-1])
+
+
+def _shifted_noise(noise, uniforms, batch):
+    """The batch's [h, w] Gaussian field, cyclically shifted by a random offset per sample: [B, h, w]."""
+    height, width = noise.shape.as_list()
+    shift_x = tf.cast(tf.floor(uniforms[:, _NOISE_X] * width), tf.int32)
+    shift_y = tf.cast(tf.floor(uniforms[:, _NOISE_Y] * height), tf.int32)
+    cols = tf.math.floormod(tf.range(width)[None, :] + shift_x[:, None], width)  # [B, w]
+    rows = tf.math.floormod(tf.range(height)[None, :] + shift_y[:, None], height)  # [B, h]
+    return tf.gather(tf.reshape(noise, [-1]), rows[:, :, None] * width + cols[:, None, :])
+
+
+def sampling_positions(x, y, in_size, border):
+    """Border handling and bilinear set-up: (index, fx, fy, fade) of [B, h, w] tensors.
+
+    index (int32) is the flat position of each output pixel's top-left source neighbour in the [B*H*W] batch,
+    fx/fy the fractions towards its right/bottom neighbours; fade is None except for the constant border.
+    """
+    height, width = in_size
+    batch = x.shape[0]
+    x, fade_x = _fold_border(x, width, border)
+    y, fade_y = _fold_border(y, height, border)
+    x0, fx = _split(x, width)
+    y0, fy = _split(y, height)
+    index = tf.reshape(tf.range(batch) * (height * width), [batch, 1, 1]) + y0 * width + x0
+    fade = fade_x * fade_y if fade_x is not None else None
+    return index, fx, fy, fade
+
+
+def sample(images, masks, weights, index, fx, fy, fade, mask_interp="nearest", table=None):
+    """Sample image (bilinear), mask (nearest, or bilinear then >= 0.5) and optional weights (bilinear).
+
+    images, masks: uint8 [B, H, W]; weights: float32 [B, H, W] or None; index, fx, fy, fade: from
+    sampling_positions; table: [B*256] intensity table (see intensity_table) or None for plain /255.
+    Returns image float32 in [0, 1], mask float32 {0, 1}, weights float32 or None, all [B, h, w].
+    """
+    batch, _, width = images.shape.as_list()
+    shifts = (0, 1, width, width + 1)
+    flat_images = tf.reshape(images, [-1])
+    corner_bytes = [tf.cast(tf.gather(flat_images, index + shift), tf.int32) for shift in shifts]
+    if table is None:
+        corners = [tf.gather(unit_table(), value) for value in corner_bytes]
+    else:
+        table_offset = tf.reshape(tf.range(batch) * 256, [batch, 1, 1])
+        corners = [tf.gather(table, table_offset + value) for value in corner_bytes]
+    image = _bilinear(corners, fx, fy)
+    flat_masks = tf.reshape(masks, [-1])
+    if mask_interp == "nearest":
+        nearest = index + tf.cast(fy >= 0.5, tf.int32) * width + tf.cast(fx >= 0.5, tf.int32)
+        mask = tf.cast(tf.gather(flat_masks, nearest), tf.float32)
+    else:
+        mask_corners = [tf.cast(tf.gather(flat_masks, index + shift), tf.float32) for shift in shifts]
+        mask = tf.cast(_bilinear(mask_corners, fx, fy) >= 0.5, tf.float32)
+    if fade is not None:
+        image *= fade
+        mask *= tf.cast(fade >= 0.5, tf.float32)
+    if weights is not None:
+        flat_weights = tf.reshape(weights, [-1])
+        weights = _bilinear([tf.gather(flat_weights, index + shift) for shift in shifts], fx, fy)
+    return image, mask, weights
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Entry point
+
+
+def _positions_stage(cfg, in_size, out_size):
+    def stage(draws):
+        x, y = coordinate_map(cfg, in_size, out_size, draws)
+        index, fx, fy, fade = sampling_positions(x, y, in_size, cfg.border)
+        # the intensity table is built here so that it is materialised once, not recomputed per lookup
+        intensity_on = cfg.augment and (cfg.gamma > 0 or cfg.contrast > 0 or cfg.brightness > 0)
+        table = intensity_table(draws["uniforms"], cfg) if intensity_on else None
+        return {"index": index, "fx": fx, "fy": fy, "fade": fade, "table": table}
+    return stage
+
+
+def _sampling_stage(cfg):
+    def stage(inputs):
+        draws = inputs["draws"]
+        image, mask, weights = sample(inputs["images"], inputs["masks"], inputs["weights"], inputs["index"],
+                                      inputs["fx"], inputs["fy"], inputs["fade"], cfg.mask_interp, inputs["table"])
+        if draws["noise"] is not None:
+            batch = image.shape[0]
+            sigma = tf.reshape(_uniform(draws["uniforms"], _NOISE, 0.0, cfg.noise), [batch, 1, 1])
+            noise = _shifted_noise(draws["noise"], draws["uniforms"], batch)
+            image = tf.clip_by_value(image + sigma * noise, 0.0, 1.0)
+        return {"image": image[..., None], "mask": mask[..., None],
+                "weights": weights[..., None] if weights is not None else None}
+    return stage
+
+
+def _run_stage(stage, inputs, xla):
+    """stage(dict) -> dict, optionally as one XLA function. Dict values may be None or nested dicts.
+
+    Under XLA every stage boundary materialises its outputs: XLA would otherwise fuse the coordinate
+    computation into each of the 5+ gathers that consume it and recompute it per gather.
+    """
+    if not xla:
+        return stage(inputs)
+    flat_in, rebuild_in = _flatten(inputs)
+    structure = []
+
+    def compiled(*tensors):
+        outputs = stage(rebuild_in(list(tensors)))
+        flat_out, rebuild_out = _flatten(outputs)
+        structure.append(rebuild_out)
+        return flat_out
+
+    flat_out = compat.xla_function(compiled)(*flat_in)
+    return structure[-1](list(flat_out))
+
+
+def _flatten(tree):
+    """Non-None tensors of a (nested) dict in key order, and a function rebuilding the dict from such a list."""
+    keys = sorted(tree)
+    flat, rebuilders = [], []
+    for key in keys:
+        value = tree[key]
+        if isinstance(value, dict):
+            sub_flat, sub_rebuild = _flatten(value)
+            rebuilders.append((key, len(sub_flat), sub_rebuild))
+            flat += sub_flat
+        elif value is None:
+            rebuilders.append((key, 0, lambda tensors: None))
+        else:
+            rebuilders.append((key, 1, lambda tensors: tensors[0]))
+            flat.append(value)
+
+    def rebuild(tensors):
+        tree_out, position = {}, 0
+        for key, count, build in rebuilders:
+            tree_out[key] = build(tensors[position:position + count])
+            position += count
+        return tree_out
+    return flat, rebuild
+
+
+def augment_batch(images, masks, weights, cfg, out_size, seed, xla=None):
+    """Augment one batch with one fused coordinate map and one sampling pass.
+
+    images, masks: uint8 [B, H, W] (masks in {0, 1}); weights: float32 [B, H, W] or None; out_size: (h, w);
+    seed: int64 [2] (see batch_seed); xla: None = decide from cfg.xla_augment.
+    Returns (images float32 [B, h, w, 1] in [0, 1], masks float32 {0, 1} [B, h, w, 1],
+    weights float32 [B, h, w, 1] or None), all with static shapes.
+    """
+    images = tf.convert_to_tensor(images, tf.uint8)
+    masks = tf.convert_to_tensor(masks, tf.uint8)
+    if weights is not None:
+        weights = tf.convert_to_tensor(weights, tf.float32)
+    batch, height, width = images.shape.as_list()
+    if height < 2 or width < 2:
+        raise ValueError("augment_batch needs images of at least 2x2 pixels, got {}x{}".format(height, width))
+    out_size = (int(out_size[0]), int(out_size[1]))
+    draws = draw(cfg, batch, out_size, tf.convert_to_tensor(seed, tf.int64))
+    xla = use_xla(cfg) if xla is None else xla
+    positions = _run_stage(_positions_stage(cfg, (height, width), out_size), draws, xla)
+    positions.update(images=images, masks=masks, weights=weights, draws=draws)
+    outputs = _run_stage(_sampling_stage(cfg), positions, xla)
+    outputs = [outputs["image"], outputs["mask"]] + ([outputs["weights"]] if weights is not None else [])
+    for output in outputs:
+        output.set_shape([batch, out_size[0], out_size[1], 1])
+    return outputs[0], outputs[1], (outputs[2] if weights is not None else None)

@@ -1,0 +1,86 @@
+"""Host backend (CPU/GPU): K = iterations_per_loop training steps per Session.run as one in-graph while_loop.
+
+Each loop iteration pulls a batch from the iterator, builds the loss, applies the (loss-scaled) update and advances
+the global step; K = 1 builds the plain step with no loop.
+
+Why the loop is sequential and not slower than K = 1 (measured with benchmarks/loop_overhead.py):
+- every loop output carries a control dependency on the step's train op, and the step number is the loop index
+  plus the global step read once before the loop, so step i+1 (its batch, weight reads and dropout seed) cannot
+  start before step i's update has finished: the K-step loop equals K single steps. parallel_iterations=1 states
+  the same thing to the executor (with the control dependencies, the default 10 gives identical weights);
+- back_prop=False: nothing is ever differentiated through the loop, so no per-iteration accumulators;
+- per step the loop executes fewer nodes than a Session.run of the plain step (the VarHandleOps and fetch
+  plumbing run once per Session.run, not once per step), Conv2D+BiasAdd+Relu are still fused by grappler's
+  remapper inside the loop body, and the Session.run overhead is paid once per K steps.
+"""
+import tensorflow as tf
+
+from unet_perf.backends.base import Backend
+from unet_perf.compat import v1
+from unet_perf.optim import make_optimizer
+from unet_perf.precision import LossScaler
+
+
+class HostBackend(Backend):
+    name = "host"
+
+    def __init__(self, parallel_iterations=1, swap_memory=False):
+        self.parallel_iterations = parallel_iterations
+        self.swap_memory = swap_memory
+
+    def session_config(self, cfg, profiling_options=None):
+        """ConfigProto for CPU/GPU: TensorFlow's default thread pools, soft placement, GPU memory on demand.
+
+        `profiling_options` is accepted for the common interface; on the host the trainer traces with the TF
+        profiler instead.
+        """
+        config = v1.ConfigProto(allow_soft_placement=True)
+        config.gpu_options.allow_growth = True
+        return config
+
+    def build_train_loop(self, cfg, next_batch, loss_fn, global_step, optimizer=None, scaler=None):
+        """The FETCH_KEYS dict of base.py; running it executes cfg.iterations_per_loop steps.
+
+        `optimizer` defaults to optim.make_optimizer(cfg) and `scaler` to precision.LossScaler.from_config(cfg)
+        (created here, outside the loop, so their variables are ordinary graph variables).
+        """
+        optimizer = optimizer if optimizer is not None else make_optimizer(cfg)
+        scaler = scaler if scaler is not None else LossScaler.from_config(cfg)
+        steps = int(cfg.iterations_per_loop)
+        first_step = global_step.read_value()
+
+        def one_step(step):
+            update_ops_before = set(v1.get_collection(v1.GraphKeys.UPDATE_OPS))
+            loss = tf.cast(loss_fn(next_batch(), step), tf.float32)
+            # Batch-norm moving averages created by this step's model run as part of this step's train op.
+            update_ops = [op for op in v1.get_collection(v1.GraphKeys.UPDATE_OPS) if op not in update_ops_before]
+            train_op, overflow = scaler.minimize(optimizer, loss, v1.trainable_variables(), global_step)
+            return loss, overflow, tf.group(train_op, *update_ops)
+
+        if steps == 1:
+            loss, overflow, train_op = one_step(first_step)
+            with tf.control_dependencies([train_op]):
+                loss = tf.identity(loss)
+                overflow = tf.identity(overflow)
+            return self._fetches(loss, loss, overflow, global_step, scaler)
+
+        def body(i, loss_sum, last_loss, last_overflow):
+            loss, overflow, train_op = one_step(first_step + tf.cast(i, tf.int64))
+            with tf.control_dependencies([train_op]):
+                return i + 1, loss_sum + loss, tf.identity(loss), tf.identity(overflow)
+
+        _, loss_sum, loss, overflow = v1.while_loop(
+            lambda i, *unused: i < steps, body,
+            [tf.constant(0), tf.constant(0.0), tf.constant(0.0), tf.constant(False)],
+            parallel_iterations=self.parallel_iterations, swap_memory=self.swap_memory,
+            back_prop=False)
+        return self._fetches(loss, loss_sum / steps, overflow, global_step, scaler)
+
+    @staticmethod
+    def _fetches(loss, mean_loss, overflow, global_step, scaler):
+        # Read the state only after the step(s): the control dependency orders the reads after the updates.
+        with tf.control_dependencies([loss, mean_loss, overflow]):
+            fetches = {"loss": tf.identity(loss), "mean_loss": tf.identity(mean_loss),
+                       "global_step": global_step.read_value(), "overflow": tf.identity(overflow)}
+            fetches.update(scaler.state())
+        return fetches

@@ -1,0 +1,232 @@
+"""Checkpoints that survive a kill at any moment, architecture checks before restoring, atomic JSON files.
+
+Why a kill cannot leave an unusable checkpoint (checked in TF 2.21's saver.py / checkpoint_management.py and
+tensor_bundle.cc; the same code paths exist in 1.15):
+- the V2 format writes `<prefix>.data-*` and `<prefix>.index` to `*.tempstate<random>` files and renames each
+  when complete, and every save uses a new prefix (`model.ckpt-<step>`), so a half-written save never touches
+  the previous checkpoint;
+- the `checkpoint` state file is replaced atomically (write a temp file, rename) AFTER both files are in place,
+  and old checkpoints are deleted only after the state file stops listing them.
+The gaps this module closes:
+- a kill leaves `*.tempstate*` files behind: `remove_partial_files` deletes them at start-up and after a failed
+  save (a full disk should not stay full of our garbage);
+- a new process's Saver forgets older checkpoints, so max_to_keep would never delete them: `recover` reloads
+  the list from the state file;
+- re-saving onto the prefix the state file points to would rename a new data file next to the old index: the
+  trainer never saves a step twice (`CheckpointWriter.save` skips the step it restored or last saved).
+"""
+import glob
+import json
+import os
+import re
+
+from unet_perf.compat import v1
+from unet_perf.errors import UserError
+
+PREFIX = "model.ckpt"
+PARTIAL_PATTERN = "*.tempstate*"
+# Config fields that change the variables of the graph (names/shapes), for the architecture error message.
+ARCHITECTURE_FLAGS = ("depth", "base_filters", "batch_norm", "optimizer", "precision", "loss_scale", "weight_map")
+
+
+def atomic_write_text(path, text):
+    """Write `text` to `path` via a temp file + os.replace, so readers never see half a file."""
+    tmp = "{}.tmp{}".format(path, os.getpid())
+    try:
+        with open(tmp, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        _remove_quietly(tmp)
+        raise UserError("cannot write {} ({}); free disk space or choose another --model_dir".format(
+            path, err.strerror or err))
+
+
+def atomic_write_json(path, obj):
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path):
+    """The JSON object in `path`, or None when it is missing or unreadable."""
+    try:
+        with open(path) as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
+
+
+def op_error_reason(err):
+    """The cause line of a TensorFlow error (TF 2.x prefixes it with 'Graph execution error:' and a stack)."""
+    message = str(getattr(err, "message", "") or err)
+    noise = ("Graph execution error", "Detected at node", "Node:", "Original stack trace", "[[")
+    for line in message.splitlines():
+        if line.strip() and not line[:1].isspace() and not line.startswith(noise):
+            return line.strip()[:300]
+    return type(err).__name__
+
+
+def _remove_quietly(path):
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def check_model_dir(model_dir):
+    """UserError now (before any work) if `model_dir` cannot be created or written. Creates nothing."""
+    path = os.path.abspath(model_dir)
+    if os.path.exists(path):
+        if not os.path.isdir(path):
+            raise UserError("--model_dir {} is a file, not a directory; pass a directory path".format(model_dir))
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise UserError("--model_dir {} is not writable; choose a writable directory".format(model_dir))
+        return
+    parent = os.path.dirname(path)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise UserError("--model_dir {} cannot be created: {} is a file; pass another path".format(
+            model_dir, parent))
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError("--model_dir {} cannot be created: {} is not writable; choose a writable path".format(
+            model_dir, parent))
+
+
+def make_model_dir(model_dir):
+    check_model_dir(model_dir)
+    try:
+        os.makedirs(model_dir, exist_ok=True)
+    except OSError as err:
+        raise UserError("cannot create --model_dir {} ({}); choose another path".format(
+            model_dir, err.strerror or err))
+
+
+def remove_partial_files(directory):
+    """Delete the temp files of saves that never finished (killed or failed); returns their paths."""
+    removed = []
+    for path in glob.glob(os.path.join(directory, PARTIAL_PATTERN)):
+        _remove_quietly(path)
+        removed.append(path)
+    return removed
+
+
+def _complete(prefix):
+    return os.path.exists(prefix + ".index") and bool(glob.glob(glob.escape(prefix) + ".data-*"))
+
+
+def checkpoint_candidates(directory):
+    """Checkpoint prefixes listed in `<directory>/checkpoint` whose files exist, newest first."""
+    if not os.path.isdir(directory):
+        return []
+    state = v1.train.get_checkpoint_state(directory)
+    if state is None:
+        return []
+    paths = list(state.all_model_checkpoint_paths) or [state.model_checkpoint_path]
+    if state.model_checkpoint_path and state.model_checkpoint_path not in paths:
+        paths.append(state.model_checkpoint_path)
+    paths = [p if os.path.isabs(p) else os.path.join(directory, p) for p in paths]
+    paths = [p for p in paths if _complete(p)]
+    return sorted(paths, key=step_from_path, reverse=True)
+
+
+def latest_checkpoint(directory):
+    candidates = checkpoint_candidates(directory)
+    return candidates[0] if candidates else None
+
+
+def step_from_path(prefix):
+    match = re.search(r"-(\d+)$", prefix)
+    return int(match.group(1)) if match else -1
+
+
+def checkpoint_step(prefix):
+    """The global step stored in a checkpoint (falls back to the `-<step>` suffix of its name)."""
+    try:
+        return int(v1.train.load_variable(prefix, "global_step"))
+    except (v1.errors.OpError, ValueError):
+        return step_from_path(prefix)
+
+
+def variable_shapes(variables):
+    """{name: shape list} of graph variables, named as the Saver stores them."""
+    return dict((var.op.name, var.shape.as_list()) for var in variables)
+
+
+def architecture_differences(checkpoint_shapes, graph_shapes):
+    """Human-readable differences: graph variables missing from the checkpoint or with another shape."""
+    differences = []
+    for name in sorted(graph_shapes):
+        if name not in checkpoint_shapes:
+            differences.append("{} missing in checkpoint".format(name))
+        elif list(checkpoint_shapes[name]) != list(graph_shapes[name]):
+            differences.append("{}: checkpoint {} vs model {}".format(
+                name, list(checkpoint_shapes[name]), list(graph_shapes[name])))
+    return differences
+
+
+def check_compatible(prefix, variables, model_dir, cfg=None):
+    """UserError unless the checkpoint holds every graph variable with the same shape (before any restore)."""
+    try:
+        checkpoint_shapes = dict(v1.train.list_variables(prefix))
+    except (v1.errors.OpError, ValueError) as err:
+        raise UserError("cannot read checkpoint {} ({}); delete it or use a new --model_dir".format(
+            prefix, op_error_reason(err)))
+    differences = architecture_differences(checkpoint_shapes, variable_shapes(variables))
+    if not differences:
+        return
+    flags = "--depth/--base_filters"
+    saved = read_json(os.path.join(model_dir, "config.json"))
+    if saved is not None and cfg is not None:
+        changed = ["--{} {}".format(name, saved[name]) for name in ARCHITECTURE_FLAGS
+                   if name in saved and saved[name] != getattr(cfg, name)]
+        if changed:
+            flags = " ".join(changed)
+    raise UserError("{} holds a checkpoint of a different architecture ({}{}); use a new --model_dir or the "
+                    "same {}".format(model_dir, differences[0],
+                                     "; {} variables differ".format(len(differences)) if len(differences) > 1
+                                     else "", flags))
+
+
+class CheckpointWriter(object):
+    """A v1 Saver in `directory` (model.ckpt-<step>) that keeps the last `max_to_keep`, never re-saves a step,
+    and turns write failures (full disk, vanished directory) into UserError naming the intact checkpoint."""
+
+    def __init__(self, directory, variables, max_to_keep):
+        self.directory = directory
+        self.saver = v1.train.Saver(var_list=variables, max_to_keep=max_to_keep, save_relative_paths=True)
+        self.last_step = None
+
+    def recover(self):
+        """Reload the list of existing checkpoints so max_to_keep also deletes those of earlier runs."""
+        candidates = checkpoint_candidates(self.directory)
+        # Saver.recover_last_checkpoints would do this through a deprecated, warning-printing TF helper.
+        self.saver.set_last_checkpoints_with_time(
+            [(path, os.path.getmtime(path + ".index")) for path in sorted(candidates, key=step_from_path)])
+        if candidates:
+            self.last_step = step_from_path(candidates[0])
+
+    def restore(self, sess, prefix):
+        self.saver.restore(sess, prefix)
+        self.last_step = checkpoint_step(prefix)
+
+    def save(self, sess, step):
+        """Write model.ckpt-<step> unless that step is already saved; returns the prefix or None."""
+        if self.last_step is not None and step <= self.last_step:
+            return None
+        if not os.path.isdir(self.directory):
+            raise UserError("cannot write checkpoint: {} disappeared; recreate it and rerun to resume".format(
+                self.directory))
+        try:
+            path = self.saver.save(sess, os.path.join(self.directory, PREFIX), global_step=step,
+                                   write_meta_graph=False)
+        except (v1.errors.OpError, OSError, ValueError) as err:
+            remove_partial_files(self.directory)
+            previous = latest_checkpoint(self.directory)
+            reason = op_error_reason(err) if isinstance(err, v1.errors.OpError) else str(err)
+            raise UserError("cannot write checkpoint at step {} in {} ({}); free disk space and rerun to resume "
+                            "from {}".format(step, self.directory, reason,
+                                             previous or "scratch (no earlier checkpoint)"))
+        self.last_step = step
+        return path

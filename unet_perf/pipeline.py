@@ -1,0 +1,117 @@
+"""The training input pipeline: cached uint8 slices -> seeded shuffle -> repeat -> batch -> fused augmentation
+per batch -> prefetch, with fully static shapes [B, h, w, 1].
+
+Shuffling, repeating and batching run over slice INDICES; the uint8 arrays are cached once and each batch
+gathers its B slices right before the augmentation. That keeps the shuffle buffer tiny and makes resuming
+cheap: `start_batch` skips whole batches of indices (exact continuation of the interrupted stream), and batch
+k is always augmented with the stateless seed [seed, k].
+"""
+import numpy as np
+import tensorflow as tf
+
+from unet_perf import augment
+from unet_perf.compat import AUTOTUNE, set_dataset_deterministic, set_dataset_threading, v1
+from unet_perf.errors import UserError
+from unet_perf.precision import compute_dtype  # noqa: F401  (re-exported: part of this module's API)
+
+NORMALIZE_MODES = ("unit", "symmetric", "standard")
+STD_FLOOR = 1e-6  # in [0, 1] units, same as unet_perf.inference (1e-6 * 255 in 0..255 units)
+MAX_EMBEDDED_BYTES = 1800 * 1024 * 1024  # the arrays live in the GraphDef, which must stay under 2 GB
+_BATCH_COUNTER_END = 2 ** 62  # "infinite" batch numbering
+
+
+def normalize(images, mode):
+    """Images float32 in [0, 1], [B, h, w, C] -> unit (unchanged), symmetric ([-1, 1]) or standard (per image
+    zero mean, unit std). Matches unet_perf.inference.normalize, which takes 0..255 units."""
+    if mode == "unit":
+        return images
+    if mode == "symmetric":
+        return images * 2.0 - 1.0
+    if mode == "standard":
+        mean, variance = v1.nn.moments(images, axes=[1, 2, 3], keep_dims=True)
+        return (images - mean) / tf.maximum(tf.sqrt(variance), STD_FLOOR)
+    raise UserError("--normalize must be one of {}, got {!r}".format("|".join(NORMALIZE_MODES), mode))
+
+
+def _check_arrays(images, masks, weights):
+    images = np.asarray(images)
+    masks = np.asarray(masks)
+    if images.ndim != 3 or images.dtype != np.uint8:
+        raise UserError("training images must be uint8 [N, H, W], got {} {}".format(images.dtype, images.shape))
+    if masks.shape != images.shape or masks.dtype != np.uint8:
+        raise UserError("training masks must be uint8 {} like the images, got {} {}".format(
+            images.shape, masks.dtype, masks.shape))
+    if len(images) == 0:
+        raise UserError("no training slices: check --data_path or --val_split")
+    if weights is not None:
+        weights = np.asarray(weights, np.float32)
+        if weights.shape != images.shape:
+            raise UserError("weight maps must be float32 {} like the images, got {}".format(
+                images.shape, weights.shape))
+    size = images.nbytes + masks.nbytes + (weights.nbytes if weights is not None else 0)
+    if size > MAX_EMBEDDED_BYTES:
+        raise UserError("the training slices take {:.2f} GB, more than the {:.1f} GB the graph can hold; use fewer "
+                        "or smaller slices (--data_path)".format(size / 2.0 ** 30, MAX_EMBEDDED_BYTES / 2.0 ** 30))
+    return images, masks, weights
+
+
+def _options(cfg):
+    options = tf.data.Options()
+    set_dataset_threading(options, cfg.data_threads, cfg.data_intra_op)
+    set_dataset_deterministic(options, cfg.deterministic)
+    return options
+
+
+def batch_indices(count, cfg, seed, start_batch=0):
+    """Dataset of (slice indices int64 [B], batch number int64): seeded shuffle of range(count) with buffer
+    cfg.shuffle_buffer (0 = count), repeat, batch(drop_remainder=True), then skip `start_batch` batches."""
+    buffer_size = cfg.shuffle_buffer or count
+    indices = (tf.data.Dataset.range(count)
+               .shuffle(buffer_size, seed=seed, reshuffle_each_iteration=True)
+               .repeat()
+               .batch(cfg.batch_size, drop_remainder=True))
+    numbered = tf.data.Dataset.zip((indices, tf.data.Dataset.range(_BATCH_COUNTER_END)))
+    return numbered.skip(start_batch) if start_batch else numbered
+
+
+def make_dataset(images, masks, weights, cfg, seed=None, start_batch=0):
+    """The training dataset of augmented batches.
+
+    images, masks: uint8 [N, H, W] (masks {0, 1}); weights: float32 [N, H, W] or None; seed: None = cfg.seed.
+    Yields (image [B, h, w, 1] in the compute dtype of cfg.precision, normalised by cfg.normalize,
+    mask [B, h, w, 1] float32 {0, 1}) plus weight [B, h, w, 1] float32 when weights is not None;
+    B = cfg.batch_size, h = w = cfg.crop_size. Batch k (counting from 0 in an uninterrupted run) is the same
+    whatever start_batch is; a run resumed at step s passes start_batch=s and continues the stream.
+    """
+    images, masks, weights = _check_arrays(images, masks, weights)
+    seed = cfg.seed if seed is None else seed
+    out_size = (cfg.crop_size, cfg.crop_size)
+    dtype = compute_dtype(cfg.precision)
+    if cfg.normalize not in NORMALIZE_MODES:
+        raise UserError("--normalize must be one of {}, got {!r}".format("|".join(NORMALIZE_MODES), cfg.normalize))
+    xla = augment.use_xla(cfg)  # resolved here, outside the dataset function's graph
+    has_weights = weights is not None
+    cached = (images, masks) + ((weights,) if has_weights else ())
+
+    def augment_one_batch(numbered, arrays):
+        indices, batch_number = numbered
+        slices = [tf.gather(array, indices) for array in arrays]
+        image, mask, weight = augment.augment_batch(
+            slices[0], slices[1], slices[2] if has_weights else None, cfg, out_size,
+            augment.batch_seed(seed, batch_number), xla=xla)
+        image = tf.cast(normalize(image, cfg.normalize), dtype)
+        outputs = (image, mask) + ((weight,) if has_weights else ())
+        for output in outputs:
+            output.set_shape([cfg.batch_size, out_size[0], out_size[1], 1])
+        return outputs
+
+    arrays = tf.data.Dataset.from_tensors(cached).repeat()  # held once in memory, never copied per element
+    dataset = tf.data.Dataset.zip((batch_indices(len(images), cfg, seed, start_batch), arrays))
+    dataset = dataset.map(augment_one_batch, num_parallel_calls=cfg.data_threads or AUTOTUNE)
+    dataset = dataset.prefetch(cfg.prefetch)
+    return dataset.with_options(_options(cfg))
+
+
+def make_iterator(dataset):
+    """An initializable iterator (the NPU's GetNext offload needs MakeIterator; a one-shot iterator is not sunk)."""
+    return v1.data.make_initializable_iterator(dataset)
