@@ -171,6 +171,55 @@ def test_missing_data_path(tmp_path, capsys):
     assert not model_dir.exists()
 
 
+def write_pairs(root, count=4, size=64, label_values=(0, 255)):
+    """A valid <root>/image + <root>/label folder pair of `count` slices; returns the two folders."""
+    import cv2
+
+    image_dir, label_dir = root / "image", root / "label"
+    image_dir.mkdir(parents=True)
+    label_dir.mkdir()
+    rng = np.random.RandomState(0)
+    for index in range(count):
+        cv2.imwrite(str(image_dir / "{}.png".format(index)), rng.randint(0, 256, (size, size)).astype(np.uint8))
+        label = rng.choice(np.array(label_values, dtype=np.uint8), (size, size))
+        cv2.imwrite(str(label_dir / "{}.png".format(index)), label)
+    return image_dir, label_dir
+
+
+def _truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+
+
+BAD_DATA = [
+    ("truncated", lambda image_dir, label_dir: _truncate(image_dir / "1.png"), "1.png"),
+    ("zero_byte", lambda image_dir, label_dir: (label_dir / "2.png").write_bytes(b""), "2.png"),
+    ("orphan", lambda image_dir, label_dir: (label_dir / "3.png").unlink(), "3.png"),
+    ("non_binary", lambda image_dir, label_dir: __import__("cv2").imwrite(
+        str(label_dir / "0.png"), np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) % 7 * 30), "distinct values"),
+    ("size_mismatch", lambda image_dir, label_dir: __import__("cv2").imwrite(
+        str(label_dir / "1.png"), np.zeros((32, 64), np.uint8)), "1.png"),
+]
+
+
+@pytest.mark.parametrize("name,damage,fragment", BAD_DATA, ids=[case[0] for case in BAD_DATA])
+def test_bad_data_is_one_line_error_exit_2(name, damage, fragment, tmp_path, capsys):
+    image_dir, label_dir = write_pairs(tmp_path / "data")
+    damage(image_dir, label_dir)
+    model_dir = tmp_path / "run"
+    code, _, err = run_in_process(TINY + ["--max_steps", "10", "--batch_size", "2", "--data_path",
+                                          str(tmp_path / "data"), "--model_dir", str(model_dir)], capsys)
+    assert_one_line_error(code, err, fragment)
+    assert not model_dir.exists()
+
+
+def test_image_smaller_than_the_crop(tmp_path, capsys):
+    write_pairs(tmp_path / "data", size=16)
+    code, _, err = run_in_process(TINY + ["--max_steps", "10", "--input_scale", "1.0", "--data_path",
+                                          str(tmp_path / "data"), "--model_dir", str(tmp_path / "run")], capsys)
+    assert_one_line_error(code, err, "--crop_size")
+
+
 def test_batch_larger_than_training_set(tmp_path, capsys):
     model_dir = tmp_path / "run"
     code, _, err = run_in_process(TINY + ["--max_steps", "10", "--batch_size", "8", "--model_dir", str(model_dir)],
