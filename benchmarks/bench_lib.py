@@ -187,9 +187,8 @@ def pipeline_dataset(cfg):
 def build_training(cfg, source, backend=None):
     """A TrainingGraph of cfg's K-step training loop fed by `source` ("synthetic" or "pipeline")."""
     from unet_perf.backends import get_backend
-    from unet_perf.losses import compute_loss
-    from unet_perf.model import unet
     from unet_perf.pipeline import make_iterator
+    from unet_perf.trainer import make_loss_fn
 
     backend = backend if backend is not None else get_backend(cfg)
     graph = tf.Graph()
@@ -204,11 +203,8 @@ def build_training(cfg, source, backend=None):
         iterator = make_iterator(dataset)
         global_step = v1.train.get_or_create_global_step()
 
-        def loss_fn(batch, step):
-            weights = batch[2] if len(batch) > 2 else None
-            return compute_loss(unet(batch[0], cfg, training=True, step=step), batch[1], weights, cfg.loss)
-
-        fetches = backend.build_train_loop(cfg, iterator.get_next, loss_fn, global_step)
+        # Both sources yield a weight channel exactly when cfg.weight_map is on.
+        fetches = backend.build_train_loop(cfg, iterator.get_next, make_loss_fn(cfg, cfg.weight_map), global_step)
         variables_init = v1.global_variables_initializer()
     return TrainingGraph(graph, backend, fetches, iterator.initializer, variables_init)
 

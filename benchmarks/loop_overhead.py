@@ -31,8 +31,7 @@ import tensorflow as tf  # noqa: E402
 from unet_perf.backends.host import HostBackend  # noqa: E402
 from unet_perf.compat import v1  # noqa: E402
 from unet_perf.config import Config  # noqa: E402
-from unet_perf.losses import compute_loss  # noqa: E402
-from unet_perf.model import unet  # noqa: E402
+from unet_perf.trainer import make_loss_fn  # noqa: E402
 
 VARIANTS = {
     "tuned": lambda: HostBackend(),
@@ -66,11 +65,8 @@ class Runner(object):
             iterator = in_memory_batches(cfg, size)
             global_step = v1.train.get_or_create_global_step()
 
-            def loss_fn(batch, step):
-                return compute_loss(unet(batch[0], cfg, True, step), batch[1], None, cfg.loss)
-
             backend = VARIANTS[variant]()
-            self.fetches = backend.build_train_loop(cfg, iterator.get_next, loss_fn, global_step)
+            self.fetches = backend.build_train_loop(cfg, iterator.get_next, make_loss_fn(cfg, False), global_step)
             self.session = v1.Session(graph=self.graph, config=backend.session_config(cfg))
             self.session.run(v1.global_variables_initializer())
             self.session.run(iterator.initializer)

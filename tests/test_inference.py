@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from unet_perf import inference
+from unet_perf import inference, pipeline
 from unet_perf.compat import v1
 from unet_perf.config import Config
 from unet_perf.data.sources import Pairs
@@ -136,7 +136,7 @@ def test_predict_image_rescales_and_restores_the_size():
 @pytest.mark.parametrize("mode", ["unit", "symmetric", "standard"])
 def test_graph_and_numpy_normalisation_agree(mode):
     images = np.random.default_rng(2).integers(0, 256, (2, 8, 8, 1)).astype(np.float32)
-    tensor = inference.normalize(v1.constant(images), mode)
+    tensor = pipeline.normalize(v1.constant(images / 255.0), mode)  # the training path's normaliser
     with v1.Session() as sess:
         graph_values = sess.run(tensor)
     for index in range(2):

@@ -9,6 +9,7 @@ import dataclasses
 from unet_perf.errors import UserError
 
 PRECISIONS = ("fp32", "fp16", "bf16")
+NORMALIZE_MODES = ("unit", "symmetric", "standard")
 NPU_PRECISION_MODES = (
     "allow_mix_precision", "allow_fp32_to_fp16", "force_fp16", "force_fp32", "must_keep_origin_dtype",
     "allow_mix_precision_bf16", "allow_fp32_to_bf16",
@@ -32,7 +33,7 @@ class Config:
         0.5, "fixed rescale inside the augmentation map; 0.5 trains 512^2 slices at 256^2 like the ModelZoo")
     normalize: str = _field(
         "unit", "image normalisation: unit=x/255, symmetric=[-1,1], standard=zero mean unit std",
-        ("unit", "symmetric", "standard"))
+        NORMALIZE_MODES)
     weight_map: bool = _field(False, "use the U-Net border weight map w_c + w0*exp(-(d1+d2)^2/2sigma^2) in the loss")
     weight_w0: float = _field(10.0, "w0 of the border weight map")
     weight_sigma: float = _field(5.0, "sigma of the border weight map in pixels")

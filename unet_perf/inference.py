@@ -21,32 +21,17 @@ import tensorflow as tf
 
 from unet_perf.checkpoints import check_compatible, latest_checkpoint
 from unet_perf.compat import v1
-from unet_perf.config import PRECISIONS, Config
+from unet_perf.config import NORMALIZE_MODES, PRECISIONS, Config
 from unet_perf.errors import UserError
+from unet_perf.pipeline import STD_FLOOR
 
-NORMALIZE_MODES = ("unit", "symmetric", "standard")
-STD_FLOOR = 1e-6  # relative to the 0..255 range: a flat image normalises to zeros instead of dividing by 0
 DIHEDRAL = 8
 
 
-# --- normalisation: one definition, graph and numpy twins ---------------------------------------------------
-
-def normalize(images, mode):
-    """Graph normalisation of float images in 0..255 units, [B,h,w,C]: unit = x/255, symmetric = x/127.5 - 1,
-    standard = per-image (x - mean) / std. (pipeline.py had no shared normaliser when this was written.)"""
-    images = v1.cast(images, tf.float32)
-    if mode == "unit":
-        return images / 255.0
-    if mode == "symmetric":
-        return images / 127.5 - 1.0
-    if mode == "standard":
-        mean, variance = v1.nn.moments(images, axes=[1, 2, 3], keepdims=True)
-        return (images - mean) / v1.maximum(v1.sqrt(variance), STD_FLOOR * 255.0)
-    raise ValueError("unknown normalisation {!r}; expected one of {}".format(mode, NORMALIZE_MODES))
-
+# --- normalisation: numpy twin of unet_perf.pipeline.normalize ------------------------------------------
 
 def normalize_array(image, mode):
-    """Numpy twin of `normalize` for one image (any shape) in 0..255 units; float32."""
+    """Numpy twin of unet_perf.pipeline.normalize for one image (any shape) in 0..255 units; float32."""
     image = np.asarray(image, np.float32)
     if mode == "unit":
         return image / np.float32(255.0)

@@ -11,18 +11,18 @@ import tensorflow as tf
 
 from unet_perf import augment
 from unet_perf.compat import AUTOTUNE, set_dataset_deterministic, set_dataset_threading, v1
+from unet_perf.config import NORMALIZE_MODES
 from unet_perf.errors import UserError
 from unet_perf.precision import compute_dtype  # noqa: F401  (re-exported: part of this module's API)
 
-NORMALIZE_MODES = ("unit", "symmetric", "standard")
-STD_FLOOR = 1e-6  # in [0, 1] units, same as unet_perf.inference (1e-6 * 255 in 0..255 units)
+STD_FLOOR = 1e-6  # in [0, 1] units: a flat image normalises to zeros (inference.normalize_array uses it too)
 MAX_EMBEDDED_BYTES = 1800 * 1024 * 1024  # the arrays live in the GraphDef, which must stay under 2 GB
 _BATCH_COUNTER_END = 2 ** 62  # "infinite" batch numbering
 
 
 def normalize(images, mode):
     """Images float32 in [0, 1], [B, h, w, C] -> unit (unchanged), symmetric ([-1, 1]) or standard (per image
-    zero mean, unit std). Matches unet_perf.inference.normalize, which takes 0..255 units."""
+    zero mean, unit std). The one graph normaliser; unet_perf.inference.normalize_array is its numpy twin."""
     if mode == "unit":
         return images
     if mode == "symmetric":
