@@ -1,29 +1,20 @@
-"""Shared helpers of the benchmarks: statistics, machine description, matmul ceiling, timed training runs.
+"""Shared helpers of the benchmarks: statistics and the machine (description, matmul ceiling).
 
-The training graph is built from the same pieces as the trainer (backend K-step loop, U-Net, loss), fed either by
-the real input pipeline ("pipeline" source: the e2e mode) or by one cached random batch repeated through an
-equally shaped iterator ("synthetic" source: the model mode), so the two modes differ only by their input.
+Training graphs come from unet_perf.graph, the trainer's own assembly point.
 """
-import dataclasses
-import math
 import os
 import platform
 import shutil
 import subprocess
-import sys
 import time
 
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:  # `python benchmarks/x.py` puts benchmarks/ on sys.path, not the repo
-    sys.path.insert(0, REPO)
+import tensorflow as tf
 
-import tensorflow as tf  # noqa: E402
-
-from unet_perf import compat  # noqa: E402
-from unet_perf.compat import v1  # noqa: E402
-from unet_perf.precision import compute_dtype  # noqa: E402
+from unet_perf import compat
+from unet_perf.compat import v1
+from unet_perf.precision import compute_dtype
 
 
 # --- statistics -----------------------------------------------------------------------------------------------
@@ -34,11 +25,6 @@ def stats(samples):
     if not values:
         return {"median": None, "min": None, "max": None, "samples": []}
     return {"median": float(np.median(values)), "min": min(values), "max": max(values), "samples": values}
-
-
-def steps_to_runs(steps, iterations_per_loop):
-    """Session.run calls needed for at least `steps` training steps (at least one)."""
-    return max(1, int(math.ceil(float(steps) / iterations_per_loop)))
 
 
 # --- machine --------------------------------------------------------------------------------------------------
@@ -151,112 +137,3 @@ def time_calls(call, repeats, warmup):
         call()
         times.append(time.perf_counter() - start)
     return times
-
-
-# --- training graphs ------------------------------------------------------------------------------------------
-
-@dataclasses.dataclass
-class TrainingGraph:
-    graph: object
-    backend: object
-    fetches: dict
-    iterator_init: object
-    variables_init: object
-
-
-def synthetic_dataset(cfg, seed=0):
-    """A tf.data.Dataset repeating one random batch shaped like the pipeline's (static shapes, compute dtype)."""
-    shape = [cfg.batch_size, cfg.crop_size, cfg.crop_size, 1]
-    rng = np.random.RandomState(seed)
-    images = tf.cast(tf.constant(rng.uniform(0, 1, shape).astype(np.float32)), compute_dtype(cfg.precision))
-    masks = tf.constant((rng.uniform(0, 1, shape) > 0.2).astype(np.float32))
-    batch = (images, masks)
-    if cfg.weight_map:
-        batch = batch + (tf.ones(shape, tf.float32),)
-    return tf.data.Dataset.from_tensors(batch).repeat()
-
-
-def pipeline_dataset(cfg):
-    """The real input pipeline of the trainer: loaded or synthetic slices, augmented, batched, prefetched."""
-    from unet_perf.data.loading import load_dataset
-    from unet_perf.pipeline import make_dataset
-    train, _, weights = load_dataset(cfg)
-    return make_dataset(train.images, train.masks, weights, cfg, seed=cfg.seed)
-
-
-def build_training(cfg, source, backend=None):
-    """A TrainingGraph of cfg's K-step training loop fed by `source` ("synthetic" or "pipeline")."""
-    from unet_perf.backends import get_backend
-    from unet_perf.pipeline import make_iterator
-    from unet_perf.trainer import make_loss_fn
-
-    backend = backend if backend is not None else get_backend(cfg)
-    graph = tf.Graph()
-    with graph.as_default():
-        v1.set_random_seed(cfg.seed)
-        if source == "synthetic":
-            dataset = synthetic_dataset(cfg, cfg.seed)
-        elif source == "pipeline":
-            dataset = pipeline_dataset(cfg)
-        else:
-            raise ValueError("source must be synthetic or pipeline, got {!r}".format(source))
-        iterator = make_iterator(dataset)
-        global_step = v1.train.get_or_create_global_step()
-
-        # Both sources yield a weight channel exactly when cfg.weight_map is on.
-        fetches = backend.build_train_loop(cfg, iterator.get_next, make_loss_fn(cfg, cfg.weight_map), global_step)
-        variables_init = v1.global_variables_initializer()
-    return TrainingGraph(graph, backend, fetches, iterator.initializer, variables_init)
-
-
-def open_session(training, cfg, profiling_options=None):
-    """(session, fetches) ready to run: variables first, then the iterator on its own (NPU pitfall)."""
-    if profiling_options is None:
-        config = training.backend.session_config(cfg)
-    else:
-        config = training.backend.session_config(cfg, profiling_options=profiling_options)
-    sess = v1.Session(graph=training.graph, config=config)
-    sess.run(training.variables_init)
-    sess.run(training.iterator_init)
-    return sess, training.backend.prepare_session(sess, training.fetches)
-
-
-def time_training(cfg, source, steps, repeats, warmup_steps):
-    """Images/sec and steps/sec of cfg's training loop: medians and spread over `repeats` timed blocks.
-
-    Each block is the smallest whole number of Session.runs (K steps each) covering `steps`; warm-up runs (at least
-    one: the first run includes graph optimisation) are excluded.
-    """
-    k = cfg.iterations_per_loop
-    runs = steps_to_runs(steps, k)
-    training = build_training(cfg, source)
-    sess, fetches = open_session(training, cfg)
-    try:
-        for _ in range(steps_to_runs(warmup_steps, k)):
-            last = sess.run(fetches)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            for _ in range(runs):
-                last = sess.run(fetches)
-            times.append(time.perf_counter() - start)
-    finally:
-        sess.close()
-    steps_per_block = runs * k
-    return {
-        "images_per_sec": stats([steps_per_block * cfg.batch_size / t for t in times]),
-        "steps_per_sec": stats([steps_per_block / t for t in times]),
-        "steps_per_repeat": steps_per_block,
-        "final_loss": float(last["loss"]),
-        "backend": training.backend.name,
-    }
-
-
-def run_steps(cfg, source, runs):
-    """Fetched values (dicts of numpy scalars) of `runs` consecutive Session.runs of cfg's training loop."""
-    training = build_training(cfg, source)
-    sess, fetches = open_session(training, cfg)
-    try:
-        return [sess.run(fetches) for _ in range(runs)]
-    finally:
-        sess.close()

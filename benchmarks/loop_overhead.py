@@ -18,11 +18,9 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from unet_perf import compat  # noqa: E402
+from unet_perf import compat, graph
 
 compat.enable_graph_mode()
 
@@ -31,7 +29,6 @@ import tensorflow as tf  # noqa: E402
 from unet_perf.backends.host import HostBackend  # noqa: E402
 from unet_perf.compat import v1  # noqa: E402
 from unet_perf.config import Config  # noqa: E402
-from unet_perf.trainer import make_loss_fn  # noqa: E402
 
 VARIANTS = {
     "tuned": lambda: HostBackend(),
@@ -42,37 +39,31 @@ VARIANTS = {
 
 
 def in_memory_batches(cfg, size, count=16):
-    """A deterministic repeating dataset of random images and thresholded masks, static shapes."""
+    """A source of a deterministic repeating dataset of random images and thresholded masks, static shapes."""
     rng = np.random.RandomState(cfg.seed)
     images = rng.rand(count, size, size, 1).astype(np.float32)
     masks = (images > 0.5).astype(np.float32)
-    dataset = tf.data.Dataset.from_tensor_slices((images, masks)).cache().repeat()
-    dataset = dataset.batch(cfg.batch_size, drop_remainder=True).prefetch(2)
-    return v1.data.make_initializable_iterator(dataset)
+
+    def source():
+        dataset = tf.data.Dataset.from_tensor_slices((images, masks)).cache().repeat()
+        return dataset.batch(cfg.batch_size, drop_remainder=True).prefetch(2)
+    return source
 
 
 class Runner(object):
     """One graph + session running K steps per call."""
 
     def __init__(self, cfg, size, variant):
-        self.graph = v1.Graph()
         self.steps = cfg.iterations_per_loop
         restore_v2 = variant == "cf_v1" and v1.control_flow_v2_enabled()
         if restore_v2:
             v1.disable_control_flow_v2()
-        with self.graph.as_default():
-            v1.set_random_seed(cfg.seed)
-            iterator = in_memory_batches(cfg, size)
-            global_step = v1.train.get_or_create_global_step()
-
-            backend = VARIANTS[variant]()
-            self.fetches = backend.build_train_loop(cfg, iterator.get_next, make_loss_fn(cfg, False), global_step)
-            self.session = v1.Session(graph=self.graph, config=backend.session_config(cfg))
-            self.session.run(v1.global_variables_initializer())
-            self.session.run(iterator.initializer)
-            self.fetches = backend.prepare_session(self.session, self.fetches)
-        if restore_v2:
-            v1.enable_control_flow_v2()
+        try:
+            training = graph.build(cfg, in_memory_batches(cfg, size), backend=VARIANTS[variant]())
+            self.session, self.fetches = graph.open_session(training, cfg)
+        finally:
+            if restore_v2:
+                v1.enable_control_flow_v2()
 
     def run_steps(self, total_steps):
         """(wall seconds, process CPU seconds) for total_steps steps."""

@@ -9,7 +9,7 @@ import dataclasses
 
 import numpy as np
 
-import bench_lib
+from unet_perf import graph
 
 
 def report_configs(cfg, steps):
@@ -24,13 +24,23 @@ def report_configs(cfg, steps):
 def run_report(cfg, steps, source="pipeline"):
     """Run both trainings and summarise them (see summarize)."""
     fp16, fp32 = report_configs(cfg, steps)
-    records16 = bench_lib.run_steps(fp16, source, steps)
-    records32 = bench_lib.run_steps(fp32, source, steps)
+    records16 = run_steps(fp16, source, steps)
+    records32 = run_steps(fp32, source, steps)
     report = summarize(records16, records32, fp16.loss_scale_init)
     from unet_perf.backends import get_backend
     report.update({"source": source, "growth_interval": fp16.loss_scale_growth_interval,
                    "backend": get_backend(fp16).name})
     return report
+
+
+def run_steps(cfg, source_kind, runs):
+    """Fetched values (dicts of numpy scalars) of `runs` consecutive Session.runs of cfg's training loop."""
+    training = graph.build(cfg, graph.dataset_source(cfg, source_kind))
+    sess, fetches = graph.open_session(training, cfg)
+    try:
+        return [sess.run(fetches) for _ in range(runs)]
+    finally:
+        sess.close()
 
 
 def scale_trajectory_changes(init_scale, scales):

@@ -3,19 +3,14 @@
 Run with `pytest benchmarks --benchmark-only` (not part of the default `pytest tests` run).
 """
 import dataclasses
-import os
-import sys
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench_lib  # noqa: E402,F401  (puts the repo on sys.path)
-
-from unet_perf import compat  # noqa: E402
-from unet_perf.compat import v1  # noqa: E402
-from unet_perf.config import Config  # noqa: E402
-from unet_perf.data.synthetic import membranes  # noqa: E402
+from unet_perf import compat
+from unet_perf.compat import v1
+from unet_perf.config import Config
+from unet_perf.data.synthetic import membranes
 
 compat.enable_graph_mode()
 SIZE = 512

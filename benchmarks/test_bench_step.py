@@ -5,17 +5,12 @@ Run with `pytest benchmarks --benchmark-only` (not part of the default `pytest t
 """
 import dataclasses
 import math
-import os
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench_lib  # noqa: E402
-
-from unet_perf import compat  # noqa: E402
-from unet_perf.config import Config  # noqa: E402
-from unet_perf.model import unet_flops  # noqa: E402
+from unet_perf import compat, graph
+from unet_perf.config import Config
+from unet_perf.model import unet_flops
 
 compat.enable_graph_mode()
 ROUNDS, WARMUP = 5, 2
@@ -25,8 +20,8 @@ ROUNDS, WARMUP = 5, 2
 def test_training_step(benchmark, precision):
     cfg = dataclasses.replace(Config(), precision=precision, base_filters=16, depth=4, crop_size=128, batch_size=2,
                               iterations_per_loop=1, max_steps=ROUNDS + WARMUP, save_checkpoints_steps=1).validate()
-    training = bench_lib.build_training(cfg, "synthetic")
-    sess, fetches = bench_lib.open_session(training, cfg)
+    training = graph.build(cfg, graph.cached_batch_source(cfg))
+    sess, fetches = graph.open_session(training, cfg)
     try:
         values = benchmark.pedantic(lambda: sess.run(fetches), rounds=ROUNDS, warmup_rounds=WARMUP, iterations=1)
     finally:

@@ -17,12 +17,13 @@ ARGS = ["--depth", "2", "--base_filters", "4", "--crop_size", "32", "--synthetic
 RUNNER = r'''
 import hashlib, json, sys
 from unet_perf.config import config_from_args
-from unet_perf.trainer import train, load_data
+from unet_perf.data.loading import load_dataset
+from unet_perf.trainer import train
 from unet_perf import pipeline
 from unet_perf.compat import v1
 
 def batches(cfg, count):
-    train_pairs, _, weights = load_data(cfg)
+    train_pairs, _, weights = load_dataset(cfg)
     with v1.Graph().as_default():
         v1.set_random_seed(cfg.seed)
         dataset = pipeline.make_dataset(train_pairs.images, train_pairs.masks, weights, cfg, seed=cfg.seed)

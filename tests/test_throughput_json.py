@@ -16,6 +16,7 @@ if BENCHMARKS not in sys.path:
 import loss_scale_report  # noqa: E402
 import throughput  # noqa: E402
 
+from unet_perf import graph  # noqa: E402
 from unet_perf.config import Config  # noqa: E402
 from unet_perf.errors import UserError  # noqa: E402
 
@@ -176,4 +177,4 @@ def test_cpu_description_from_cpuinfo(tmp_path):
     assert bench_lib.cpu_flags(str(cpuinfo)) == {"fpu", "avx2", "amx_bf16"}
     assert bench_lib.cpu_flags(str(tmp_path / "missing")) == set()
     assert bench_lib.stats([3.0, 1.0, 2.0]) == {"median": 2.0, "min": 1.0, "max": 3.0, "samples": [3.0, 1.0, 2.0]}
-    assert bench_lib.steps_to_runs(25, 10) == 3 and bench_lib.steps_to_runs(1, 10) == 1
+    assert graph.steps_to_runs(25, 10) == 3 and graph.steps_to_runs(1, 10) == 1

@@ -19,21 +19,12 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 
-TOOLS = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(TOOLS)
-for _path in (REPO, os.path.join(REPO, "benchmarks")):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
-
-import bench_lib  # noqa: E402
-
-from unet_perf import compat  # noqa: E402
-from unet_perf.compat import v1  # noqa: E402
-from unet_perf.config import Config, build_parser  # noqa: E402
-from unet_perf.errors import UserError, run_cli  # noqa: E402
+from unet_perf import compat, graph
+from unet_perf.compat import v1
+from unet_perf.config import Config, build_parser
+from unet_perf.errors import UserError, run_cli
 
 CATEGORIES = (
     # (category, op types or prefixes); first match wins
@@ -137,7 +128,7 @@ def write_ops_csv(rows, path):
 
 def profile_host(training, cfg, runs, output, top):
     """Trace `runs` Session.runs after one warm-up run; write trace.json, ops.csv, TensorBoard files."""
-    sess, fetches = bench_lib.open_session(training, cfg)
+    sess, fetches = graph.open_session(training, cfg)
     writer = v1.summary.FileWriter(output, training.graph)
     metadatas = []
     try:
@@ -196,7 +187,7 @@ def profile_npu(training, cfg, runs, output):
     forward, backward = fp_bp_points(training.graph)
     options = profiling_options(output, forward, backward)
     print("NPU profiling options: {}".format(json.dumps(options)))
-    sess, fetches = bench_lib.open_session(training, cfg, profiling_options=options)
+    sess, fetches = graph.open_session(training, cfg, profiling_options=options)
     try:
         for _ in range(runs + 1):
             sess.run(fetches)
@@ -226,7 +217,7 @@ def main(argv=None):
         raise UserError("--steps and --top must be positive, got {} and {}".format(args.steps, args.top))
     fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)}
     k = fields["iterations_per_loop"]
-    runs = bench_lib.steps_to_runs(args.steps, k)
+    runs = graph.steps_to_runs(args.steps, k)
     cfg = Config(**dict(fields, max_steps=(runs + 2) * k, save_checkpoints_steps=k, val_every=0)).validate()
     output = os.path.abspath(args.output)
     try:
@@ -235,7 +226,7 @@ def main(argv=None):
         raise UserError("--output {} cannot be created ({}); pass a writable folder".format(output, err.strerror))
     compat.enable_graph_mode()
     started = time.time()
-    training = bench_lib.build_training(cfg, "pipeline")
+    training = graph.build(cfg, graph.dataset_source(cfg, "pipeline"))
     print("profiling {} traced run(s) of K={} steps, batch {}, crop {}, base {}, {} on the {} backend".format(
         runs, k, cfg.batch_size, cfg.crop_size, cfg.base_filters, cfg.precision, training.backend.name))
     if training.backend.name == "npu":

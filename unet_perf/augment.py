@@ -421,3 +421,12 @@ def augment_batch(images, masks, weights, cfg, out_size, seed, xla=None):
     for output in outputs:
         output.set_shape([batch, out_size[0], out_size[1], 1])
     return outputs[0], outputs[1], (outputs[2] if weights is not None else None)
+
+
+def describe_engine(cfg):
+    """The augmentation path cfg resolves to, for logs: "xla", or "plain ops (...)" saying why XLA is off."""
+    if use_xla(cfg):
+        return "xla"
+    if cfg.xla_augment == "off":
+        return "plain ops (--xla_augment off)"
+    return "plain ops (XLA unavailable: {})".format(compat.xla_jit_status()[1])

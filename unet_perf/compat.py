@@ -61,30 +61,39 @@ def describe():
     return {"tensorflow": tf.__version__, "npu_bridge": npu_bridge_available()}
 
 
-_XLA_JIT_AVAILABLE = []  # memo of the probe below (a plain Python bool, not TensorFlow state)
+_XLA_JIT_STATUS = []  # memo of the probe below: (available, reason), plain Python values, not TensorFlow state
 
 
 def xla_jit_available():
     """True when this build runs a tiny xla_function (below) correctly in graph mode on the CPU.
 
     The Ascend TF 1.15 build may lack XLA kernels, and npu_bridge turns XLA off anyway: no XLA there.
-    The probe runs once in its own graph and session; the answer is memoised.
+    The probe runs once in its own graph and session; the answer is memoised. `xla_jit_status` says why.
     """
-    if not _XLA_JIT_AVAILABLE:
-        _XLA_JIT_AVAILABLE.append(_probe_xla_jit())
-    return _XLA_JIT_AVAILABLE[0]
+    return xla_jit_status()[0]
+
+
+def xla_jit_status():
+    """(available, reason): whether XLA JIT works here, and a short reason when it does not ("" when it does)."""
+    if not _XLA_JIT_STATUS:
+        _XLA_JIT_STATUS.append(_probe_xla_jit())
+    return _XLA_JIT_STATUS[0]
 
 
 def _probe_xla_jit():
     if npu_bridge_available():
-        return False
+        return False, "npu_bridge is loaded (the Ascend adapter runs no XLA)"
     try:
         with v1.Graph().as_default():
             square_sum = xla_function(lambda x: [v1.reduce_sum(x * x) + 1.0])(v1.range(4.0))[0]
             with v1.Session() as sess:
-                return float(sess.run(square_sum)) == 15.0
-    except Exception:  # any failure to build or compile means "no XLA here"
-        return False
+                value = float(sess.run(square_sum))
+    except Exception as err:  # noqa: BLE001 -- any failure to build or compile means "no XLA here"; say which
+        first_line = (str(err).strip().splitlines() or [""])[0]
+        return False, "{}: {}".format(type(err).__name__, first_line[:200])
+    if value != 15.0:
+        return False, "the XLA probe computed {} instead of 15".format(value)
+    return True, ""
 
 
 def xla_function(fn):

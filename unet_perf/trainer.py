@@ -1,13 +1,13 @@
-"""Wires the training graph and runs the loop: K steps per Session.run, progress, summaries, checkpoints,
-resume, validation, clean stop on SIGINT/SIGTERM, and the ModelZoo result lines.
+"""Runs the training loop: K steps per Session.run, progress, checkpoints, resume, validation, clean stop on
+SIGINT/SIGTERM, and the ModelZoo result lines. The graph itself comes from unet_perf.graph.
 
     summary = train(cfg)          # cfg: a validated unet_perf.config.Config; returns the summary.json dict
 
 Exit behaviour (the CLI maps UserError to exit 2):
 - finished or already finished: returns normally (exit 0);
 - SIGINT/SIGTERM: the current Session.run finishes, a checkpoint is written, "interrupted at step N" (exit 0);
-- non-finite loss without loss scaling: UserError (exit 2), nothing is saved after the bad step, so the
-  newest checkpoint is the last good one.
+- non-finite loss when the backend does no loss scaling: UserError (exit 2), nothing is saved after the bad step,
+  so the newest checkpoint is the last good one.
 
 Result lines: `Final Performance images/sec` = batch x K x loops / time in the training Session.runs, without the
 first run of this process (graph optimisation) and without checkpoint/probe/validation time;
@@ -17,18 +17,19 @@ slices (the "probe", also the TensorBoard prediction images): the backends fetch
 """
 import math
 import os
-import signal
 import sys
 import time
 
 import cv2
 import numpy as np
 
-from unet_perf import checkpoints, compat
+from unet_perf import checkpoints, compat, graph
 from unet_perf.compat import v1
 from unet_perf.config import config_to_dict
 from unet_perf.errors import UserError
+from unet_perf.interrupts import StopRequest
 from unet_perf.progress import Progress
+from unet_perf.summaries import SummaryLog
 
 CONFIG_FILE = "config.json"
 SUMMARY_FILE = "summary.json"
@@ -36,63 +37,32 @@ BEST_DIR = "best"
 BEST_METRICS = "metrics.json"
 
 
-# --- graph ------------------------------------------------------------------------------------------------
+class InferenceGraphs(object):
+    """What the trainer adds to the training graph: the probe predictor and the validator (or None)."""
 
-class TrainGraph(object):
-    """Handles to everything the loop runs; built by `build_graph` inside its own tf.Graph."""
-
-    def __init__(self, **handles):
-        self.__dict__.update(handles)
-
-
-def make_loss_fn(cfg, with_weights):
-    """loss_fn(batch, step) for the backend: U-Net logits -> configured loss (float32)."""
-    from unet_perf import losses, model
-
-    def loss_fn(batch, step):
-        logits = model.unet(batch[0], cfg, training=True, step=step)
-        weights = batch[2] if with_weights else None
-        return losses.compute_loss(logits, batch[1], weights, cfg.loss)
-
-    return loss_fn
+    def __init__(self, probe_input, probe_prob, validator):
+        self.probe_input = probe_input
+        self.probe_prob = probe_prob
+        self.validator = validator
 
 
-def build_graph(cfg, train, weights, val, start_step, probe_count):
-    """Build the training graph (data -> K-step loop), the probe and validation graphs, and the savers."""
-    from unet_perf import pipeline
-    from unet_perf.backends import get_backend
+def inference_graphs(cfg, val, probe_count):
+    """A builder for graph.build(extras=...): the probe predictor (fixed training tiles in inference mode, for the
+    train accuracy and the summary images; run in its own cheap Session.run) and the validator."""
     from unet_perf.inference import build_predictor
 
-    graph = v1.Graph()
-    with graph.as_default():
-        v1.set_random_seed(cfg.seed)
-        global_step = v1.train.get_or_create_global_step()
-        dataset = pipeline.make_dataset(train.images, train.masks, weights, cfg, seed=cfg.seed,
-                                        start_batch=start_step)
-        iterator = pipeline.make_iterator(dataset)
-        backend = get_backend(cfg)
-        fetches = backend.build_train_loop(cfg, iterator.get_next, make_loss_fn(cfg, weights is not None),
-                                           global_step)
-        # The probe (fixed training tiles in inference mode) feeds the train accuracy and the summary images; it
-        # runs in its own cheap Session.run, never inside the training loop.
+    def build():
         probe_input, probe_prob = build_predictor(cfg, probe_count, input_name="probe_input",
                                                   output_name="probe_probability")
-        validator = make_validator(cfg, val)
-        variables = v1.global_variables()
-        init_ops = [v1.global_variables_initializer(), v1.local_variables_initializer()]
-    return TrainGraph(graph=graph, backend=backend, fetches=fetches, iterator=iterator, global_step=global_step,
-                      probe_input=probe_input, probe_prob=probe_prob, validator=validator, variables=variables,
-                      init_ops=init_ops)
+        return InferenceGraphs(probe_input, probe_prob, make_validator(cfg, val))
+    return build
 
 
 def make_validator(cfg, val):
-    """A Validator for the held-out slices, or None (no split, or validation.py not installed)."""
+    """A Validator for the held-out slices, or None when there are none."""
     if val is None or len(val.images) == 0:
         return None
-    try:
-        from unet_perf.validation import Validator
-    except ImportError:
-        return None
+    from unet_perf.validation import Validator
     return Validator(cfg, val)
 
 
@@ -148,102 +118,6 @@ def prediction_panels(raws, masks, prob):
     return panels
 
 
-# --- TensorBoard from numpy values (no summary ops in the training graph) ----------------------------------
-
-class SummaryLog(object):
-    """Scalars and images for TensorBoard, written from fetched numpy values. Summaries are optional: a write
-    failure (e.g. a full disk) prints one warning and turns them off; checkpoints report such problems as errors."""
-
-    def __init__(self, model_dir, warn):
-        self.warn = warn
-        self.writer = None
-        self._guard(lambda: setattr(self, "writer", v1.summary.FileWriter(model_dir)))
-
-    def _guard(self, action):
-        try:
-            action()
-        except Exception as err:  # noqa: BLE001 -- any writer failure only disables summaries
-            self.writer = None
-            self.warn("warning: TensorBoard summaries disabled ({})".format(str(err).splitlines()[0][:200]))
-
-    def scalars(self, step, values):
-        if self.writer is None:
-            return
-        summary = v1.Summary()
-        for tag in sorted(values):
-            summary.value.add(tag=tag, simple_value=float(values[tag]))
-        self._guard(lambda: self.writer.add_summary(summary, step))
-
-    def images(self, step, tag, panels):
-        if self.writer is None:
-            return
-        summary = v1.Summary()
-        for index, (shape, png) in enumerate(panels):
-            value = summary.value.add(tag="{}/{}".format(tag, index))
-            value.image.height = int(shape[0])
-            value.image.width = int(shape[1])
-            value.image.colorspace = 1
-            value.image.encoded_image_string = png
-        self._guard(lambda: self.writer.add_summary(summary, step))
-
-    def close(self):
-        if self.writer is not None:
-            writer, self.writer = self.writer, None
-            try:
-                writer.close()
-            except Exception:  # noqa: BLE001 -- must not mask the error that stopped training
-                pass
-
-
-# --- signals ----------------------------------------------------------------------------------------------
-
-class StopRequest(object):
-    """SIGINT/SIGTERM set a flag the loop checks after each Session.run; a second SIGINT exits at once (130)."""
-
-    SIGNALS = ("SIGINT", "SIGTERM")
-
-    def __init__(self, report):
-        self.signal_name = None
-        self._report = report
-        self._previous = {}
-
-    def __enter__(self):
-        try:
-            for name in self.SIGNALS:
-                number = getattr(signal, name)
-                self._previous[number] = signal.signal(number, self._handle)
-        except ValueError:  # not the main thread: no handlers, a signal behaves as usual
-            self._previous = {}
-        return self
-
-    def __exit__(self, *exc_info):
-        for number, handler in self._previous.items():
-            signal.signal(number, handler)
-        return False
-
-    def _handle(self, number, frame):
-        if self.signal_name is not None and number == signal.SIGINT:
-            # A second Ctrl-C: stop now. Safe for the checkpoints (see checkpoints.py), only this loop is lost.
-            self._report("second SIGINT: aborting without a checkpoint")
-            os._exit(130)
-        self.signal_name = signal.Signals(number).name
-        self._report("{} received: stopping after the current loop and writing a checkpoint".format(
-            self.signal_name))
-
-    @property
-    def requested(self):
-        return self.signal_name is not None
-
-
-# --- the run ----------------------------------------------------------------------------------------------
-
-def load_data(cfg):
-    """(train Pairs, val Pairs or None, weights or None); UserError on bad data or a batch larger than the set."""
-    from unet_perf.data.loading import load_dataset
-
-    return load_dataset(cfg)
-
-
 def _restorable(model_dir):
     """(prefix, step) of the newest complete checkpoint in model_dir, or (None, 0)."""
     prefix = checkpoints.latest_checkpoint(model_dir)
@@ -270,26 +144,40 @@ def _crossed(previous_step, step, interval):
     return interval > 0 and step // interval > previous_step // interval
 
 
+class Console(object):
+    """Message lines for the user; while a progress bar is shown they go through it, so the bar stays intact."""
+
+    def __init__(self, out):
+        self.out = out
+        self.progress = None
+
+    def say(self, message):
+        if self.progress is not None:
+            self.progress.write(message)
+        else:
+            print(message, file=self.out)
+            self.out.flush()
+
+
 def train(cfg, out=None):
     """Train (or resume) per cfg; returns the summary dict also written to <model_dir>/summary.json."""
-    out = out if out is not None else sys.stdout
+    from unet_perf import augment
+    from unet_perf.data.loading import describe, load_dataset
+
     started = time.time()
     cfg.validate()
-
-    def say(message):
-        print(message, file=out)
-        out.flush()
-
+    console = Console(out if out is not None else sys.stdout)
+    say = console.say
     if not cfg.data_path:
         say("training on the built-in synthetic set ({} slices of {}x{}, seed {}); pass --data_path for real "
             "data".format(cfg.synthetic_count, cfg.synthetic_size, cfg.synthetic_size, cfg.seed))
     model_dir = cfg.model_dir
     checkpoints.check_model_dir(model_dir)
-    from unet_perf.data.loading import describe
-
-    train_pairs, val_pairs, weights = load_data(cfg)
-    say("data: train {}{}".format(describe(train_pairs),
-                                   "; validation {}".format(describe(val_pairs)) if val_pairs is not None else ""))
+    train_pairs, val_pairs, weights = load_dataset(cfg)
+    engine = augment.describe_engine(cfg)
+    say("data: train {}{}; augmentation: {}".format(
+        describe(train_pairs), "; validation {}".format(describe(val_pairs)) if val_pairs is not None else "",
+        engine))
 
     if os.path.isdir(model_dir):
         for path in checkpoints.remove_partial_files(model_dir):
@@ -309,42 +197,46 @@ def train(cfg, out=None):
     if cfg.deterministic:
         compat.enable_op_determinism()
     probe_count = min(max(cfg.summary_images, cfg.batch_size), max(len(train_pairs.images), 1))
-    tg = build_graph(cfg, train_pairs, weights, val_pairs, start_step, probe_count)
+    training = graph.build(cfg, graph.pipeline_source(cfg, train_pairs, weights, start_step),
+                           extras=inference_graphs(cfg, val_pairs, probe_count))
     if prefix is not None:
-        checkpoints.check_compatible(prefix, tg.variables, model_dir, cfg)
+        checkpoints.check_compatible(prefix, training.variables, model_dir, cfg)
     checkpoints.make_model_dir(model_dir)
     checkpoints.atomic_write_json(os.path.join(model_dir, CONFIG_FILE), config_to_dict(cfg))
 
-    with tg.graph.as_default():
-        writer = checkpoints.CheckpointWriter(model_dir, tg.variables, cfg.keep_checkpoints)
+    with training.graph.as_default():
+        writer = checkpoints.CheckpointWriter(model_dir, training.variables, cfg.keep_checkpoints)
         best = None
-        if tg.validator is not None:
+        if training.extras.validator is not None:
             checkpoints.make_model_dir(os.path.join(model_dir, BEST_DIR))
-            best = checkpoints.CheckpointWriter(os.path.join(model_dir, BEST_DIR), tg.variables, 1)
-    probe_images, probe_raws, probe_masks = probe_tiles(cfg, train_pairs, probe_count)
-    sess = v1.Session(graph=tg.graph, config=tg.backend.session_config(cfg))
-    log = SummaryLog(model_dir, say)
-    try:
-        sess.run(tg.init_ops)
+            best = checkpoints.CheckpointWriter(os.path.join(model_dir, BEST_DIR), training.variables, 1)
+    probe = probe_tiles(cfg, train_pairs, probe_count)
+
+    def recover_and_restore(sess):
         writer.recover()
         if best is not None:
             checkpoints.remove_partial_files(best.directory)
             best.recover()
         if prefix is not None:
             restore(writer, sess, prefix)
-            start_step = int(sess.run(tg.global_step))
-            say("resumed from {} at step {} (continuing to step {})".format(prefix, start_step, total))
-        sess.run(tg.iterator.initializer)  # separately from the variable initialisers (NPU pitfall)
-        fetches = tg.backend.prepare_session(sess, tg.fetches)
-        run = Run(cfg, sess, tg, fetches, writer, best, log, out, (probe_images, probe_raws, probe_masks))
+            say("resumed from {} at step {} (continuing to step {})".format(
+                prefix, int(sess.run(training.global_step)), total))
+
+    log = SummaryLog(model_dir, say)
+    sess = None
+    try:
+        sess, fetches = graph.open_session(training, cfg, restore=recover_and_restore)
+        start_step = int(sess.run(training.global_step))
+        run = Run(cfg, sess, training, fetches, Checkpoints(writer, best), log, console, probe)
         summary = run.loop(start_step, total)
     finally:
         log.close()
-        sess.close()
+        if sess is not None:
+            sess.close()
     if summary["status"] == "interrupted":
         return summary
     summary.update({"duration_sec": time.time() - started, "config": config_to_dict(cfg),
-                    "backend": tg.backend.name})
+                    "backend": training.backend.name, "augmentation": engine})
     summary.update(compat.describe())
     checkpoints.atomic_write_json(os.path.join(model_dir, SUMMARY_FILE), summary)
     say("Final Performance images/sec : {:.2f}".format(summary["images_per_sec"]))
@@ -353,22 +245,55 @@ def train(cfg, out=None):
     return summary
 
 
+class Checkpoints(object):
+    """The run's checkpoint writers: `latest` (every interval, resume) and `best` (by V_rand; None without
+    validation). The best score so far survives restarts in best/metrics.json, written after its checkpoint."""
+
+    def __init__(self, latest, best):
+        self.latest = latest
+        self.best = best
+        self.best_v_rand = self._saved_best_v_rand()
+
+    def _saved_best_v_rand(self):
+        if self.best is None:
+            return None
+        path = os.path.join(self.best.directory, BEST_METRICS)
+        if not os.path.exists(path):
+            return None
+        saved = checkpoints.read_json(path)
+        if not isinstance(saved, dict) or not isinstance(saved.get("v_rand"), (int, float)):
+            # Starting from "no best" would let a worse checkpoint overwrite best/.
+            raise UserError("{} is unreadable or has no v_rand; restore it, or delete {} to start a new best "
+                            "checkpoint".format(path, self.best.directory))
+        return float(saved["v_rand"])
+
+    def offer_best(self, sess, step, metrics):
+        """Save `step` to best/ when its V_rand beats the best so far; True when it was saved."""
+        v_rand = metrics.get("v_rand")
+        if v_rand is None or (self.best_v_rand is not None and v_rand <= self.best_v_rand):
+            return False
+        self.best_v_rand = v_rand
+        if self.best is None or not self.best.save(sess, step):
+            return False
+        checkpoints.atomic_write_json(os.path.join(self.best.directory, BEST_METRICS), dict(metrics, step=step))
+        return True
+
+
 class Run(object):
     """The loop of one process: Session.runs of K steps, logging, checkpoints, validation, stop handling."""
 
-    def __init__(self, cfg, sess, tg, fetches, writer, best, log, out, probe):
-        self.cfg, self.sess, self.tg, self.fetches = cfg, sess, tg, fetches
-        self.writer, self.best, self.log, self.out, self.probe = writer, best, log, out, probe
-        self.say = None
+    def __init__(self, cfg, sess, training, fetches, saved, log, console, probe):
+        self.cfg, self.sess, self.training, self.fetches = cfg, sess, training, fetches
+        self.saved, self.log, self.console, self.probe = saved, log, console, probe
+        self.say = console.say
         self.history = []
         self.validation = None
-        # The best score so far survives restarts in best/metrics.json, written after its checkpoint.
-        saved = checkpoints.read_json(os.path.join(best.directory, BEST_METRICS)) if best is not None else None
-        self.best_v_rand = saved.get("v_rand") if saved else None
+        self.check_loss = training.backend.loss_scale_kind(cfg)[0] == "none"
 
     def run_probe(self, step):
         images, raws, masks = self.probe
-        prob = self.sess.run(self.tg.probe_prob, {self.tg.probe_input: images})
+        extras = self.training.extras
+        prob = self.sess.run(extras.probe_prob, {extras.probe_input: images})
         accuracy = pixel_accuracy(prob, masks)
         self.log.scalars(step, {"train_accuracy": accuracy})
         if self.cfg.summary_images:
@@ -376,24 +301,20 @@ class Run(object):
         return accuracy
 
     def validate(self, step):
-        if self.tg.validator is None:
+        validator = self.training.extras.validator
+        if validator is None:
             return
-        metrics = dict((key, float(value)) for key, value in self.tg.validator.run(self.sess).items())
+        metrics = dict((key, float(value)) for key, value in validator.run(self.sess).items())
         self.validation = dict(metrics, step=step)
         self.log.scalars(step, dict(("validation/" + key, value) for key, value in metrics.items()))
-        v_rand = metrics.get("v_rand")
         note = ""
-        if v_rand is not None and (self.best_v_rand is None or v_rand > self.best_v_rand):
-            self.best_v_rand = v_rand
-            if self.best is not None and self.best.save(self.sess, step):
-                checkpoints.atomic_write_json(os.path.join(self.best.directory, BEST_METRICS),
-                                              dict(metrics, step=step))
-                note = " (best so far, saved to {})".format(self.best.directory)
+        if self.saved.offer_best(self.sess, step, metrics):
+            note = " (best so far, saved to {})".format(self.saved.best.directory)
         self.say("validation at step {}: {}{}".format(
             step, "  ".join("{} {:.4f}".format(k, metrics[k]) for k in sorted(metrics)), note))
 
     def save(self, step):
-        path = self.writer.save(self.sess, step)
+        path = self.saved.latest.save(self.sess, step)
         if path:
             self.say("saved checkpoint {}".format(path))
         return path
@@ -401,14 +322,14 @@ class Run(object):
     def loop(self, start_step, total):
         cfg = self.cfg
         images_per_run = cfg.batch_size * cfg.iterations_per_loop
-        progress = Progress(total, start_step, cfg.batch_size, cfg.steps_per_epoch, out=self.out)
-        self.say = self.log.warn = progress.write
+        progress = Progress(total, start_step, cfg.batch_size, cfg.steps_per_epoch, out=self.console.out)
+        self.console.progress = progress
         step = start_step
         steady_time = 0.0
         steady_images = 0
         first_time = None
         values = None
-        with StopRequest(progress.write) as stop:
+        with StopRequest(self.say) as stop:
             try:
                 while step < total and not stop.requested:
                     tick = time.time()
@@ -436,6 +357,7 @@ class Run(object):
                         self.validate(step)
             finally:
                 progress.close()
+                self.console.progress = None
             if stop.requested and step < total:
                 path = self.save(step)
                 self.say("interrupted at step {} ({}); rerun the same command to resume".format(
@@ -461,15 +383,19 @@ class Run(object):
             "loss_scale": float(last["loss_scale"]) if values else None,
             "skipped_steps": int(last["skipped_steps"]) if values else None,
             "scale_changes": int(last["scale_changes"]) if values else None,
-            "validation": self.validation, "best_v_rand": self.best_v_rand,
-            "checkpoint": checkpoints.latest_checkpoint(self.writer.directory),
+            "validation": self.validation, "best_v_rand": self.saved.best_v_rand,
+            "checkpoint": checkpoints.latest_checkpoint(self.saved.latest.directory),
         }
 
     def check_finite(self, values, step):
-        """Without loss scaling a non-finite loss means the weights are already broken: stop, save nothing."""
-        if self.cfg.loss_scale_kind()[0] != "none" or _finite(values["loss"], values["mean_loss"]):
+        """Without loss scaling a non-finite loss means the weights are already broken: stop, save nothing.
+
+        With loss scaling (as the backend resolves it: on the NPU, precision_mode decides) an overflowing step is
+        skipped by the optimizer and training goes on.
+        """
+        if not self.check_loss or _finite(values["loss"], values["mean_loss"]):
             return
-        previous = checkpoints.latest_checkpoint(self.writer.directory)
+        previous = checkpoints.latest_checkpoint(self.saved.latest.directory)
         raise UserError("the loss became {} by step {} (no loss scaling); nothing was saved after it, the last good "
                         "checkpoint is {}; lower --learning_rate or use another --precision".format(
                             float(values["mean_loss"]) if not _finite(values["mean_loss"]) else float(values["loss"]),

@@ -23,9 +23,11 @@ Fetch keys every backend returns (scalar tensors; values after the K steps of on
     FETCH_KEYS below.
 """
 
+import abc
+
 FETCH_KEYS = (
     "loss",           # float32, loss of the last step of the loop
-    "mean_loss",      # float32, mean loss over the K steps (NPU: the last step's loss, see npu.py)
+    "mean_loss",      # float32, mean loss over the K steps of this Session.run
     "global_step",    # int64, after the loop
     "loss_scale",     # float32, current loss scale (1.0 when no loss scaling)
     "overflow",       # bool, the last step had a non-finite gradient (update skipped)
@@ -34,16 +36,29 @@ FETCH_KEYS = (
 )
 
 
-class Backend(object):
-    """Interface; see the module docstring."""
+class Backend(abc.ABC):
+    """What every backend implements; see the module docstring. Each backend owns the meaning of its settings."""
 
     name = "abstract"
 
+    @abc.abstractmethod
     def session_config(self, cfg, profiling_options=None):
-        raise NotImplementedError
+        """tf.compat.v1.ConfigProto for the training session; `profiling_options` is backend-specific (NPU: the
+        dict of backends.npu.profiling_options; the host ignores it and traces with the TF profiler)."""
 
+    @abc.abstractmethod
     def build_train_loop(self, cfg, next_batch, loss_fn, global_step):
-        raise NotImplementedError
+        """The FETCH_KEYS dict; running it executes cfg.iterations_per_loop training steps."""
+
+    @abc.abstractmethod
+    def loss_scale_kind(self, cfg):
+        """('none'|'dynamic'|'fixed', fixed value or None): the loss scaling this backend applies for cfg.
+
+        The trainer asks this (not cfg) whether a non-finite loss is fatal: with loss scaling the overflowing step
+        is skipped, without it the weights are broken.
+        """
 
     def prepare_session(self, sess, fetches):
+        """Called after variables are initialised or restored and the iterator initialised; returns the fetches
+        to run (the NPU wraps its train op for the device loop here). Default: unchanged."""
         return fetches

@@ -38,14 +38,18 @@ class HostBackend(Backend):
         config.gpu_options.allow_growth = True
         return config
 
-    def build_train_loop(self, cfg, next_batch, loss_fn, global_step, optimizer=None, scaler=None):
+    def loss_scale_kind(self, cfg):
+        """The host follows --precision: auto means dynamic scaling for fp16 and none otherwise."""
+        return cfg.loss_scale_kind()
+
+    def build_train_loop(self, cfg, next_batch, loss_fn, global_step):
         """The FETCH_KEYS dict of base.py; running it executes cfg.iterations_per_loop steps.
 
-        `optimizer` defaults to optim.make_optimizer(cfg) and `scaler` to precision.LossScaler.from_config(cfg)
-        (created here, outside the loop, so their variables are ordinary graph variables).
+        The optimizer and the loss scaler are created here, outside the loop, so their variables are ordinary
+        graph variables.
         """
-        optimizer = optimizer if optimizer is not None else make_optimizer(cfg)
-        scaler = scaler if scaler is not None else LossScaler.from_config(cfg)
+        optimizer = make_optimizer(cfg)
+        scaler = LossScaler.from_config(cfg)
         steps = int(cfg.iterations_per_loop)
         first_step = global_step.read_value()
 

@@ -95,6 +95,10 @@ class NpuBackend(Backend):
         self._iterations_per_loop = None
         self._session_iterations_per_loop = None
 
+    def loss_scale_kind(self, cfg):
+        """precision_mode decides on the NPU (see npu_loss_scale_kind), not --precision."""
+        return npu_loss_scale_kind(cfg)
+
     def session_config(self, cfg, profiling_options=None):
         """ConfigProto with the NpuOptimizer pass; `profiling_options` is a dict from `profiling_options()`."""
         config = v1.ConfigProto()

@@ -1,0 +1,71 @@
+"""The trainer asks the backend, not the config, whether a non-finite loss is fatal.
+
+On the NPU, precision_mode=allow_mix_precision means dynamic loss scaling even with --precision fp32: the NPU
+optimizer skips an overflowing step, so training must go on. Without loss scaling the weights are broken: stop.
+"""
+import pytest
+
+from test_npu_backend import npu  # noqa: F401  (the stand-in npu_bridge fixture)
+from unet_perf.backends.host import HostBackend
+from unet_perf.config import Config
+from unet_perf.errors import UserError
+from unet_perf.trainer import Run
+
+NAN_VALUES = {"loss": float("nan"), "mean_loss": float("nan")}
+
+
+class _Training(object):
+    def __init__(self, backend):
+        self.backend = backend
+
+
+class _Latest(object):
+    directory = "/nonexistent-model-dir"
+
+
+class _Saved(object):
+    latest = _Latest()
+    best = None
+    best_v_rand = None
+
+
+class _Console(object):
+    out = None
+
+    def say(self, message):
+        pass
+
+
+def _run(backend, cfg):
+    return Run(cfg, sess=None, training=_Training(backend), fetches=None, saved=_Saved(), log=None,
+               console=_Console(), probe=None)
+
+
+def _npu_backend():
+    from unet_perf.backends.npu import NpuBackend
+    return NpuBackend()
+
+
+def test_npu_mixed_precision_skips_a_non_finite_step_instead_of_stopping(npu):  # noqa: F811
+    cfg = Config(precision="fp32", precision_mode="allow_mix_precision", loss_scale="auto")
+    # The host rule would call this "no loss scaling" (fp32) and stop; the NPU backend knows better.
+    assert cfg.loss_scale_kind()[0] == "none"
+    _run(_npu_backend(), cfg).check_finite(NAN_VALUES, step=10)
+
+
+@pytest.mark.parametrize("overrides", [
+    {"precision_mode": "force_fp32", "loss_scale": "auto"},
+    {"precision_mode": "allow_mix_precision", "loss_scale": "none"},
+])
+def test_npu_without_loss_scaling_stops_on_a_non_finite_loss(npu, overrides):  # noqa: F811
+    cfg = Config(precision="fp32", **overrides)
+    with pytest.raises(UserError, match="the loss became nan by step 10"):
+        _run(_npu_backend(), cfg).check_finite(NAN_VALUES, step=10)
+
+
+def test_host_follows_precision():
+    fp32 = Config(precision="fp32", loss_scale="auto")
+    with pytest.raises(UserError, match="no loss scaling"):
+        _run(HostBackend(), fp32).check_finite(NAN_VALUES, step=3)
+    _run(HostBackend(), Config(precision="fp16", loss_scale="auto")).check_finite(NAN_VALUES, step=3)
+    _run(HostBackend(), fp32).check_finite({"loss": 0.5, "mean_loss": 0.4}, step=3)

@@ -1,0 +1,164 @@
+"""The one place that assembles training: config + data source + backend -> graph, session, fetches.
+
+    training = graph.build(cfg, graph.pipeline_source(cfg, data))       # or graph.cached_batch_source(cfg)
+    sess, fetches = graph.open_session(training, cfg, restore=...)      # initialised, restored, prepared
+    values = sess.run(fetches)                                          # K steps; keys: backends.base.FETCH_KEYS
+
+The trainer, the benchmarks and the profiler all call these two functions, so the session ordering the NPU needs
+(variables, then restore, then the iterator initializer on its own, then `backend.prepare_session`) lives here once.
+"""
+import numpy as np
+
+from unet_perf.compat import v1
+from unet_perf.errors import UserError
+
+
+class Training(object):
+    """Handles of one assembled training graph.
+
+    Attributes:
+        graph: the tf.Graph holding everything below.
+        backend: the backends.base.Backend that built the loop (owns what its settings mean).
+        fetches: dict of FETCH_KEYS tensors; running it executes cfg.iterations_per_loop steps.
+        iterator: the initializable iterator feeding the loop.
+        global_step: the int64 global step variable.
+        variables: every global variable (what checkpoints save and restore).
+        init_ops: variable initialisers (global and local).
+        extras: what `build(..., extras=fn)` returned (e.g. inference graphs sharing the weights), or None.
+    """
+
+    def __init__(self, graph, backend, fetches, iterator, global_step, variables, init_ops, extras=None):
+        self.graph = graph
+        self.backend = backend
+        self.fetches = fetches
+        self.iterator = iterator
+        self.global_step = global_step
+        self.variables = variables
+        self.init_ops = init_ops
+        self.extras = extras
+
+
+def make_loss_fn(cfg, with_weights):
+    """loss_fn(batch, step) for the backend: U-Net logits -> the configured loss (float32).
+
+    batch is (images, masks) or (images, masks, weights); step seeds the stateless dropout.
+    """
+    from unet_perf import losses, model
+
+    def loss_fn(batch, step):
+        logits = model.unet(batch[0], cfg, training=True, step=step)
+        weights = batch[2] if with_weights else None
+        return losses.compute_loss(logits, batch[1], weights, cfg.loss)
+
+    return loss_fn
+
+
+# --- data sources: functions building a tf.data.Dataset inside the training graph ------------------------------
+
+def pipeline_source(cfg, train, weights=None, start_step=0):
+    """The real input pipeline over loaded slices (train: data.sources.Pairs; weights: float32 maps or None).
+
+    start_step: the global step training resumes at; the stream continues where it stopped.
+    """
+    from unet_perf import pipeline
+
+    if bool(cfg.weight_map) != (weights is not None):
+        raise ValueError("pipeline_source: weights must be given exactly when cfg.weight_map is on")
+
+    def source():
+        return pipeline.make_dataset(train.images, train.masks, weights, cfg, seed=cfg.seed, start_batch=start_step)
+    return source
+
+
+def cached_batch_source(cfg, seed=None):
+    """One random batch shaped like the pipeline's, repeated: training speed without any input cost.
+
+    Images are uniform in [0, 1) in the compute dtype; masks are 80% ones; weights (when cfg.weight_map) are ones.
+    """
+    import tensorflow as tf
+
+    from unet_perf.precision import compute_dtype
+
+    shape = [cfg.batch_size, cfg.crop_size, cfg.crop_size, 1]
+    rng = np.random.RandomState(cfg.seed if seed is None else seed)
+    images = rng.uniform(0, 1, shape).astype(np.float32)
+    masks = (rng.uniform(0, 1, shape) > 0.2).astype(np.float32)
+
+    def source():
+        batch = (tf.cast(tf.constant(images), compute_dtype(cfg.precision)), tf.constant(masks))
+        if cfg.weight_map:
+            batch = batch + (tf.ones(shape, tf.float32),)
+        return tf.data.Dataset.from_tensors(batch).repeat()
+    return source
+
+
+def dataset_source(cfg, kind="pipeline"):
+    """A source by name: "pipeline" (cfg's data loaded with data.loading.load_dataset, then the real input
+    pipeline) or "cached_batch" (see cached_batch_source). For benchmarks and tools that take the kind as a flag."""
+    if kind == "cached_batch":
+        return cached_batch_source(cfg)
+    if kind == "pipeline":
+        from unet_perf.data.loading import load_dataset
+        train, _, weights = load_dataset(cfg)
+        return pipeline_source(cfg, train, weights)
+    raise ValueError("source kind must be pipeline or cached_batch, got {!r}".format(kind))
+
+
+# --- assembly ----------------------------------------------------------------------------------------------------
+
+def build(cfg, source, backend=None, extras=None):
+    """Assemble cfg's K-step training loop fed by `source` in a new tf.Graph.
+
+    Args:
+        cfg: a validated config.Config.
+        source: a function returning the training tf.data.Dataset (see pipeline_source, cached_batch_source);
+            called inside the new graph.
+        backend: a backends.base.Backend; default backends.get_backend(cfg).
+        extras: optional function called inside the graph after the training loop (so it can reuse the model's
+            variables, e.g. inference graphs); its result is Training.extras.
+    Returns:
+        a Training.
+    """
+    from unet_perf import pipeline
+    from unet_perf.backends import get_backend
+
+    backend = backend if backend is not None else get_backend(cfg)
+    graph = v1.Graph()
+    with graph.as_default():
+        v1.set_random_seed(cfg.seed)
+        global_step = v1.train.get_or_create_global_step()
+        iterator = pipeline.make_iterator(source())
+        fetches = backend.build_train_loop(cfg, iterator.get_next, make_loss_fn(cfg, cfg.weight_map), global_step)
+        built_extras = extras() if extras is not None else None
+        variables = v1.global_variables()
+        init_ops = [v1.global_variables_initializer(), v1.local_variables_initializer()]
+    return Training(graph, backend, fetches, iterator, global_step, variables, init_ops, built_extras)
+
+
+def open_session(training, cfg, restore=None, profiling_options=None):
+    """A session of `training`, ready to run: (session, fetches).
+
+    Order (the NPU needs it; harmless elsewhere): initialise variables; `restore(sess)` when given (restore a
+    checkpoint, recover writers); run the iterator initializer on its own; `backend.prepare_session` (the NPU
+    wraps the train op for its device loop). The session is closed again if any of this fails.
+    """
+    backend = training.backend
+    config = backend.session_config(cfg, profiling_options=profiling_options)
+    sess = v1.Session(graph=training.graph, config=config)
+    try:
+        sess.run(training.init_ops)
+        if restore is not None:
+            restore(sess)
+        sess.run(training.iterator.initializer)
+        fetches = backend.prepare_session(sess, training.fetches)
+    except BaseException:
+        sess.close()
+        raise
+    return sess, fetches
+
+
+def steps_to_runs(steps, iterations_per_loop):
+    """Session.run calls needed for at least `steps` training steps (at least one)."""
+    if iterations_per_loop <= 0:
+        raise UserError("--iterations_per_loop must be positive, got {}".format(iterations_per_loop))
+    return max(1, -(-int(steps) // int(iterations_per_loop)))
