@@ -35,6 +35,7 @@ npu_bridge is imported lazily, so this module imports on machines without it.
 import inspect
 import json
 import os
+import weakref
 
 from tensorflow.core.protobuf.rewriter_config_pb2 import RewriterConfig  # same path in TF 1.15 and 2.x
 
@@ -114,7 +115,7 @@ class NpuBackend(Backend):
         self._train_op = None
         self._iterations_per_loop = None
         self._session_iterations_per_loop = None
-        self._iteration = None  # (graph, session, IterationOp) of the last prepare_session with K > 1
+        self._iteration = None  # (graph, weak reference to the session, IterationOp) of the last K > 1 prepare
 
     def loss_scale_kind(self, cfg):
         """('none'|'dynamic'|'fixed', value) this backend uses for cfg: see `npu_loss_scale_kind`."""
@@ -222,7 +223,7 @@ class NpuBackend(Backend):
     def _iteration_op(self, sess, k):
         if self._iteration is not None and self._iteration[0] is sess.graph:
             _, prepared_sess, iteration_op = self._iteration
-            if prepared_sess is not sess:
+            if prepared_sess() is not sess:
                 # The loop variables are loaded per session, and a second IterationOp would not be looped on.
                 raise ValueError("prepare_session: this training graph was prepared for another session; build "
                                  "the graph again for a new session")
@@ -235,7 +236,7 @@ class NpuBackend(Backend):
             raise ValueError("util.set_iteration_per_loop returned {!r}, but the device loops only on an op named "
                              "exactly {!r} (the graph already has one): call set_iteration_per_loop once per "
                              "graph".format(iteration_op.name, ITERATION_OP_NAME))
-        self._iteration = (graph, sess, iteration_op)
+        self._iteration = (graph, weakref.ref(sess), iteration_op)
         return iteration_op
 
     def _loss_scale_manager(self, cfg, kind, fixed_value):
