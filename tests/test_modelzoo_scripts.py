@@ -1,4 +1,6 @@
-"""tools/train_{performance,full}_1p.sh on the CPU with a tiny config: ModelZoo log layout, final lines, key file."""
+"""tools/train_{performance,full}_1p.sh on the CPU with a tiny config: ModelZoo log layout, final lines, key file,
+loss file, and the ModelZoo path rules (run from the model root or its test/ folder)."""
+import json
 import os
 import subprocess
 import sys
@@ -26,6 +28,16 @@ def _key_file(path):
     return pairs
 
 
+def _progress_losses(log_text):
+    """The loss of each progress line "step N/T ... loss X ..." of the training log, as printed."""
+    losses = []
+    for line in log_text.splitlines():
+        fields = line.split()
+        if len(fields) > 1 and fields[0] == "step" and "/" in fields[1]:
+            losses.append(fields[fields.index("loss") + 1])
+    return losses
+
+
 def _final(stdout, label):
     line = next(line for line in stdout.splitlines() if line.startswith(label))
     return float(line.split(" : ", 1)[1])
@@ -47,8 +59,28 @@ def test_performance_script_writes_modelzoo_log_and_key_file(tmp_path):
     assert key["CaseName"] == "{}_bs2_1p_perf".format(NETWORK) and key["RankSize"] == "1"
     assert float(key["ActualFPS"]) == pytest.approx(fps)
     assert float(key["TrainingTime"]) == pytest.approx(2 * 1000 / fps, rel=1e-2)
-    assert float(key["ActualLoss"]) > 0  # summary.json's final loss
-    assert (out / "model_dir" / "summary.json").exists()
+    # train_<CaseName>_loss.txt: one loss per Session.run (4 steps / K=2), ActualLoss is its last line.
+    losses = (out / "train_{}_bs2_1p_perf_loss.txt".format(NETWORK)).read_text().splitlines()
+    assert losses == _progress_losses(log) and len(losses) == 2
+    assert key["ActualLoss"] == losses[-1]
+    summary = json.loads((out / "model_dir" / "summary.json").read_text())
+    assert float(key["ActualLoss"]) == pytest.approx(summary["final_loss"], abs=1e-4)
+
+
+def test_run_from_the_test_folder_writes_where_modelzoo_scripts_do(tmp_path):
+    """cur_path rules: from <root>/test the output goes to <root>/test/output (not test/test/output) and
+    relative paths resolve against <root>, as when the script is run from the root."""
+    test_dir = tmp_path / "test"
+    test_dir.mkdir()
+    proc = _run("train_performance_1p.sh", ["--model_dir=runs/relative"] + TINY, test_dir, "2")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    out = test_dir / "output" / "2"
+    assert (out / "train_2.log").exists() and not (test_dir / "test").exists()
+    losses = (out / "train_{}_bs2_1p_perf_loss.txt".format(NETWORK)).read_text().splitlines()
+    assert len(losses) == 2
+    assert _key_file(out / "{}_bs2_1p_perf.log".format(NETWORK))["ActualLoss"] == losses[-1]
+    assert (tmp_path / "runs" / "relative" / "summary.json").exists()
+    assert not (test_dir / "runs").exists()
 
 
 def test_full_script_key_file_has_accuracy_and_batch_size(tmp_path):

@@ -69,12 +69,21 @@ def _require_optimizer_factory():
                     "with it".format(err))
 
 
-def _tiny_problem(seed=0):
-    """A fixed batch and a 2-layer conv net: (next_batch, loss_fn, nan_factor placeholder)."""
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _tiny_problem(seed=0, unused_variable=False):
+    """A fixed batch and a 2-layer conv net: (next_batch, loss_fn, nan_factor placeholder).
+
+    Feed nan_factor NaN to make the gradients non-finite. Feed the placeholder "saturation" 1e30 for an overflow
+    whose clipped result leaves the loss and the gradients finite (the device's float status still records it).
+    `unused_variable` adds a trainable variable the loss does not reach (its gradient is None).
+    """
     rng = np.random.RandomState(seed)
     images = rng.rand(2, 8, 8, 1).astype(np.float32)
     masks = (images > 0.5).astype(np.float32)
-    nan_factor = v1.placeholder_with_default(1.0, [], name="nan_factor")  # feed NaN to inject an overflow
+    nan_factor = v1.placeholder_with_default(1.0, [], name="nan_factor")
+    saturation = v1.placeholder_with_default(1.0, [], name="saturation")
 
     def next_batch():
         return v1.constant(images), v1.constant(masks)
@@ -86,25 +95,32 @@ def _tiny_problem(seed=0):
             init = v1.variance_scaling_initializer(2.0, "fan_in", "truncated_normal", seed=1)
             w1 = v1.get_variable("w1", [3, 3, 1, 4], initializer=init)
             w2 = v1.get_variable("w2", [3, 3, 4, 1], initializer=init)
+            if unused_variable:
+                v1.get_variable("unused", [2], initializer=v1.zeros_initializer())
         hidden = v1.nn.relu(v1.nn.conv2d(image, w1, [1, 1, 1, 1], "SAME"))
         logits = v1.nn.conv2d(hidden, w2, [1, 1, 1, 1], "SAME")
         loss = v1.reduce_mean(v1.nn.sigmoid_cross_entropy_with_logits(labels=mask, logits=logits))
-        return loss * nan_factor
+        clipped = v1.minimum(loss * saturation * saturation, FLOAT32_MAX)  # 1e30 * 1e30 overflows, then clips
+        return loss * nan_factor + 0.0 * v1.stop_gradient(clipped)
 
     return next_batch, loss_fn, nan_factor
 
 
-def _build(cfg):
+def _build(cfg, backend=None, **problem):
     _require_optimizer_factory()
-    backend = _backend()
+    backend = backend if backend is not None else _backend()
     config = backend.session_config(cfg)
-    next_batch, loss_fn, nan_factor = _tiny_problem()
+    next_batch, loss_fn, nan_factor = _tiny_problem(**problem)
     global_step = v1.train.get_or_create_global_step()
     fetches = backend.build_train_loop(cfg, next_batch, loss_fn, global_step)
     sess = v1.Session(config=config)
     sess.run(v1.global_variables_initializer())
     fetches = backend.prepare_session(sess, fetches)
     return sess, fetches, nan_factor
+
+
+def _saturation():
+    return v1.get_default_graph().get_tensor_by_name("saturation:0")
 
 
 def _weights(sess):
@@ -205,14 +221,9 @@ def test_sink_mode_wraps_the_train_op_and_loads_k(npu):
     assert set(fetches) == set(FETCH_KEYS)
     for key in FETCH_KEYS:  # every fetch runs through IterationOp, the op the device loops on
         assert [op.name for op in fetches[key].op.control_inputs] == ["IterationOp"]
-    # The stand-in runs the graph once per Session.run; mean_loss averages since the last multiple of K.
-    first = sess.run(fetches)
-    second = sess.run(fetches)
-    assert (first["global_step"], second["global_step"]) == (1, 2)
-    assert first["mean_loss"] == pytest.approx(first["loss"])
-    assert second["mean_loss"] == pytest.approx((first["loss"] + second["loss"]) / 2)
-    third = sess.run(fetches)
-    assert third["mean_loss"] == pytest.approx(third["loss"])
+    # Like the device, the stand-in runs the graph K times per Session.run of anything depending on IterationOp.
+    assert [sess.run(fetches["global_step"]) for _ in range(2)] == [2, 4]
+    assert sess.run(v1.train.get_global_step()) == 4  # a fetch outside the loop runs once
 
 
 def test_session_and_loop_must_agree_on_k(npu):
@@ -236,7 +247,7 @@ def test_steps_train_the_tiny_model(npu):
     after = _weights(sess)
     assert all(not np.array_equal(b, a) for b, a in zip(before, after))
     assert losses[-1] < losses[0]
-    assert sess.run(fetches["global_step"]) == 7
+    assert sess.run(fetches["global_step"]) == 14  # 7 runs of K = 2
 
 
 def test_gradients_reach_the_optimizer_unscaled(npu):
@@ -256,27 +267,236 @@ def test_gradients_reach_the_optimizer_unscaled(npu):
 @pytest.mark.parametrize("inf_nan_mode", [False, True], ids=["overflow_status_tensor", "derived_from_grads"])
 def test_overflow_skips_the_update_and_counts(npu, inf_nan_mode):
     from npu_bridge.estimator.npu import npu_plugin
+    from unet_perf.backends import npu as npu_module
     npu_plugin.INF_NAN_MODE = inf_nan_mode
     cfg = _cfg(loss_scale="dynamic", loss_scale_init=256.0, loss_scale_growth_interval=2)
-    sess, fetches, nan_factor = _build(cfg)
+    backend = _backend()
+    sess, fetches, nan_factor = _build(cfg, backend)
     names = [op.name for op in v1.get_default_graph().get_operations()]
     assert any(name.endswith("overflow_status_reduce_all") for name in names) is not inf_nan_mode
+    assert backend.overflow_source == (npu_module.OVERFLOW_FROM_GRADIENTS if inf_nan_mode
+                                       else npu_module.OVERFLOW_FROM_FLOAT_STATUS)
 
     before = _weights(sess)
     first = sess.run(fetches, {nan_factor: float("nan")})
     assert bool(first["overflow"]) and first["skipped_steps"] == 1
     assert all(np.array_equal(b, a) for b, a in zip(before, _weights(sess)))  # bit-identical: skipped
-    assert first["loss_scale"] == 256.0 and first["scale_changes"] == 0  # decr after 2 consecutive overflows
+    assert first["loss_scale"] == 256.0 and first["scale_changes"] == 0
     assert first["global_step"] == 1  # the step counts even when skipped
 
-    second = sess.run(fetches, {nan_factor: float("nan")})
-    assert second["skipped_steps"] == 2 and second["loss_scale"] == 128.0 and second["scale_changes"] == 1
-
-    finite = [sess.run(fetches) for _ in range(2)]
-    assert [bool(v["overflow"]) for v in finite] == [False, False]
-    assert finite[-1]["loss_scale"] == 256.0 and finite[-1]["scale_changes"] == 2  # grew after 2 finite steps
-    assert finite[-1]["skipped_steps"] == 2 and finite[-1]["global_step"] == 4
+    # TF 1.15 semantics: overflows count since the last scale change (a finite step between them does not reset
+    # the count), an overflow zeroes the finite-step count, and a scale change zeroes both.
+    nan, finite = float("nan"), 1.0
+    runs = [sess.run(fetches, {nan_factor: factor}) for factor in [finite, nan, finite, nan, finite, finite, nan]]
+    assert [bool(v["overflow"]) for v in runs] == [False, True, False, True, False, False, True]
+    assert [float(v["loss_scale"]) for v in runs] == [256.0, 128.0, 128.0, 128.0, 128.0, 256.0, 256.0]
+    assert [int(v["scale_changes"]) for v in runs] == [0, 1, 1, 1, 1, 2, 2]
+    assert [int(v["skipped_steps"]) for v in runs] == [1, 2, 2, 3, 3, 3, 4]
+    assert runs[-1]["global_step"] == 8
     assert not all(np.array_equal(b, a) for b, a in zip(before, _weights(sess)))
+
+
+def test_dynamic_scale_stays_unchanged_at_the_top_of_float32(npu):
+    """A due increase that would pass 3.4e38 leaves the scale as it is (no clamping to 1.7e38)."""
+    cfg = _cfg(loss_scale="dynamic", loss_scale_init=2.0 ** 126, loss_scale_growth_interval=1)
+    sess, fetches, nan_factor = _build(cfg)
+    runs = [sess.run(fetches, {nan_factor: 0.0}) for _ in range(3)]  # zero loss: finite zero gradients
+    assert [bool(v["overflow"]) for v in runs] == [False, False, False]
+    assert [float(v["loss_scale"]) for v in runs] == [2.0 ** 127] * 3
+    assert [int(v["scale_changes"]) for v in runs] == [1, 1, 1]
+
+
+def test_saturation_mode_counts_an_overflow_that_leaves_the_gradients_finite(npu):
+    """The float status records every overflow of the step; the INF/NaN-mode fallback sees only the gradients."""
+    from npu_bridge.estimator.npu import npu_plugin
+    cfg = _cfg(loss_scale="dynamic", loss_scale_init=256.0)
+    sess, fetches, _ = _build(cfg)
+    before = _weights(sess)
+    values = sess.run(fetches, {_saturation(): 1e30})
+    assert np.isfinite(values["loss"]) and bool(values["overflow"]) and values["skipped_steps"] == 1
+    assert all(np.array_equal(b, a) for b, a in zip(before, _weights(sess)))
+
+    npu_plugin.INF_NAN_MODE = True
+    with v1.Graph().as_default():
+        sess, fetches, _ = _build(cfg)
+        values = sess.run(fetches, {_saturation(): 1e30})
+        assert not values["overflow"] and values["skipped_steps"] == 0
+
+
+@pytest.mark.parametrize("inf_nan_mode", [False, True], ids=["float_status", "inf_nan_mode"])
+def test_none_gradients_are_dropped_before_the_update(npu, inf_nan_mode):
+    from npu_bridge.estimator.npu import npu_plugin
+    npu_plugin.INF_NAN_MODE = inf_nan_mode
+    sess, fetches, nan_factor = _build(_cfg(loss_scale="dynamic"), unused_variable=True)
+    assert "tiny/unused" in [var.op.name for var in v1.trainable_variables()]
+    values = sess.run(fetches)
+    assert not values["overflow"] and values["global_step"] == 1
+    assert bool(sess.run(fetches, {nan_factor: float("nan")})["overflow"])
+
+
+def test_the_stand_in_inf_nan_check_fails_on_a_none_gradient_like_the_real_one(npu):
+    from npu_bridge.estimator.npu import npu_plugin
+    from npu_bridge.estimator.npu.npu_loss_scale_manager import FixedLossScaleManager
+    from npu_bridge.estimator.npu.npu_loss_scale_optimizer import NPULossScaleOptimizer
+    npu_plugin.INF_NAN_MODE = True
+    used = v1.get_variable("used", [2])
+    unused = v1.get_variable("unused", [2])
+    optimizer = NPULossScaleOptimizer(v1.train.GradientDescentOptimizer(0.1), FixedLossScaleManager(8.0))
+    grads_and_vars = optimizer.compute_gradients(v1.reduce_sum(used * used))
+    assert [grad is None for grad, _ in grads_and_vars] == [False, True]
+    assert grads_and_vars[1][1] is unused
+    with pytest.raises(ValueError, match="None gradient for unused"):
+        optimizer.apply_gradients(grads_and_vars)
+
+
+def test_older_adapters_without_the_overflow_check_parameter_and_status_name(npu, monkeypatch):
+    """Adapters before mid-2021 have no enable_overflow_check; before early 2021 no overflow_status_reduce_all."""
+    from npu_bridge.estimator.npu import npu_loss_scale_manager, npu_loss_scale_optimizer
+    from unet_perf.backends import npu as npu_module
+    monkeypatch.setattr(npu_loss_scale_manager, "FixedLossScaleManager",
+                        npu_loss_scale_manager.LegacyFixedLossScaleManager)
+    monkeypatch.setattr(npu_loss_scale_optimizer, "NAMES_OVERFLOW_STATUS", False)
+    backend = _backend()
+    sess, fetches, nan_factor = _build(_cfg(loss_scale="64"), backend)
+    assert npu.calls_named("FixedLossScaleManager") == [dict(loss_scale=64.0)]
+    assert backend.overflow_source == npu_module.OVERFLOW_FROM_GRADIENTS
+    before = _weights(sess)
+    values = sess.run(fetches, {nan_factor: float("nan")})
+    assert bool(values["overflow"]) and values["skipped_steps"] == 1 and values["loss_scale"] == 64.0
+    assert all(np.array_equal(b, a) for b, a in zip(before, _weights(sess)))
+
+
+def test_overflow_source_without_loss_scaling_and_loss_scale_kind(npu):
+    from unet_perf.backends import npu as npu_module
+    backend = _backend()
+    cfg = _cfg(precision_mode="force_fp32")
+    _build(cfg, backend)
+    assert backend.overflow_source == npu_module.OVERFLOW_NOT_CHECKED
+    assert backend.loss_scale_kind(cfg) == ("none", None)
+    assert backend.loss_scale_kind(_cfg(precision_mode="allow_fp32_to_fp16")) == ("dynamic", None)
+
+
+# --- IterationOp: created once, named exactly IterationOp -------------------------------------------------------
+
+def test_prepare_session_twice_reuses_the_iteration_op(npu):
+    backend = _backend()
+    cfg = _cfg(iterations_per_loop=2, max_steps=8, save_checkpoints_steps=4)
+    sess, fetches, _ = _build(cfg, backend)
+    again = backend.prepare_session(sess, fetches)
+    raw_again = backend.prepare_session(sess, {"global_step": v1.train.get_global_step().read_value()})
+    assert len(npu.calls_named("set_iteration_per_loop")) == 1
+    graph_ops = [op.name for op in v1.get_default_graph().get_operations()]
+    assert [name for name in graph_ops if name.startswith("IterationOp")] == ["IterationOp"]
+    assert again["loss"] is fetches["loss"]
+    assert [op.name for op in raw_again["global_step"].op.control_inputs] == ["IterationOp"]
+    sess.run(raw_again["global_step"])  # K steps, too
+    assert [sess.run(again["global_step"]), sess.run(fetches["global_step"])] == [4, 6]
+
+
+def test_prepare_session_inside_a_name_scope_still_makes_iteration_op(npu):
+    backend = _backend()
+    cfg = _cfg(iterations_per_loop=2, max_steps=8, save_checkpoints_steps=4)
+    _require_optimizer_factory()
+    next_batch, loss_fn, _ = _tiny_problem()
+    fetches = backend.build_train_loop(cfg, next_batch, loss_fn, v1.train.get_or_create_global_step())
+    sess = v1.Session(config=backend.session_config(cfg))
+    sess.run(v1.global_variables_initializer())
+    with v1.name_scope("outer"):
+        fetches = backend.prepare_session(sess, fetches)
+    assert [op.name for op in fetches["loss"].op.control_inputs] == ["IterationOp"]
+    assert sess.run(fetches["global_step"]) == 2
+
+
+def test_a_taken_iteration_op_name_is_a_clear_error(npu):
+    v1.no_op(name="IterationOp")  # e.g. made by an earlier set_iteration_per_loop on this graph
+    with pytest.raises(ValueError, match="'IterationOp_1'.*exactly 'IterationOp'"):
+        _build(_cfg(iterations_per_loop=2, max_steps=8, save_checkpoints_steps=4))
+
+
+def test_a_second_session_on_the_prepared_graph_is_refused(npu):
+    backend = _backend()
+    cfg = _cfg(iterations_per_loop=2, max_steps=8, save_checkpoints_steps=4)
+    _, fetches, _ = _build(cfg, backend)
+    with v1.Session() as other:
+        with pytest.raises(ValueError, match="another session"):
+            backend.prepare_session(other, fetches)
+
+
+# --- K steps per Session.run against the host loop ------------------------------------------------------------
+
+def _batches(count, seed=3):
+    rng = np.random.RandomState(seed)
+    images = rng.rand(count, 16, 16, 1).astype(np.float32)
+    return images, (images > 0.5).astype(np.float32)
+
+
+def _train(backend, cfg, make_loss_fn, runs):
+    """Runs `runs` Session.runs of cfg's loop on distinct batches; (fetched values per run, {var name: value}).
+
+    `make_loss_fn()` is called inside the new graph."""
+    with v1.Graph().as_default():
+        loss_fn = make_loss_fn()
+        images, masks = _batches(2 * cfg.iterations_per_loop * runs)
+        dataset = v1.data.Dataset.from_tensor_slices((images, masks)).batch(2, drop_remainder=True)
+        iterator = v1.data.make_initializable_iterator(dataset)
+        global_step = v1.train.get_or_create_global_step()
+        fetches = backend.build_train_loop(cfg, iterator.get_next, loss_fn, global_step)
+        model_vars = [var for var in v1.global_variables()
+                      if var.op.name.startswith(("tiny/", "unet/")) and "/Momentum" not in var.op.name]
+        with v1.Session(config=backend.session_config(cfg)) as sess:
+            sess.run(v1.global_variables_initializer())
+            sess.run(iterator.initializer)
+            fetches = backend.prepare_session(sess, fetches)
+            values = [sess.run(fetches) for _ in range(runs)]
+            return values, dict(zip([var.op.name for var in model_vars], sess.run(model_vars)))
+
+
+def _assert_same_training(npu_result, host_result, k, runs):
+    (npu_values, npu_vars), (host_values, host_vars) = npu_result, host_result
+    assert sorted(npu_vars) == sorted(host_vars)
+    for name in host_vars:
+        np.testing.assert_allclose(npu_vars[name], host_vars[name], rtol=1e-4, atol=1e-6, err_msg=name)
+    assert [int(v["global_step"]) for v in npu_values] == [k * (i + 1) for i in range(runs)]
+    assert [int(v["global_step"]) for v in host_values] == [k * (i + 1) for i in range(runs)]
+    for key in ("loss", "mean_loss"):  # last iteration's loss; mean over the K iterations of the run
+        np.testing.assert_allclose([v[key] for v in npu_values], [v[key] for v in host_values], rtol=1e-4)
+
+
+def test_k_steps_per_run_match_the_host_loop_on_the_same_batches(npu):
+    from unet_perf.backends.host import HostBackend
+    _require_optimizer_factory()
+    k, runs = 4, 2
+    cfg = _cfg(iterations_per_loop=k, max_steps=k * runs, save_checkpoints_steps=k, optimizer="momentum",
+               learning_rate=0.1, loss_scale="none")
+    def make_loss_fn():
+        return _tiny_problem()[1]
+
+    npu_result = _train(_backend(), cfg, make_loss_fn, runs)
+    host_result = _train(HostBackend(), cfg, make_loss_fn, runs)
+    _assert_same_training(npu_result, host_result, k, runs)
+    losses = [v["loss"] for v in npu_result[0]]
+    assert losses[0] != losses[1]  # distinct batches and updated weights: the last iteration's value
+    assert npu_result[0][0]["mean_loss"] != pytest.approx(losses[0])  # a mean over K different steps
+
+
+def test_batch_norm_moving_statistics_update_like_the_host(npu):
+    from unet_perf.backends.host import HostBackend
+    from unet_perf.trainer import make_loss_fn
+    _require_optimizer_factory()
+    k, runs = 2, 2
+    cfg = _cfg(iterations_per_loop=k, max_steps=k * runs, save_checkpoints_steps=k, optimizer="momentum",
+               learning_rate=0.05, loss_scale="none", batch_norm=True, depth=1, base_filters=2, crop_size=16,
+               dropout=0.0)
+    def unet_loss_fn():
+        return make_loss_fn(cfg, False)
+
+    npu_values, npu_vars = npu_result = _train(_backend(), cfg, unet_loss_fn, runs)
+    moving = sorted(name for name in npu_vars if "moving_" in name)
+    assert moving, "the model built no batch-norm statistics"
+    for name in moving:  # initialised to mean 0 / variance 1; trained statistics differ
+        start = 0.0 if "moving_mean" in name else 1.0
+        assert np.abs(npu_vars[name] - start).max() > 1e-3, name
+    _assert_same_training(npu_result, _train(HostBackend(), cfg, unet_loss_fn, runs), k, runs)
 
 
 # --- device selection, validation, missing npu_bridge ---------------------------------------------------------
@@ -403,3 +623,74 @@ def test_stand_in_and_backend_match_the_listed_api(npu):
                 assert keyword.arg in listed[dotted], "{}({}=...)".format(dotted, keyword.arg)
                 checked += 1
     assert checked >= 13
+
+
+# --- Ascend profiling (tools/profile_run.py) --------------------------------------------------------------------
+
+def _profile_run():
+    tools = os.path.join(HERE, "..", "tools")
+    if tools not in sys.path:
+        sys.path.insert(0, tools)
+    import profile_run
+    return profile_run
+
+
+def test_profiling_points_default_to_empty_and_auto_names_graph_ops():
+    import tensorflow as tf
+    profile_run = _profile_run()
+    args = profile_run.build_arg_parser().parse_args([])
+    assert (args.fp_point, args.bp_point) == ("", "")
+    w = v1.get_variable("w", [3, 3, 1, 2])
+    loss = tf.reduce_sum(tf.nn.conv2d(tf.ones([1, 8, 8, 1]), w, [1, 1, 1, 1], "SAME", name="first_conv"))
+    v1.gradients(loss, [w])
+    graph = v1.get_default_graph()
+    assert profile_run.npu_profiling_points(graph) == ("", "")
+    forward, backward = profile_run.npu_profiling_points(graph, "auto", "auto")
+    assert forward == "first_conv" and backward.startswith("gradients/")
+    assert profile_run.npu_profiling_points(graph, "auto", "my/bp") == ("first_conv", "my/bp")
+
+
+def test_profile_result_folders_new_and_old_cann(tmp_path):
+    profile_run = _profile_run()
+    (tmp_path / "PROF_000001_20260101").mkdir()
+    (tmp_path / "device_0" / "JOB123ABC").mkdir(parents=True)
+    (tmp_path / "PROF_notes.txt").write_text("a file, not a result folder")
+    (tmp_path / "other").mkdir()
+    assert profile_run.profile_result_dirs(str(tmp_path)) == [
+        str(tmp_path / "PROF_000001_20260101"), str(tmp_path / "device_0" / "JOB123ABC")]
+    message = profile_run.msprof_export_message(profile_run.profile_result_dirs(str(tmp_path)), str(tmp_path))
+    assert "after this process has exited" in message.lower()
+    assert "msprof --export=on --output={}".format(tmp_path / "device_0" / "JOB123ABC") in message
+    assert "appears under {}".format(tmp_path) in profile_run.msprof_export_message([], str(tmp_path))
+
+
+def test_profile_on_the_npu_backend_leaves_the_export_for_after_the_process(tmp_path):
+    # The stand-in npu_bridge in a subprocess (it never enters this test process); a fake msprof on the PATH that
+    # logs its arguments (running it inside the process would export before the data is flushed); result folders
+    # where the Ascend profiler would write them.
+    import subprocess
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    msprof = bin_dir / "msprof"
+    msprof.write_text("#!/bin/sh\necho \"$@\" >> {}\n".format(tmp_path / "msprof_calls.txt"))
+    msprof.chmod(0o755)
+    output = tmp_path / "profile"
+    (output / "PROF_000001_test").mkdir(parents=True)
+    (output / "JOB000002").mkdir()
+    env = dict(os.environ, PATH="{}:{}".format(bin_dir, os.environ["PATH"]),
+               PYTHONPATH=os.pathsep.join([STUB_DIR, os.path.join(HERE, "..")]))
+    tiny = ["--depth", "1", "--base_filters", "2", "--crop_size", "16", "--batch_size", "2", "--synthetic_count",
+            "2", "--synthetic_size", "32"]
+    proc = subprocess.run(
+        [sys.executable, os.path.join(HERE, "..", "tools", "profile_run.py"), "--device", "npu", "--steps", "2",
+         "--output", str(output), "--iterations_per_loop", "2"] + tiny,
+        cwd=str(tmp_path), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
+        timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("NPU profiling options: "))
+    options = json.loads(line.split(": ", 1)[1])
+    assert options["output"] == str(output) and (options["fp_point"], options["bp_point"]) == ("", "")
+    assert not (tmp_path / "msprof_calls.txt").exists()
+    assert "Ascend profile dump: {}, {}".format(output / "JOB000002", output / "PROF_000001_test") in proc.stdout
+    assert "msprof --export=on --output={}".format(output / "PROF_000001_test") in proc.stdout
+    assert "after this process has exited" in proc.stdout.lower()

@@ -54,35 +54,6 @@ def test_profile_sh_two_steps_in_a_loop(tmp_path):
         assert glob.glob(str(tmp_path / "plugins" / "profile" / "*" / "*.xplane.pb"))
 
 
-def test_profile_on_the_npu_backend_sets_options_and_exports(tmp_path):
-    # The recording npu_bridge stand-in of tests/npu_stub (subprocess: it never enters this test process), a fake
-    # msprof on the PATH that logs its arguments, and a PROF_ folder where the Ascend profiler would write one.
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    msprof = bin_dir / "msprof"
-    msprof.write_text("#!/bin/sh\necho \"$@\" >> {}\n".format(tmp_path / "msprof_calls.txt"))
-    msprof.chmod(0o755)
-    output = tmp_path / "profile"
-    (output / "PROF_000001_test").mkdir(parents=True)
-    env = dict(os.environ, PATH="{}:{}".format(bin_dir, os.environ["PATH"]),
-               PYTHONPATH=os.pathsep.join([os.path.join(REPO, "tests", "npu_stub"), REPO]))
-    proc = subprocess.run(
-        [sys.executable, os.path.join(TOOLS, "profile_run.py"), "--device", "npu", "--steps", "2", "--output",
-         str(output), "--iterations_per_loop", "2"] + TINY,
-        cwd=str(tmp_path), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
-        timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    line = next(line for line in proc.stdout.splitlines() if line.startswith("NPU profiling options: "))
-    options = json.loads(line.split(": ", 1)[1])
-    assert options["output"] == str(output)
-    assert options["training_trace"] == options["task_trace"] == options["aicpu"] == "on"
-    assert options["fp_point"].startswith("unet/") and "gradients" in options["bp_point"].split("/")
-    calls = (tmp_path / "msprof_calls.txt").read_text().splitlines()
-    assert calls == ["--export=on --output={}".format(output / "PROF_000001_test")]
-    assert "Ascend profile dump: {}".format(output / "PROF_000001_test") in proc.stdout
-    assert not (output / "trace.json").exists()  # the host trace is not made on the NPU
-
-
 def _node(device, name, label, start, duration, thread=0):
     node = device.node_stats.add()
     node.node_name, node.timeline_label = name, label

@@ -1,7 +1,11 @@
 # Shared body of tools/train_full_1p.sh and tools/train_performance_1p.sh (sourced, not run).
-# ModelZoo conventions: ASCEND_DEVICE_ID (default 0), RANK_SIZE=1, the log test/output/$ASCEND_DEVICE_ID/
-# train_$ASCEND_DEVICE_ID.log under the current directory, the final lines "Final Performance images/sec",
-# "E2E Training Duration sec", "Final Train Accuracy", and the key file <Network>_bs<B>_1p_<perf|acc>.log.
+# ModelZoo conventions: ASCEND_DEVICE_ID (default 0), RANK_SIZE=1; paths resolved like the ModelZoo test scripts:
+# run from the model root or from its test/ folder, cur_path is the model root (training runs there, so relative
+# paths such as --data_path=./data mean the same from both places) and everything is written to
+# <cur_path>/test/output/$ASCEND_DEVICE_ID/: the log train_$ASCEND_DEVICE_ID.log, the per-loop losses
+# train_<CaseName>_loss.txt (one number per line; ActualLoss is its last line) and the key file <CaseName>.log
+# (CaseName = <Network>_bs<B>_1p_<perf|acc>); the final lines "Final Performance images/sec",
+# "E2E Training Duration sec", "Final Train Accuracy" go to stdout.
 #
 # modelzoo_run CASE DEFAULT_TRAIN_FLAGS... -- SCRIPT_ARGS...
 #   CASE is perf or acc. Script args: --data_path=DIR (empty = built-in synthetic set), --batch_size=N;
@@ -11,8 +15,16 @@ modelzoo_run() {
     local defaults=()
     while [[ $# -gt 0 && "$1" != "--" ]]; do defaults+=("$1"); shift; done
     [[ $# -gt 0 ]] && shift
-    local repo network batch_size data_path passthrough=()
+    local repo network batch_size data_path passthrough=() cur_path test_path_dir
     repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+    cur_path="$(pwd)"
+    if [[ "$(basename "${cur_path}")" == "test" ]]; then
+        test_path_dir="${cur_path}"
+        cur_path="$(cd .. && pwd)"
+    else
+        test_path_dir="${cur_path}/test"
+    fi
+    cd "${cur_path}"
     network="2D_Unet_unet_perf_for_TensorFlow"
     batch_size=2
     data_path=""
@@ -27,9 +39,10 @@ modelzoo_run() {
     export RANK_SIZE="${RANK_SIZE:-1}"
     export RANK_ID="${RANK_ID:-0}"
     export PYTHONPATH="${repo}${PYTHONPATH:+:${PYTHONPATH}}"
-    local out="${PWD}/test/output/${ASCEND_DEVICE_ID}"
+    local out="${test_path_dir}/output/${ASCEND_DEVICE_ID}"
     local log="${out}/train_${ASCEND_DEVICE_ID}.log"
     local case_name="${network}_bs${batch_size}_${RANK_SIZE}p_${case_kind}"
+    local loss_file="${out}/train_${case_name}_loss.txt"
     rm -rf "${out}"   # a fresh run each time, like the ModelZoo scripts (the model dir lives here too)
     mkdir -p "${out}"
     if [[ -z "${data_path}" ]]; then
@@ -52,8 +65,11 @@ modelzoo_run() {
     e2e_time=$(grep "E2E Training Duration sec" "${log}" | tail -n 1 | awk -F' : ' '{print $2}')
     accuracy=$(grep "Final Train Accuracy" "${log}" | tail -n 1 | awk -F' : ' '{print $2}')
     [[ -n "${e2e_time}" ]] || e2e_time=$((end - start))
-    loss=$("${PYTHON:-python3}" -c 'import json, sys; print(json.load(open(sys.argv[1])).get("final_loss"))' \
-        "${out}/model_dir/summary.json" 2>/dev/null || echo "None")
+    # The loss after each Session.run, from the progress lines "step N/T ... loss X ...".
+    grep -E '^step [0-9]+/[0-9]+ ' "${log}" \
+        | awk '{ for (i = 1; i < NF; i++) if ($i == "loss") { print $(i + 1); break } }' > "${loss_file}" || true
+    loss=$(awk 'END {print}' "${loss_file}")
+    [[ -n "${loss}" ]] || loss="None"
     training_time=$(awk -v b="${batch_size}" -v f="${fps}" 'BEGIN { if (f > 0) printf "%.2f", b * 1000 / f; else print "None" }')
     echo "------------------ Final result ------------------"
     echo "Final Performance images/sec : ${fps}"

@@ -9,8 +9,10 @@ CPU/GPU (host backend), under --output:
   events.out.*      RunMetadata per traced run for TensorBoard (Graphs tab, "Session runs": time per node)
   plugins/profile/  TensorFlow 2.x profiler trace of one more run (TensorBoard's Profile tab), when available
 NPU (Ascend): profiling_mode + profiling_options in the session config (output, training_trace, task_trace,
-  aicpu, aic_metrics, fp/bp points of the U-Net's first forward and last backward op), then `msprof --export` when
-  msprof is on the PATH; prints where the PROF_* dump is.
+  aicpu, aic_metrics; fp_point/bp_point empty by default so the profiler finds the iteration boundaries itself,
+  --fp_point/--bp_point NAME or "auto" for the U-Net's first forward and last backward TensorFlow op); prints the
+  PROF_* (CANN 5+) or JOB* (older CANN) result folders and the `msprof --export` command, which must run after this
+  process has exited: the profiler flushes its data only then.
 """
 import csv
 import dataclasses
@@ -18,7 +20,6 @@ import glob
 import json
 import os
 import shutil
-import subprocess
 import time
 
 from unet_perf import compat, graph
@@ -181,10 +182,38 @@ def fp_bp_points(graph):
     return forward, backward
 
 
-def profile_npu(training, cfg, runs, output):
-    """Run with the Ascend profiler on, export with msprof when available, print where the PROF_* dump is."""
+def npu_profiling_points(graph, fp_point="", bp_point=""):
+    """(fp_point, bp_point) for the Ascend profiler: "" lets it find the boundaries itself (the default: the graph
+    engine fuses and renames ops, so TensorFlow op names can leave the iteration trace empty); "auto" takes the
+    graph's first forward / last backward op from `fp_bp_points`; any other value is passed through."""
+    forward, backward = fp_bp_points(graph) if "auto" in (fp_point, bp_point) else ("", "")
+    return (forward if fp_point == "auto" else fp_point), (backward if bp_point == "auto" else bp_point)
+
+
+def profile_result_dirs(output):
+    """The Ascend profiler's result folders under `output`: PROF_* (CANN 5 and later) and JOB* (older CANN)."""
+    found = set()
+    for pattern in ("PROF_*", "JOB*"):
+        found.update(path for path in glob.glob(os.path.join(output, "**", pattern), recursive=True)
+                     if os.path.isdir(path))
+    return sorted(found)
+
+
+def msprof_export_message(dumps, output):
+    """What to run once the process has exited (msprof reads data the profiler writes out at process exit)."""
+    targets = dumps if dumps else ["<the PROF_* or JOB* folder that appears under {}>".format(output)]
+    lines = ["After this process has exited (the profiler flushes its data then; an export before that is "
+             "incomplete), export with:"]
+    lines += ["  msprof --export=on --output={}".format(target) for target in targets]
+    if not shutil.which("msprof"):
+        lines.append("  (msprof is not on the PATH here: it comes with the CANN toolkit)")
+    return "\n".join(lines)
+
+
+def profile_npu(training, cfg, runs, output, fp_point="", bp_point=""):
+    """Run with the Ascend profiler on; print the result folders and the msprof export command for later."""
     from unet_perf.backends.npu import profiling_options
-    forward, backward = fp_bp_points(training.graph)
+    forward, backward = npu_profiling_points(training.graph, fp_point, bp_point)
     options = profiling_options(output, forward, backward)
     print("NPU profiling options: {}".format(json.dumps(options)))
     sess, fetches = graph.open_session(training, cfg, profiling_options=options)
@@ -193,13 +222,10 @@ def profile_npu(training, cfg, runs, output):
             sess.run(fetches)
     finally:
         sess.close()
-    dumps = sorted(glob.glob(os.path.join(output, "**", "PROF_*"), recursive=True))
-    if shutil.which("msprof"):
-        for dump in dumps:
-            subprocess.run(["msprof", "--export=on", "--output={}".format(dump)], check=False)
-    else:
-        print("msprof is not on the PATH: export later with msprof --export=on --output=<PROF_ dir>")
-    print("Ascend profile dump: {}".format(", ".join(dumps) if dumps else "no PROF_* under " + output))
+    dumps = profile_result_dirs(output)
+    print("Ascend profile dump: {}".format(", ".join(dumps) if dumps else "no PROF_* or JOB* folder under {} yet"
+                                           .format(output)))
+    print(msprof_export_message(dumps, output))
     return dumps
 
 
@@ -208,6 +234,10 @@ def build_arg_parser():
     parser.add_argument("--steps", type=int, default=4, help="training steps to trace (rounded up to whole loops)")
     parser.add_argument("--output", default="runs/profile", help="folder for the profile files")
     parser.add_argument("--top", type=int, default=15, help="rows of the op table printed")
+    parser.add_argument("--fp_point", default="", help='NPU: forward start op for the iteration trace; "" = the '
+                        'profiler decides (recommended), "auto" = the first forward convolution')
+    parser.add_argument("--bp_point", default="", help='NPU: backward end op for the iteration trace; "" = the '
+                        'profiler decides (recommended), "auto" = the last backward op')
     return parser
 
 
@@ -230,7 +260,7 @@ def main(argv=None):
     print("profiling {} traced run(s) of K={} steps, batch {}, crop {}, base {}, {} on the {} backend".format(
         runs, k, cfg.batch_size, cfg.crop_size, cfg.base_filters, cfg.precision, training.backend.name))
     if training.backend.name == "npu":
-        profile_npu(training, cfg, runs, output)
+        profile_npu(training, cfg, runs, output, args.fp_point, args.bp_point)
     else:
         profile_host(training, cfg, runs, output, args.top)
     print("done in {:.0f} s".format(time.time() - started))

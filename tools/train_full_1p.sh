@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # ModelZoo full training (1 device): 300 epochs of 300 steps, batch 2, sink mode K=10, like the 2D_Unet scripts.
 #   tools/train_full_1p.sh --data_path=DIR [--batch_size=N] [train flags, e.g. --val_split=20-23]
-# Writes test/output/$ASCEND_DEVICE_ID/train_$ASCEND_DEVICE_ID.log and <Network>_bs<B>_1p_acc.log under the
-# current directory and prints "Final Performance images/sec", "E2E Training Duration sec", "Final Train Accuracy".
+# Run from the model root or its test/ folder (ModelZoo cur_path rules, see modelzoo_lib.sh). Writes
+# test/output/$ASCEND_DEVICE_ID/{train_$ASCEND_DEVICE_ID.log, train_<CaseName>_loss.txt, <CaseName>.log} with
+# CaseName = <Network>_bs<B>_1p_acc and prints "Final Performance images/sec", "E2E Training Duration sec",
+# "Final Train Accuracy".
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/modelzoo_lib.sh"
 modelzoo_run acc --train_epochs=300 --steps_per_epoch=300 --iterations_per_loop=10 --save_checkpoints_steps=3000 \

@@ -5,15 +5,26 @@ How one Session.run becomes K = iterations_per_loop steps on the NPU ("sink mode
   `enable_data_pre_proc=True` (the iterator's GetNext moves to the device);
 - `prepare_session` wraps the train op with `util.set_iteration_per_loop`, which loads K-1 into the variable
   `npu_runconfig/iterations_per_loop` and returns `IterationOp`; the device then runs the WHOLE graph K times per
-  Session.run and the fetched tensors hold the values of the last iteration.
+  Session.run and the fetched tensors hold the values of the last iteration. The device loops only on an op named
+  exactly `IterationOp` (a second call, or one inside a name scope, gives `IterationOp_1`, which runs once while
+  the host counts K), so it is created once per graph, outside any name scope, and its name is checked.
 
 So the training step is built once (no while_loop), and everything that must happen every step (loss-scale
-bookkeeping, counters, global step) is an op grouped with the train op. Differences from the host backend:
+bookkeeping, counters, global step, batch-norm moving averages) is an op grouped with the train op. Differences
+from the host backend:
 - `loss_scale=auto` resolves against `precision_mode`, not `--precision`: see `npu_loss_scale_kind`.
-- dynamic scaling halves the scale after `decr_every_n_nan_or_inf=2` consecutive overflows (the npu_bridge
-  default and the ModelZoo U-Net's choice): Ascend 910 runs in saturation mode, where the float-status check also
-  fires on harmless saturations, and halving on every single one slides the scale toward 1 (a documented pitfall,
-  ascend-npu.md §6). Every overflowing step is still skipped.
+- dynamic scaling is npu_bridge's ExponentialUpdateLossScaleManager, which keeps TF 1.15's contrib semantics:
+  overflowing steps are counted since the last scale change (finite steps in between do not reset the count), the
+  scale is halved when `decr_every_n_nan_or_inf=2` of them have been seen (the npu_bridge default and the
+  ModelZoo U-Net's choice), both counters are reset only by a scale change, and at the top of float32 a due
+  increase leaves the scale as it is. Ascend 910 runs in saturation mode, where the float-status check also fires
+  on harmless saturations, and halving on every single one slides the scale toward 1 (ascend-npu.md §6).
+  Every overflowing step is still skipped.
+- overflow detection is the optimizer's: the device float status (tensor `overflow_status_reduce_all`) when the
+  adapter names it, else `is_finite` over the gradients (INF/NaN-mode chips, adapters before 2021);
+  `NpuBackend.overflow_source` says which one the `overflow`/`skipped_steps` fetches follow.
+- gradients that are None (a trainable variable the loss does not reach) are dropped before the update, as the
+  host backend does: there is nothing to apply, and the INF/NaN-mode check of the real optimizer fails on them.
 - the global step advances on skipped steps too (we increment it ourselves instead of passing it to the
   optimizer, whose conditional apply would not advance it), so "steps = runs x K" holds as on the host.
 - `mean_loss` is the mean since the last multiple of K, kept in a variable (`loss_sum`): with runs starting at
@@ -21,8 +32,10 @@ bookkeeping, counters, global step) is an op grouped with the train op. Differen
 
 npu_bridge is imported lazily, so this module imports on machines without it.
 """
+import inspect
 import json
 import os
+import weakref
 
 from tensorflow.core.protobuf.rewriter_config_pb2 import RewriterConfig  # same path in TF 1.15 and 2.x
 
@@ -32,6 +45,12 @@ from unet_perf.errors import UserError
 
 # Tensor the NPU loss-scale optimizer names after reducing the float status: True = NO overflow (ascend-npu.md §2).
 OVERFLOW_STATUS_NAME = "overflow_status_reduce_all"
+# The op name the device loop looks for (adapter's geop_npu.cc): nothing else makes Session.run loop K times.
+ITERATION_OP_NAME = "IterationOp"
+# Values of NpuBackend.overflow_source.
+OVERFLOW_FROM_FLOAT_STATUS = "npu float status"
+OVERFLOW_FROM_GRADIENTS = "is_finite over gradients"
+OVERFLOW_NOT_CHECKED = "none (no loss scaling)"
 # precision_mode values that never compute in float16, so loss scaling is not needed under loss_scale=auto.
 _NO_FP16_MODES = ("force_fp32", "allow_mix_precision_bf16", "allow_fp32_to_bf16")
 
@@ -91,12 +110,15 @@ class NpuBackend(Backend):
             # Without an allreduce the devices would train unsynchronised copies.
             raise UserError("RANK_SIZE={}: unet_perf trains on one NPU; set RANK_SIZE=1".format(rank_size))
         self.decr_every_n_nan_or_inf = decr_every_n_nan_or_inf
+        # Where the `overflow` fetch comes from (one of the OVERFLOW_* strings); set by build_train_loop.
+        self.overflow_source = None
         self._train_op = None
         self._iterations_per_loop = None
         self._session_iterations_per_loop = None
+        self._iteration = None  # (graph, weak reference to the session, IterationOp) of the last K > 1 prepare
 
     def loss_scale_kind(self, cfg):
-        """precision_mode decides on the NPU (see npu_loss_scale_kind), not --precision."""
+        """('none'|'dynamic'|'fixed', value) this backend uses for cfg: see `npu_loss_scale_kind`."""
         return npu_loss_scale_kind(cfg)
 
     def session_config(self, cfg, profiling_options=None):
@@ -135,16 +157,20 @@ class NpuBackend(Backend):
         state = _train_state(initial_scale)
 
         step = global_step.read_value()
+        update_ops_before = set(v1.get_collection(v1.GraphKeys.UPDATE_OPS))
         loss = loss_fn(next_batch(), step)
+        # Batch-norm moving averages created by this step's model: run every device iteration with the update.
+        update_ops = [op for op in v1.get_collection(v1.GraphKeys.UPDATE_OPS) if op not in update_ops_before]
         position = v1.math.floormod(step, k)  # index of this step inside the device loop
         loss_sum = v1.where(v1.math.equal(position, 0), loss, state["loss_sum"].read_value() + loss)
         mean_loss = loss_sum / v1.cast(position + 1, v1.float32)
 
         graph = v1.get_default_graph()
         first_new_op = len(graph.get_operations())
-        grads_and_vars = optimizer.compute_gradients(loss)
+        grads_and_vars = _present_gradients(optimizer.compute_gradients(loss))
         apply_op = optimizer.apply_gradients(grads_and_vars)  # no global_step: advanced below, also when skipped
-        overflow = _overflow_flag(graph.get_operations()[first_new_op:], grads_and_vars, manager)
+        overflow, self.overflow_source = _overflow_flag(graph.get_operations()[first_new_op:], grads_and_vars,
+                                                        manager)
 
         # Values of this step first, then every update grouped into one op the device loop runs each iteration.
         with v1.control_dependencies([apply_op, mean_loss, overflow]):
@@ -160,7 +186,7 @@ class NpuBackend(Backend):
                 v1.assign(state["loss_sum"], loss_sum),
                 v1.assign_add(global_step, 1),
             ]
-        train_op = v1.group(*updates, name="npu_train_step")
+        train_op = v1.group(*(updates + update_ops), name="npu_train_step")
         self._train_op = train_op
         self._iterations_per_loop = k
 
@@ -178,8 +204,9 @@ class NpuBackend(Backend):
     def prepare_session(self, sess, fetches):
         """For K > 1: `util.set_iteration_per_loop` after variables are initialised/restored.
 
-        It adds variables and ops, so the graph must not be finalized yet. Returns `fetches` with every tensor
-        made to depend on the returned IterationOp (the op the device loops on).
+        It adds variables and ops, so the graph must not be finalized the first time. The IterationOp is created
+        once per graph: calling this again with the same session reuses it. Returns `fetches` with every tensor
+        made to depend on the IterationOp (the op the device loops on).
         """
         if self._train_op is None or self._train_op.graph is not sess.graph:
             raise ValueError("prepare_session: call build_train_loop in this session's graph first")
@@ -189,12 +216,28 @@ class NpuBackend(Backend):
                              .format(self._session_iterations_per_loop, k))
         if k == 1:
             return fetches
-        from npu_bridge.estimator.npu import util
+        iteration_op = self._iteration_op(sess, k)
         with sess.graph.as_default():
+            return {key: _after(iteration_op, value) for key, value in fetches.items()}
+
+    def _iteration_op(self, sess, k):
+        if self._iteration is not None and self._iteration[0] is sess.graph:
+            _, prepared_sess, iteration_op = self._iteration
+            if prepared_sess() is not sess:
+                # The loop variables are loaded per session, and a second IterationOp would not be looped on.
+                raise ValueError("prepare_session: this training graph was prepared for another session; build "
+                                 "the graph again for a new session")
+            return iteration_op
+        from npu_bridge.estimator.npu import util
+        graph = sess.graph
+        with graph.as_default(), graph.name_scope(None):  # a caller's name scope would rename the op
             iteration_op = util.set_iteration_per_loop(sess, self._train_op, k)
-            with v1.control_dependencies([iteration_op]):
-                return {key: v1.identity(value) if isinstance(value, v1.Tensor) else value
-                        for key, value in fetches.items()}
+        if iteration_op.name != ITERATION_OP_NAME:
+            raise ValueError("util.set_iteration_per_loop returned {!r}, but the device loops only on an op named "
+                             "exactly {!r} (the graph already has one): call set_iteration_per_loop once per "
+                             "graph".format(iteration_op.name, ITERATION_OP_NAME))
+        self._iteration = (graph, weakref.ref(sess), iteration_op)
+        return iteration_op
 
     def _loss_scale_manager(self, cfg, kind, fixed_value):
         if kind == "dynamic":
@@ -207,8 +250,11 @@ class NpuBackend(Backend):
                 decr_ratio=0.5)
         if kind == "fixed":
             from npu_bridge.estimator.npu.npu_loss_scale_manager import FixedLossScaleManager
-            # The overflow check makes the optimizer skip non-finite updates, as on the host.
-            return FixedLossScaleManager(fixed_value, enable_overflow_check=True)
+            # The overflow check makes the optimizer skip non-finite updates, as on the host. Adapters before
+            # mid-2021 lack the parameter and always check.
+            if _accepts_parameter(FixedLossScaleManager, "enable_overflow_check"):
+                return FixedLossScaleManager(fixed_value, enable_overflow_check=True)
+            return FixedLossScaleManager(fixed_value)
         return None
 
 
@@ -242,16 +288,41 @@ def _read(value):
     return v1.identity(value)
 
 
+def _after(op, value):
+    """`value` made to depend on `op` (unchanged when it already does, or when it is not a tensor)."""
+    if not isinstance(value, v1.Tensor) or op in value.op.control_inputs:
+        return value
+    with v1.control_dependencies([op]):
+        return v1.identity(value)
+
+
+def _accepts_parameter(callable_, name):
+    """Whether `callable_` (a class or function) has a parameter called `name`; False when it cannot be inspected."""
+    try:
+        return name in inspect.signature(callable_).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _present_gradients(grads_and_vars):
+    """The (gradient, variable) pairs with a gradient; a ValueError when the loss reaches no variable."""
+    present = [(grad, var) for grad, var in grads_and_vars if grad is not None]
+    if not present:
+        raise ValueError("the loss depends on no trainable variable: every gradient is None")
+    return present
+
+
 def _overflow_flag(new_ops, grads_and_vars, manager):
-    """bool: this step's gradients overflowed (and the update was skipped).
+    """(bool tensor: this step overflowed and its update was skipped, the OVERFLOW_* string of its source).
 
     Prefers the NPU optimizer's own float-status result (it sees saturations that leave the numbers finite);
-    when absent (INF/NaN mode falls back to TF's check) derives it from the gradients the same way.
+    when absent (INF/NaN mode falls back to TF's check; adapters before 2021 do not name it) derives it from the
+    gradients the same way the INF/NaN fallback does.
     """
     if manager is None:
-        return v1.constant(False)  # nothing is skipped without a loss-scale optimizer
+        return v1.constant(False), OVERFLOW_NOT_CHECKED  # nothing is skipped without a loss-scale optimizer
     for op in new_ops:
         if op.name.rsplit("/", 1)[-1].startswith(OVERFLOW_STATUS_NAME):
-            return v1.math.logical_not(op.outputs[0])
-    finite = [v1.math.reduce_all(v1.math.is_finite(grad)) for grad, _ in grads_and_vars if grad is not None]
-    return v1.math.logical_not(v1.math.reduce_all(v1.stack(finite)))
+            return v1.math.logical_not(op.outputs[0]), OVERFLOW_FROM_FLOAT_STATUS
+    finite = [v1.math.reduce_all(v1.math.is_finite(grad)) for grad, _ in grads_and_vars]
+    return v1.math.logical_not(v1.math.reduce_all(v1.stack(finite))), OVERFLOW_FROM_GRADIENTS

@@ -1,5 +1,9 @@
 """Test stand-in for CANN's npu_bridge (never installed; tests put tests/npu_stub on sys.path).
 
 Only the modules and names unet_perf uses, with the signatures of ../shared/compat/npu_bridge_api.txt. Calls are
-recorded in `npu_bridge.stub_log.CALLS`. Behaviour is minimal but real in TF graph mode; no NPU speed is simulated.
+recorded in `npu_bridge.stub_log.CALLS`. Behaviour follows the device where unet_perf depends on it, in TF graph
+mode on the CPU: a Session.run through `IterationOp` executes the graph K times (util.py), the dynamic loss-scale
+manager has TF 1.15's semantics (npu_loss_scale_manager.py), and overflow detection is at least as strict as the
+real optimizer's (npu_loss_scale_optimizer.py). No NPU speed, and no float16 range under mixed precision, is
+simulated.
 """

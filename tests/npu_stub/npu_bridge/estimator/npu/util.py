@@ -1,4 +1,11 @@
-"""Stand-in for npu_bridge.estimator.npu.util: the sink-mode iteration variable and IterationOp."""
+"""Stand-in for npu_bridge.estimator.npu.util: the sink-mode iteration variable and IterationOp.
+
+The device runs a Session.run K times when the fetched subgraph contains an op named exactly `IterationOp` (the
+adapter's GEOP checks the node name); any other name, e.g. `IterationOp_1` from a second call, runs it once. The
+stand-in does the same to the session passed to `set_iteration_per_loop`: a run whose fetches depend on an op
+named `IterationOp` executes the whole graph K times (the same fetches and feeds, each run pulling the next batch
+and applying the next update) and returns the values of the last execution.
+"""
 import tensorflow as tf
 
 from npu_bridge.stub_log import record
@@ -6,6 +13,7 @@ from npu_bridge.stub_log import record
 v1 = tf.compat.v1
 
 _NPU_RUNCONFIG = "npu_runconfig"
+_ITERATION_OP_NAME = "IterationOp"
 
 
 def check_positive_integer(value, name):
@@ -20,6 +28,8 @@ def create_or_get_var(var_name):
     graph = v1.get_default_graph()
     collection_name = "{}_{}".format(_NPU_RUNCONFIG, var_name)
     existing = graph.get_collection(collection_name)
+    if len(existing) > 1:
+        raise RuntimeError("Multiple var in collection.")
     if existing:
         return existing[0]
     with v1.variable_scope(_NPU_RUNCONFIG, reuse=v1.AUTO_REUSE):
@@ -29,10 +39,8 @@ def create_or_get_var(var_name):
 
 
 def set_iteration_per_loop(sess, train_op, iterations_per_loop=1):
-    """Records K; for K > 1 loads K-1 into npu_runconfig/iterations_per_loop and returns IterationOp.
-
-    The real device then loops the graph K times per Session.run; this stand-in runs it once.
-    """
+    """Records K; for K > 1 loads K-1 into npu_runconfig/iterations_per_loop and returns `tf.group(train_op,
+    name="IterationOp")` (named `IterationOp_1` etc. when the name is taken or inside a name scope)."""
     record("set_iteration_per_loop", sess=sess, train_op=train_op, iterations_per_loop=iterations_per_loop)
     if not isinstance(train_op, tf.Operation):
         raise ValueError("The incoming 'train_op' type is '{}', and the need type is 'Operation'".format(
@@ -44,4 +52,57 @@ def set_iteration_per_loop(sess, train_op, iterations_per_loop=1):
     create_or_get_var("loop_cond").load(0, session=sess)
     create_or_get_var("zero").load(0, session=sess)
     create_or_get_var("one").load(1, session=sess)
-    return tf.group(train_op, name="IterationOp")
+    _DeviceLoop.of(sess).iterations = iterations_per_loop
+    return tf.group(train_op, name=_ITERATION_OP_NAME)
+
+
+class _DeviceLoop(object):
+    """Replaces `sess.run` of one session: K executions for fetches that reach an op named `IterationOp`."""
+
+    def __init__(self, sess):
+        self.iterations = 1
+        self._graph = sess.graph
+        self._run_once = sess.run
+        self._loops = {}  # fetched op names -> whether they reach IterationOp
+        sess.run = self.run
+        sess._npu_stub_device_loop = self
+
+    @classmethod
+    def of(cls, sess):
+        existing = getattr(sess, "_npu_stub_device_loop", None)
+        return existing if existing is not None else cls(sess)
+
+    def run(self, fetches, feed_dict=None, options=None, run_metadata=None):
+        times = self.iterations if self._reaches_iteration_op(fetches) else 1
+        for _ in range(times - 1):
+            self._run_once(fetches, feed_dict, options, run_metadata)
+        return self._run_once(fetches, feed_dict, options, run_metadata)
+
+    def _reaches_iteration_op(self, fetches):
+        ops = [self._op_of(element) for element in tf.nest.flatten(fetches)]
+        key = tuple(sorted(op.name for op in ops if op is not None))
+        if key not in self._loops:
+            self._loops[key] = _reaches(ops, _ITERATION_OP_NAME)
+        return self._loops[key]
+
+    def _op_of(self, element):
+        if isinstance(element, str):
+            element = self._graph.as_graph_element(element)
+        if isinstance(element, tf.Operation):
+            return element
+        return getattr(element, "op", None)
+
+
+def _reaches(ops, name):
+    """Whether an op called `name` is among `ops` or their data and control inputs, transitively."""
+    seen, pending = set(), [op for op in ops if op is not None]
+    while pending:
+        op = pending.pop()
+        if op.name == name:
+            return True
+        if op.name in seen:
+            continue
+        seen.add(op.name)
+        pending.extend(tensor.op for tensor in op.inputs)
+        pending.extend(op.control_inputs)
+    return False
