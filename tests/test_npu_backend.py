@@ -481,7 +481,7 @@ def test_k_steps_per_run_match_the_host_loop_on_the_same_batches(npu):
 
 def test_batch_norm_moving_statistics_update_like_the_host(npu):
     from unet_perf.backends.host import HostBackend
-    from unet_perf.trainer import make_loss_fn
+    from unet_perf.graph import make_loss_fn
     _require_optimizer_factory()
     k, runs = 2, 2
     cfg = _cfg(iterations_per_loop=k, max_steps=k * runs, save_checkpoints_steps=k, optimizer="momentum",
