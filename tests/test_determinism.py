@@ -8,7 +8,11 @@ import os
 import subprocess
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import pytest
+
+from conftest import REPO
+
+pytestmark = pytest.mark.slow  # two training processes of three runs each
 STEPS = 20
 ARGS = ["--depth", "2", "--base_filters", "4", "--crop_size", "32", "--synthetic_count", "4", "--synthetic_size",
         "64", "--iterations_per_loop", "1", "--save_checkpoints_steps", str(STEPS), "--max_steps", str(STEPS),
@@ -17,12 +21,13 @@ ARGS = ["--depth", "2", "--base_filters", "4", "--crop_size", "32", "--synthetic
 RUNNER = r'''
 import hashlib, json, sys
 from unet_perf.config import config_from_args
-from unet_perf.trainer import train, load_data
+from unet_perf.data.loading import load_dataset
+from unet_perf.trainer import train
 from unet_perf import pipeline
 from unet_perf.compat import v1
 
 def batches(cfg, count):
-    train_pairs, _, weights = load_data(cfg)
+    train_pairs, _, weights = load_dataset(cfg)
     with v1.Graph().as_default():
         v1.set_random_seed(cfg.seed)
         dataset = pipeline.make_dataset(train_pairs.images, train_pairs.masks, weights, cfg, seed=cfg.seed)
