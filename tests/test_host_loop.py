@@ -119,6 +119,7 @@ def test_loop_keeps_scale_state_across_iterations(tiny_config):
     assert not poisoned["overflow"] and np.isfinite(poisoned["loss"])
 
 
+@pytest.mark.slow
 def test_fp16_reaches_fp32_loss_and_bf16_trains(tiny_config):
     losses = {}
     for precision in ("fp32", "fp16", "bf16"):
