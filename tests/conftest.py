@@ -1,7 +1,8 @@
 """Shared test set-up: graph mode, a fresh default graph per test, where the repository and the shared ISBI data
-are, the `tiny_config` factory and the `slow` marker.
+are, and the `tiny_config` factory.
 
-Test files import the paths (`from conftest import REPO`) and request `tiny_config` as a fixture.
+Test files import the paths (`from conftest import REPO`) and request `tiny_config` as a fixture; pytest.ini
+registers the `slow` marker.
 """
 import os
 

@@ -57,16 +57,18 @@ class BarOrLines(object):
             self._bar.update(count)
             self._bar.set_postfix_str(postfix, refresh=True)
         else:
-            print(line, file=self.out)
-            self.out.flush()
+            self._print(line)
 
     def write(self, message):
         """A message line that does not break the bar."""
         if self._bar is not None:
             self._bar.write(message, file=self.out)
         else:
-            print(message, file=self.out)
-            self.out.flush()
+            self._print(message)
+
+    def _print(self, line):
+        print(line, file=self.out)
+        self.out.flush()  # a line per loop or image must reach a piped log now, not at exit
 
     def close(self):
         if self._bar is not None:
