@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import tifffile
 
-from unet_perf.config import Config
 from unet_perf.data.loading import describe, load_dataset, required_size
 from unet_perf.data.sources import load_pairs, natural_key
 from unet_perf.errors import UserError
@@ -239,10 +238,7 @@ def test_min_size_names_the_flags(tmp_path):
 
 # --- loading ----------------------------------------------------------------------------------------------------
 
-def _cfg(**overrides):
-    base = dict(crop_size=16, input_scale=1.0, batch_size=2, synthetic_count=6, synthetic_size=32)
-    base.update(overrides)
-    return Config(**base)
+SOURCES = dict(crop_size=16, synthetic_count=6, synthetic_size=32)  # this file's tiny_config base
 
 
 def test_required_size_is_crop_over_scale():
@@ -251,31 +247,31 @@ def test_required_size_is_crop_over_scale():
     assert required_size(100, 0.3) == 334
 
 
-def test_load_dataset_splits_files_and_builds_weights(tmp_path):
+def test_load_dataset_splits_files_and_builds_weights(tmp_path, tiny_config):
     root = _write_folders(tmp_path, 6)
-    train, val, weights = load_dataset(_cfg(data_path=root, val_split="4-5", weight_map=True))
+    train, val, weights = load_dataset(tiny_config(SOURCES, data_path=root, val_split="4-5", weight_map=True))
     assert train.names == ["0", "1", "2", "3"] and val.names == ["4", "5"]
     np.testing.assert_array_equal(val.masks[1], _label(5) // 255)
     assert weights.dtype == np.float32 and weights.shape == (4, SIDE, SIDE)
     assert weights[0][train.masks[0] == 0].min() > weights[0][train.masks[0] == 1].max()
 
 
-def test_load_dataset_synthetic_without_split_or_weights():
-    train, val, weights = load_dataset(_cfg(seed=3))
+def test_load_dataset_synthetic_without_split_or_weights(tiny_config):
+    train, val, weights = load_dataset(tiny_config(SOURCES, seed=3))
     assert val is None and weights is None
     assert train.images.shape == (6, 32, 32) and train.names[0] == "synthetic[0]"
 
 
-def test_load_dataset_user_errors(tmp_path):
+def test_load_dataset_user_errors(tmp_path, tiny_config):
     root = _write_folders(tmp_path, 4)
     with pytest.raises(UserError, match=r"--batch_size 8 is larger than the 4 training slices in .*"):
-        load_dataset(_cfg(data_path=root, batch_size=8))
+        load_dataset(tiny_config(SOURCES, data_path=root, batch_size=8))
     with pytest.raises(UserError, match="--crop_size"):
-        load_dataset(_cfg(data_path=root, crop_size=32, input_scale=0.5))
+        load_dataset(tiny_config(SOURCES, data_path=root, crop_size=32, input_scale=0.5))
     with pytest.raises(UserError, match="--synthetic_size"):
-        load_dataset(_cfg(crop_size=32, input_scale=0.5))
+        load_dataset(tiny_config(SOURCES, crop_size=32, input_scale=0.5))
     with pytest.raises(UserError, match="--weight_sigma"):
-        load_dataset(_cfg(weight_map=True, weight_sigma=0.0))
+        load_dataset(tiny_config(SOURCES, weight_map=True, weight_sigma=0.0))
 
 
 def test_describe_reports_count_size_and_membrane_share(tmp_path):

@@ -8,7 +8,11 @@ import os
 import subprocess
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import pytest
+
+from conftest import REPO
+
+pytestmark = pytest.mark.slow  # two training processes of three runs each
 STEPS = 20
 ARGS = ["--depth", "2", "--base_filters", "4", "--crop_size", "32", "--synthetic_count", "4", "--synthetic_size",
         "64", "--iterations_per_loop", "1", "--save_checkpoints_steps", str(STEPS), "--max_steps", str(STEPS),

@@ -8,19 +8,12 @@ from unet_perf.backends import get_backend
 from unet_perf.backends.base import FETCH_KEYS
 from unet_perf.backends.host import HostBackend
 from unet_perf.compat import v1
-from unet_perf.config import Config
 from unet_perf.errors import UserError
 from unet_perf.losses import compute_loss
 from unet_perf.model import unet
 
 SIZE = 32
-
-
-def _cfg(**kwargs):
-    values = dict(depth=2, base_filters=4, crop_size=SIZE, batch_size=2, dropout=0.5, iterations_per_loop=1,
-                  learning_rate=1e-3)
-    values.update(kwargs)
-    return Config(**values)
+LOOP = dict(crop_size=SIZE, dropout=0.5, iterations_per_loop=1, learning_rate=1e-3)  # this file's tiny_config base
 
 
 def _arrays(count=8, nan_index=None):
@@ -73,10 +66,10 @@ def _assert_same_weights(a, b, rtol=1e-5, atol=1e-6):
 
 
 @pytest.mark.parametrize("batch_norm", [False, True])
-def test_k_step_loop_equals_k_single_steps(batch_norm):
+def test_k_step_loop_equals_k_single_steps(batch_norm, tiny_config):
     k = 4
-    looped = _Run(_cfg(iterations_per_loop=k, batch_norm=batch_norm))
-    single = _Run(_cfg(iterations_per_loop=1, batch_norm=batch_norm))
+    looped = _Run(tiny_config(LOOP, iterations_per_loop=k, batch_norm=batch_norm))
+    single = _Run(tiny_config(LOOP, iterations_per_loop=1, batch_norm=batch_norm))
     start = looped.weights()
     out = looped.run()
     single_losses = [single.run()["loss"] for _ in range(k)]
@@ -91,9 +84,9 @@ def test_k_step_loop_equals_k_single_steps(batch_norm):
         assert np.any(end["unet/down0/conv1/moving_mean:0"] != 0)
 
 
-def test_poisoned_batch_skips_update_halves_scale_and_counts_once():
+def test_poisoned_batch_skips_update_halves_scale_and_counts_once(tiny_config):
     # Slice 2 is NaN: with batch 2 the second step's batch is poisoned.
-    cfg = _cfg(loss_scale="dynamic", loss_scale_init=1024.0, loss_scale_growth_interval=100)
+    cfg = tiny_config(LOOP, loss_scale="dynamic", loss_scale_init=1024.0, loss_scale_growth_interval=100)
     run = _Run(cfg, _arrays(nan_index=2))
     first = run.run()
     assert not first["overflow"]
@@ -112,9 +105,10 @@ def test_poisoned_batch_skips_update_halves_scale_and_counts_once():
     assert not third["overflow"] and third["skipped_steps"] == 1
 
 
-def test_loop_keeps_scale_state_across_iterations():
+def test_loop_keeps_scale_state_across_iterations(tiny_config):
     # Interval 2 over a 6-step loop: the scale doubles three times; a looped NaN batch is skipped once.
-    cfg = _cfg(iterations_per_loop=6, loss_scale="dynamic", loss_scale_init=4.0, loss_scale_growth_interval=2)
+    cfg = tiny_config(LOOP, iterations_per_loop=6, loss_scale="dynamic", loss_scale_init=4.0,
+                      loss_scale_growth_interval=2)
     out = _Run(cfg).run()
     assert out["loss_scale"] == 32.0 and out["scale_changes"] == 3 and out["skipped_steps"] == 0
     poisoned = _Run(cfg, _arrays(nan_index=5)).run()  # step 3 (0-based 2) sees slices 4,5
@@ -125,10 +119,12 @@ def test_loop_keeps_scale_state_across_iterations():
     assert not poisoned["overflow"] and np.isfinite(poisoned["loss"])
 
 
-def test_fp16_reaches_fp32_loss_and_bf16_trains():
+@pytest.mark.slow
+def test_fp16_reaches_fp32_loss_and_bf16_trains(tiny_config):
     losses = {}
     for precision in ("fp32", "fp16", "bf16"):
-        cfg = _cfg(precision=precision, iterations_per_loop=15, dropout=0.0, learning_rate=3e-3, base_filters=8)
+        cfg = tiny_config(LOOP, precision=precision, iterations_per_loop=15, dropout=0.0, learning_rate=3e-3,
+                          base_filters=8)
         run = _Run(cfg)
         for _ in range(2):
             out = run.run()
@@ -139,8 +135,8 @@ def test_fp16_reaches_fp32_loss_and_bf16_trains():
     assert np.isfinite(losses["bf16"]) and losses["bf16"] < 0.6
 
 
-def test_training_graph_has_static_shapes():
-    run = _Run(_cfg(precision="bf16", batch_norm=True))
+def test_training_graph_has_static_shapes(tiny_config):
+    run = _Run(tiny_config(LOOP, precision="bf16", batch_norm=True))
     tensors = [t for op in run.graph.get_operations() if op.name.startswith("unet/") for t in op.outputs
                if not (op.type.startswith("FusedBatchNorm") and t.value_index >= 3)]  # opaque reserve space
     assert len(tensors) > 100
@@ -148,11 +144,11 @@ def test_training_graph_has_static_shapes():
     assert all(value.shape == () for value in run.fetches.values())
 
 
-def test_session_config_and_backend_selection():
-    config = HostBackend().session_config(_cfg())
+def test_session_config_and_backend_selection(tiny_config):
+    config = HostBackend().session_config(tiny_config(LOOP))
     assert config.gpu_options.allow_growth and config.allow_soft_placement
-    assert isinstance(get_backend(_cfg(device="host")), HostBackend)
+    assert isinstance(get_backend(tiny_config(LOOP, device="host")), HostBackend)
     if not compat.npu_bridge_available():
-        assert isinstance(get_backend(_cfg(device="auto")), HostBackend)
+        assert isinstance(get_backend(tiny_config(LOOP, device="auto")), HostBackend)
         with pytest.raises(UserError, match="--device"):
-            get_backend(_cfg(device="npu"))
+            get_backend(tiny_config(LOOP, device="npu"))

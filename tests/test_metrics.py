@@ -245,3 +245,12 @@ def test_isbi_slice_scores_sensibly_when_the_data_is_present():
     assert scores["v_rand"] > 0.99 and scores["v_info"] > 0.99  # thinning forgives thicker, blurred membranes
     merged = np.ones_like(blurred)
     assert metrics.isbi_scores(merged, gt)["v_rand"] < 0.2       # one giant segment
+
+
+def test_evaluate_slices_reports_every_metric_key():
+    gt = two_cells()
+    result = metrics.evaluate_slices([gt.astype(np.float32), np.ones(gt.shape, np.float32)], [gt, gt])
+    for key in metrics.METRIC_KEYS + metrics.THRESHOLD_KEYS:
+        assert isinstance(result[key], float) and math.isfinite(result[key]), key
+    assert metrics.METRIC_KEYS == ("v_rand", "v_info") + metrics.PIXEL_KEYS
+    assert result["pixel_error"] == pytest.approx(np.mean([s["pixel_error"] for s in result["slices"]]))

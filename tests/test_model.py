@@ -8,12 +8,6 @@ from unet_perf.config import Config
 from unet_perf.model import unet, unet_flops, upsample_nearest2x
 
 
-def _cfg(**kwargs):
-    values = dict(depth=2, base_filters=4, crop_size=32, dropout=0.5)
-    values.update(kwargs)
-    return Config(**values)
-
-
 def _images(batch=2, size=32, seed=0):
     return np.random.RandomState(seed).rand(batch, size, size, 1).astype(np.float32)
 
@@ -35,8 +29,8 @@ def test_zhixuhao_parameter_count_and_flops():
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
-def test_logits_float32_static_and_variables_float32(precision):
-    cfg = _cfg(precision=precision)
+def test_logits_float32_static_and_variables_float32(precision, tiny_config):
+    cfg = tiny_config(precision=precision)
     logits = unet(tf.constant(_images()), cfg, training=True, step=tf.constant(3, tf.int64))
     assert logits.dtype == tf.float32
     assert logits.shape.as_list() == [2, 32, 32, 1]
@@ -51,19 +45,19 @@ def test_logits_float32_static_and_variables_float32(precision):
     assert np.all(np.isfinite(value))
 
 
-def test_variables_are_reused_across_calls():
-    cfg = _cfg()
+def test_variables_are_reused_across_calls(tiny_config):
+    cfg = tiny_config()
     unet(tf.constant(_images()), cfg, training=True)
     count = len(v1.global_variables())
     unet(tf.constant(_images()), cfg, training=False)
     assert len(v1.global_variables()) == count
 
 
-def test_same_weights_in_every_graph_for_a_seed():
+def test_same_weights_in_every_graph_for_a_seed(tiny_config):
     values = []
     for seed in (7, 7, 8):
         with v1.Graph().as_default():
-            unet(tf.constant(_images()), _cfg(seed=seed), training=False)
+            unet(tf.constant(_images()), tiny_config(seed=seed), training=False)
             with v1.Session() as sess:
                 sess.run(v1.global_variables_initializer())
                 values.append(sess.run(v1.trainable_variables()[0]))
@@ -71,13 +65,13 @@ def test_same_weights_in_every_graph_for_a_seed():
     assert not np.array_equal(values[0], values[2])
 
 
-def test_dropout_is_a_function_of_seed_and_step():
-    cfg = _cfg()
+def test_dropout_is_a_function_of_seed_and_step(tiny_config):
+    cfg = tiny_config(dropout=0.5)
     images = tf.constant(_images())
     step = v1.placeholder(tf.int64, [])
     train_logits = unet(images, cfg, training=True, step=step)
     eval_logits = unet(images, cfg, training=False)
-    no_dropout = unet(images, _cfg(dropout=0.0), training=True, step=step)
+    no_dropout = unet(images, tiny_config(dropout=0.0), training=True, step=step)
     with v1.Session() as sess:
         sess.run(v1.global_variables_initializer())
         a1, a2, b = [sess.run(train_logits, {step: s}) for s in (5, 5, 6)]
@@ -88,8 +82,8 @@ def test_dropout_is_a_function_of_seed_and_step():
     assert np.allclose(plain, undropped, atol=1e-6)
 
 
-def test_batch_norm_updates_moving_statistics_and_uses_them_at_inference():
-    cfg = _cfg(batch_norm=True, dropout=0.0)
+def test_batch_norm_updates_moving_statistics_and_uses_them_at_inference(tiny_config):
+    cfg = tiny_config(batch_norm=True, dropout=0.0)
     images = tf.constant(_images() * 4.0 + 1.0)
     train_logits = unet(images, cfg, training=True)
     updates = v1.get_collection(v1.GraphKeys.UPDATE_OPS)

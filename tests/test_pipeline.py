@@ -1,23 +1,16 @@
 """The tf.data pipeline: static shapes, dtypes, normalisation, epochs, seeding, exact resume, options, errors."""
-import dataclasses
-
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from unet_perf import pipeline
 from unet_perf.compat import v1
-from unet_perf.config import Config
 from unet_perf.errors import UserError
+from unet_perf.panels import GAP
 
 SIZE = 24
 CROP = 16
-
-
-def make_cfg(**overrides):
-    base = dict(batch_size=3, crop_size=CROP, input_scale=1.0, xla_augment="off", data_threads=1)
-    base.update(overrides)
-    return dataclasses.replace(Config(), **base)
+PIPELINE = dict(batch_size=3, crop_size=CROP, xla_augment="off", data_threads=1)  # this file's tiny_config base
 
 
 def numbered_slices(count=6):
@@ -42,10 +35,10 @@ def slice_ids(image_batch):
 
 
 @pytest.mark.parametrize("precision,dtype", [("fp32", tf.float32), ("fp16", tf.float16), ("bf16", tf.bfloat16)])
-def test_shapes_are_static_and_dtypes_follow_precision(precision, dtype):
+def test_shapes_are_static_and_dtypes_follow_precision(precision, dtype, tiny_config):
     images, masks = numbered_slices()
     weights = np.ones(images.shape, np.float32)
-    dataset = pipeline.make_dataset(images, masks, weights, make_cfg(precision=precision))
+    dataset = pipeline.make_dataset(images, masks, weights, tiny_config(PIPELINE, precision=precision))
     expected = [3, CROP, CROP, 1]
     shapes = v1.data.get_output_shapes(dataset)
     assert [shape.as_list() for shape in shapes] == [expected] * 3
@@ -57,15 +50,15 @@ def test_shapes_are_static_and_dtypes_follow_precision(precision, dtype):
     assert set(np.unique(mask)) <= {0.0, 1.0}
 
 
-def test_without_weights_yields_pairs():
+def test_without_weights_yields_pairs(tiny_config):
     images, masks = numbered_slices()
-    dataset = pipeline.make_dataset(images, masks, None, make_cfg())
+    dataset = pipeline.make_dataset(images, masks, None, tiny_config(PIPELINE))
     assert len(v1.data.get_output_shapes(dataset)) == 2
 
 
-def test_each_epoch_visits_every_slice_once():
+def test_each_epoch_visits_every_slice_once(tiny_config):
     images, masks = numbered_slices(6)
-    cfg = make_cfg(augment=False, batch_size=3)
+    cfg = tiny_config(PIPELINE, augment=False, batch_size=3)
     batches = take(pipeline.make_dataset(images, masks, None, cfg), 4)  # two epochs of 6 slices
     first_epoch = slice_ids(batches[0][0]) + slice_ids(batches[1][0])
     second_epoch = slice_ids(batches[2][0]) + slice_ids(batches[3][0])
@@ -74,9 +67,9 @@ def test_each_epoch_visits_every_slice_once():
     assert first_epoch != second_epoch or first_epoch != list(range(6))  # shuffled, not in file order
 
 
-def test_same_seed_same_batches_other_seed_other_batches():
+def test_same_seed_same_batches_other_seed_other_batches(tiny_config):
     images, masks = numbered_slices()
-    cfg = make_cfg()
+    cfg = tiny_config(PIPELINE)
     first = take(pipeline.make_dataset(images, masks, None, cfg, seed=3), 3)
     with v1.Graph().as_default():
         again = take(pipeline.make_dataset(images, masks, None, cfg, seed=3), 3)
@@ -88,9 +81,9 @@ def test_same_seed_same_batches_other_seed_other_batches():
     assert not np.array_equal(first[0][0], other[0][0])
 
 
-def test_start_batch_continues_the_uninterrupted_stream():
+def test_start_batch_continues_the_uninterrupted_stream(tiny_config):
     images, masks = numbered_slices()
-    cfg = make_cfg()
+    cfg = tiny_config(PIPELINE)
     full = take(pipeline.make_dataset(images, masks, None, cfg, seed=1), 7)
     with v1.Graph().as_default():
         resumed = take(pipeline.make_dataset(images, masks, None, cfg, seed=1, start_batch=5), 2)
@@ -100,13 +93,13 @@ def test_start_batch_continues_the_uninterrupted_stream():
 
 
 @pytest.mark.parametrize("mode", ["unit", "symmetric", "standard"])
-def test_normalisation(mode):
+def test_normalisation(mode, tiny_config):
     images, masks = numbered_slices()
     images[:, :, : SIZE // 2] = 200  # contrast inside every image
-    cfg = make_cfg(augment=False, normalize=mode)
+    cfg = tiny_config(PIPELINE, augment=False, normalize=mode)
     image = take(pipeline.make_dataset(images, masks, None, cfg), 1)[0][0]
     with v1.Graph().as_default():
-        unit = take(pipeline.make_dataset(images, masks, None, make_cfg(augment=False)), 1)[0][0]
+        unit = take(pipeline.make_dataset(images, masks, None, tiny_config(PIPELINE, augment=False)), 1)[0][0]
     if mode == "unit":
         assert 0.0 <= image.min() and image.max() <= 1.0
     elif mode == "symmetric":
@@ -117,10 +110,10 @@ def test_normalisation(mode):
         np.testing.assert_allclose(per_image.std(axis=1), 1.0, atol=1e-4)
 
 
-def test_dataset_options_follow_the_config():
+def test_dataset_options_follow_the_config(tiny_config):
     images, masks = numbered_slices()
-    options = pipeline.make_dataset(images, masks, None, make_cfg(data_threads=2, data_intra_op=1,
-                                                                  deterministic=True)).options()
+    cfg = tiny_config(PIPELINE, data_threads=2, data_intra_op=1, deterministic=True)
+    options = pipeline.make_dataset(images, masks, None, cfg).options()
     threading = getattr(options, "threading", None) or options.experimental_threading
     assert threading.private_threadpool_size == 2
     assert threading.max_intra_op_parallelism == 1
@@ -128,29 +121,20 @@ def test_dataset_options_follow_the_config():
     assert options.experimental_deterministic is True
 
 
-def test_bad_arrays_raise_user_errors():
+def test_bad_arrays_raise_user_errors(tiny_config):
     images, masks = numbered_slices()
     with pytest.raises(UserError, match="masks"):
-        pipeline.make_dataset(images, masks[:, :10], None, make_cfg())
+        pipeline.make_dataset(images, masks[:, :10], None, tiny_config(PIPELINE))
     with pytest.raises(UserError, match="uint8"):
-        pipeline.make_dataset(images.astype(np.float32), masks, None, make_cfg())
+        pipeline.make_dataset(images.astype(np.float32), masks, None, tiny_config(PIPELINE))
     with pytest.raises(UserError, match="weight"):
-        pipeline.make_dataset(images, masks, np.ones((2, 3, 3), np.float32), make_cfg())
+        pipeline.make_dataset(images, masks, np.ones((2, 3, 3), np.float32), tiny_config(PIPELINE))
     with pytest.raises(UserError, match="--normalize"):
-        pipeline.make_dataset(images, masks, None, make_cfg(normalize="zscore"))
+        pipeline.make_dataset(images, masks, None, tiny_config(PIPELINE, normalize="zscore"))
 
 
-def test_preview_grid_and_cli(tmp_path, capsys):
+def test_preview_cli_writes_one_row_per_pair(tmp_path, capsys):
     from unet_perf import preview
-
-    images = np.random.RandomState(0).rand(2, 8, 8).astype(np.float32)
-    masks = np.zeros((2, 8, 8), np.float32)
-    masks[:, :4] = 1.0
-    grid = preview.render_grid(images, masks)
-    assert grid.shape == (2 * 8 + preview.GAP, 2 * 8 + preview.GAP, 3)
-    left, right = grid[:8, :8], grid[:8, 8 + preview.GAP:]
-    np.testing.assert_array_equal(left[4:], right[4:])  # no mask: overlay is the plain image
-    assert (right[:4, :, 1].astype(int) - right[:4, :, 2]).min() > 0  # mask rows tinted green
 
     out = tmp_path / "preview.png"
     args = ["--out", str(out), "--count", "3", "--synthetic_count", "2", "--synthetic_size", "64",
@@ -160,7 +144,7 @@ def test_preview_grid_and_cli(tmp_path, capsys):
     assert exit_info.value.code == 0
     import cv2
     written = cv2.imread(str(out))
-    assert written.shape == (3 * 32 + 2 * preview.GAP, 2 * 32 + preview.GAP, 3)
+    assert written.shape == (3 * 32 + 2 * GAP, 2 * 32 + GAP, 3)
     assert str(out) in capsys.readouterr().out
     with pytest.raises(SystemExit) as exit_info:
         preview.run_cli(preview.main, ["--out", str(tmp_path / "missing" / "p.png")])

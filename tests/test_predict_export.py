@@ -11,7 +11,7 @@ from unet_perf import evaluate, export, predict
 from unet_perf.compat import v1
 from unet_perf.inference import Predictor, build_predictor, restore
 
-from test_inference import make_model_dir, tiny_config
+from test_inference import make_model_dir
 
 
 @pytest.fixture
@@ -84,7 +84,7 @@ def test_predict_multipage_tiff_writes_stacks(tmp_path, model_dir, capsys):
     ("missing_input", "--input"),
     ("big_overlap", "--overlap"),
 ])
-def test_predict_user_errors(tmp_path, capsys, case, message):
+def test_predict_user_errors(tmp_path, capsys, case, message, tiny_config):
     model_dir = str(tmp_path / "model")
     inputs = tmp_path / "in"
     write_slices(inputs, 1)
@@ -131,17 +131,6 @@ def test_evaluate_writes_table_json_csv_and_overlays(tmp_path, model_dir, capsys
     assert rows[0][:3] == ["slice", "v_rand", "v_info"] and rows[-1][0] == "mean" and len(rows) == 4
     strip = cv2.imread(str(output / "3_overlay.png"))
     assert strip.shape == (40, 4 * 52 + 3 * 4, 3)
-
-
-def test_overlay_colours_the_two_error_kinds():
-    image = np.full((2, 3), 100, np.uint8)
-    gt = np.array([[1, 1, 0], [0, 1, 1]], np.uint8)
-    prob = np.array([[0.9, 0.1, 0.2], [0.8, 0.9, 0.9]], np.float32)
-    strip = evaluate.overlay(image, gt, prob)
-    errors = strip[:, -3:]
-    assert tuple(errors[0, 1]) == evaluate.FALSE_MEMBRANE  # interior predicted as membrane
-    assert tuple(errors[1, 0]) == evaluate.MISSED_MEMBRANE  # membrane predicted as interior
-    assert tuple(errors[0, 0]) == (100, 100, 100) and tuple(errors[0, 2]) == (100, 100, 100)
 
 
 def test_evaluate_reports_missing_data(tmp_path, model_dir, capsys):

@@ -8,19 +8,17 @@ import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import loss_scale_report  # benchmarks/ is on sys.path through pytest.ini
+import throughput
+from conftest import REPO
+from unet_perf import graph
+from unet_perf.config import Config
+from unet_perf.errors import UserError
+
 BENCHMARKS = os.path.join(REPO, "benchmarks")
-if BENCHMARKS not in sys.path:
-    sys.path.insert(0, BENCHMARKS)
 
-import loss_scale_report  # noqa: E402
-import throughput  # noqa: E402
-
-from unet_perf import graph  # noqa: E402
-from unet_perf.config import Config  # noqa: E402
-from unet_perf.errors import UserError  # noqa: E402
-
-TINY_MODEL = dict(depth=2, base_filters=4, crop_size=32, batch_size=2, synthetic_count=4, synthetic_size=64)
+# The --tiny preset's data on this file's tiny_config (at the default rescale, as the preset trains it).
+TINY_RUN = dict(synthetic_count=4, synthetic_size=64, input_scale=0.5)
 
 
 def _run(args, cwd):
@@ -34,7 +32,8 @@ def _check_stat(figure):
     assert len(figure["samples"]) == 2  # --tiny: 2 repeats
 
 
-def test_tiny_run_writes_every_figure(tmp_path):
+@pytest.mark.slow
+def test_tiny_run_writes_every_figure(tmp_path, tiny_config):
     proc = _run(["--tiny", "--output", str(tmp_path)], REPO)  # all three modes
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "throughput.json").read_text())
@@ -57,7 +56,7 @@ def test_tiny_run_writes_every_figure(tmp_path):
     assert sorted((r["mode"], r["iterations_per_loop"]) for r in results) == [
         ("e2e", 1), ("e2e", 2), ("model", 1), ("model", 2)]
     from unet_perf.model import unet_flops
-    per_image = unet_flops(Config(**TINY_MODEL), 32, 32)["train_step"]
+    per_image = unet_flops(tiny_config(TINY_RUN), 32, 32)["train_step"]
     for result in results:
         assert "error" not in result, result
         _check_stat(result["images_per_sec"])
@@ -142,11 +141,12 @@ def test_summary_flags_counters_that_disagree_with_the_series():
     assert "WARNING" in loss_scale_report.format_report(dict(bad, growth_interval=2))
 
 
-def test_loss_scale_report_on_a_tiny_fp16_run():
+@pytest.mark.slow
+def test_loss_scale_report_on_a_tiny_fp16_run(tiny_config):
     # An initial scale of 2^20 overflows float16 gradients of this tiny U-Net for the first steps (they overflow
     # above about 2^16 here); a growth interval of 2 makes the scale grow again once it fits: both kinds of change
     # show up within 14 steps.
-    cfg = dataclasses.replace(Config(**TINY_MODEL), loss_scale_init=2.0 ** 20, loss_scale_growth_interval=2)
+    cfg = tiny_config(TINY_RUN, loss_scale_init=2.0 ** 20, loss_scale_growth_interval=2)
     report = loss_scale_report.run_report(cfg, 14)
     series = report["per_step"]
     assert report["steps"] == 14 and series["step"] == list(range(1, 15))

@@ -7,54 +7,32 @@ per slice (image | ground truth | prediction | errors: false membrane red, misse
 (default `<model_dir>/eval`). Without --data_path it scores the held-out slices of the model's own config.
 """
 import csv
+import dataclasses
 import json
 import os
 import re
+import time
 
-import cv2
-import numpy as np
-
+from unet_perf.cli_flags import (add_inference_flags, check_inference_flags, make_output_dir, open_predictor,
+                                 write_output_image)
 from unet_perf.config import build_parser
-from unet_perf.errors import UserError, run_cli
-from unet_perf.predict import Reporter, add_inference_flags, check_inference_flags, open_predictor, write_image
-
-COLUMNS = ("v_rand", "v_info", "dice", "iou", "pixel_error")
-FALSE_MEMBRANE = (0, 0, 255)   # BGR red: predicted membrane where the ground truth has cell interior
-MISSED_MEMBRANE = (255, 0, 0)  # BGR blue: ground-truth membrane predicted as interior
+from unet_perf.data.loading import read_slices, subset
+from unet_perf.data.split import split_indices
+from unet_perf.errors import run_cli
+from unet_perf.metrics import METRIC_KEYS, THRESHOLD_KEYS, evaluate_slices
+from unet_perf.panels import error_overlay
+from unet_perf.progress import ItemProgress
 
 
 def labelled_slices(data_path, val_split, cfg, rgb):
     """(Pairs, description) of the slices to score: `val_split` of `data_path` ("" = every slice); an empty
     data_path means the built-in synthetic set of the model's config."""
-    from unet_perf.data.loading import subset
-    from unet_perf.data.sources import load_pairs
-    from unet_perf.data.split import split_indices
-
-    if data_path:
-        pairs, source = load_pairs(data_path, rgb=rgb), data_path
-    else:
-        from unet_perf.data.synthetic import membranes
-        pairs = membranes(cfg.synthetic_count, cfg.synthetic_size, cfg.seed)
-        source = "the synthetic set (seed {})".format(cfg.seed)
+    pairs = read_slices(dataclasses.replace(cfg, data_path=data_path, rgb=rgb))
+    source = data_path or "the synthetic set (seed {})".format(cfg.seed)
     if val_split:
         pairs = subset(pairs, split_indices(len(pairs.names), val_split, cfg.seed)[1])
         source += " slices {}".format(val_split)
-    if not len(pairs.names):
-        raise UserError("no slices to evaluate in {}".format(source))
     return pairs, source
-
-
-def overlay(image, gt_mask, prob, threshold=0.5):
-    """One BGR strip: image | ground truth | prediction | image with errors coloured."""
-    gray = cv2.cvtColor(np.asarray(image, np.uint8), cv2.COLOR_GRAY2BGR)
-    predicted = prob > threshold
-    truth = np.asarray(gt_mask) > 0
-    errors = gray.copy()
-    errors[truth & ~predicted] = FALSE_MEMBRANE
-    errors[~truth & predicted] = MISSED_MEMBRANE
-    as_bgr = lambda binary: cv2.cvtColor(np.where(binary, 255, 0).astype(np.uint8), cv2.COLOR_GRAY2BGR)
-    gap = np.full((gray.shape[0], 4, 3), 128, np.uint8)
-    return np.concatenate([gray, gap, as_bgr(truth), gap, as_bgr(predicted), gap, errors], axis=1)
 
 
 def safe_name(name):
@@ -63,35 +41,39 @@ def safe_name(name):
 
 
 def format_table(names, scores):
+    """The printed table: one row per slice, then the mean; one column per metric."""
     width = max([len("slice"), len("mean")] + [len(name) for name in names])
-    header = "{:<{w}}  ".format("slice", w=width) + "  ".join("{:>11}".format(c) for c in COLUMNS)
-    lines = [header, "-" * len(header)]
-    for name, row in zip(names, scores["slices"]):
-        lines.append("{:<{w}}  ".format(name, w=width) + "  ".join("{:>11.4f}".format(row[c]) for c in COLUMNS))
-    lines.append("-" * len(header))
-    lines.append("{:<{w}}  ".format("mean", w=width) + "  ".join("{:>11.4f}".format(scores[c]) for c in COLUMNS))
-    return "\n".join(lines)
+
+    def row(label, cells):
+        return "{:<{w}}  ".format(label, w=width) + "  ".join(cells)
+
+    def numbers(values):
+        return ["{:>11.4f}".format(values[key]) for key in METRIC_KEYS]
+
+    header = row("slice", ["{:>11}".format(key) for key in METRIC_KEYS])
+    rule = "-" * len(header)
+    lines = [header, rule] + [row(name, numbers(values)) for name, values in zip(names, scores["slices"])]
+    return "\n".join(lines + [rule, row("mean", numbers(scores))])
 
 
 def write_reports(output, names, scores, meta):
-    per_slice = [dict([("slice", name)] + [(c, row[c]) for c in COLUMNS] +
+    """metrics.json (means, per-slice scores with their threshold sweeps, and `meta`) and metrics.csv."""
+    per_slice = [dict([("slice", name)] + [(c, row[c]) for c in METRIC_KEYS] +
                       [("v_rand_best", row["v_rand_best"]), ("v_info_best", row["v_info_best"]),
                        ("v_rand_per_threshold", row["v_rand_per_threshold"]),
                        ("v_info_per_threshold", row["v_info_per_threshold"])])
                  for name, row in zip(names, scores["slices"])]
-    summary = dict((c, scores[c]) for c in COLUMNS)
-    summary["v_rand_threshold"] = scores["v_rand_threshold"]
-    summary["v_info_threshold"] = scores["v_info_threshold"]
+    summary = dict((key, scores[key]) for key in METRIC_KEYS + THRESHOLD_KEYS)
     report = {"mean": summary, "slices": per_slice, "thresholds": scores["slices"][0]["thresholds"]}
     report.update(meta)
     with open(os.path.join(output, "metrics.json"), "w") as handle:
         json.dump(report, handle, indent=2)
     with open(os.path.join(output, "metrics.csv"), "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(("slice",) + COLUMNS)
+        writer.writerow(("slice",) + METRIC_KEYS)
         for row in per_slice:
-            writer.writerow([row["slice"]] + ["{:.6f}".format(row[c]) for c in COLUMNS])
-        writer.writerow(["mean"] + ["{:.6f}".format(summary[c]) for c in COLUMNS])
+            writer.writerow([row["slice"]] + ["{:.6f}".format(row[c]) for c in METRIC_KEYS])
+        writer.writerow(["mean"] + ["{:.6f}".format(summary[c]) for c in METRIC_KEYS])
 
 
 def main(argv=None):
@@ -107,30 +89,27 @@ def main(argv=None):
     args = parser.parse_args(argv)
     check_inference_flags(args)
     from unet_perf.inference import load_config
-    from unet_perf.metrics import evaluate_slices
 
     cfg = load_config(args.model_dir)
     data_path = cfg.data_path if args.data_path is None else args.data_path
     val_split = args.val_split if args.val_split is not None else (cfg.val_split if args.data_path is None else "")
     pairs, source = labelled_slices(data_path, val_split, cfg, args.rgb)
     output = args.output or os.path.join(args.model_dir, "eval")
-    try:
-        os.makedirs(output, exist_ok=True)
-    except OSError as err:
-        raise UserError("cannot create --output {} ({}); choose a writable folder".format(output, err))
+    make_output_dir(output)
     predictor = open_predictor(args)
     names = [safe_name(name) for name in pairs.names]
     try:
         print("evaluating {} slice(s) of {} with {}".format(len(names), source, predictor.checkpoint), flush=True)
-        reporter = Reporter(len(names))
+        progress = ItemProgress(len(names))
         probs = []
         for name, image, mask in zip(names, pairs.images, pairs.masks):
-            start = cv2.getTickCount()
+            start = time.time()
             prob = predictor.predict(image)
             probs.append(prob)
-            write_image(os.path.join(output, name + "_overlay.png"), overlay(image, mask, prob, args.threshold))
-            reporter.step(name, (cv2.getTickCount() - start) / cv2.getTickFrequency())
-        reporter.close()
+            write_output_image(os.path.join(output, name + "_overlay.png"),
+                               error_overlay(image, mask, prob, args.threshold))
+            progress.step(name, time.time() - start)
+        progress.close()
     finally:
         predictor.close()
     scores = evaluate_slices(probs, pairs.masks)

@@ -20,7 +20,8 @@ import json
 import os
 import shutil
 
-from unet_perf.config import PRECISIONS, build_parser
+from unet_perf.cli_flags import add_model_flags, make_output_dir
+from unet_perf.config import build_parser
 from unet_perf.errors import UserError, run_cli
 
 INPUT_NAME = "input"
@@ -87,10 +88,7 @@ def _export(cfg, model_dir, output, height, width, batch, checkpoint):
 
 def _prepare_output(output, saved_model_dir):
     """Create `output`; replace a previous SavedModel export there, refuse to delete anything else."""
-    try:
-        os.makedirs(output, exist_ok=True)
-    except OSError as err:
-        raise UserError("cannot create --output {} ({}); choose a writable folder".format(output, err))
+    make_output_dir(output)
     if os.path.exists(saved_model_dir):
         if not os.path.isfile(os.path.join(saved_model_dir, "saved_model.pb")):
             raise UserError("{} exists and is not a SavedModel; remove it or choose another --output".format(
@@ -100,16 +98,13 @@ def _prepare_output(output, saved_model_dir):
 
 def main(argv=None):
     parser = build_parser("Export a trained U-Net as a frozen GraphDef (for ATC) and a SavedModel", fields=())
-    parser.add_argument("--model_dir", required=True, help="directory written by python -m unet_perf.train")
+    add_model_flags(parser, precision_default="fp32",
+                    precision_help="compute precision baked into the graph (fp32 lets ATC choose with "
+                                   "--precision_mode)")
     parser.add_argument("--output", required=True, help="folder for unet.pb, saved_model/ and export.json")
     parser.add_argument("--height", type=int, default=None, help="input height (default: the model's --crop_size)")
     parser.add_argument("--width", type=int, default=None, help="input width (default: the model's --crop_size)")
     parser.add_argument("--batch", type=int, default=1, help="fixed batch size of the input")
-    parser.add_argument("--checkpoint", default=None,
-                        help="best, latest, a directory or a checkpoint prefix (default: best/ if present, else "
-                             "the latest checkpoint)")
-    parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
-                        help="compute precision baked into the graph (fp32 lets ATC choose with --precision_mode)")
     args = parser.parse_args(argv)
     info = export_model(args.model_dir, args.output, args.height, args.width, args.batch, args.checkpoint,
                         args.precision)

@@ -23,12 +23,23 @@ from unet_perf.checkpoints import check_compatible, latest_checkpoint
 from unet_perf.compat import v1
 from unet_perf.config import NORMALIZE_MODES, PRECISIONS, Config
 from unet_perf.errors import UserError
+from unet_perf.model import unet
 from unet_perf.pipeline import STD_FLOOR
 
 DIHEDRAL = 8
 
 
-# --- normalisation: numpy twin of unet_perf.pipeline.normalize ------------------------------------------
+# --- preprocessing: the network's input scale and normalisation, in numpy ------------------------------
+
+def rescale(array, scale, interpolation=cv2.INTER_LINEAR):
+    """`array` [H,W] resized by `scale` (cfg.input_scale, the fixed rescale of training; each side rounded, at
+    least 1 px); the array itself when scale is 1. Masks want interpolation=cv2.INTER_NEAREST."""
+    if scale == 1.0:
+        return array
+    height, width = array.shape[:2]
+    size = (max(1, int(round(width * scale))), max(1, int(round(height * scale))))
+    return cv2.resize(array, size, interpolation=interpolation)
+
 
 def normalize_array(image, mode):
     """Numpy twin of unet_perf.pipeline.normalize for one image (any shape) in 0..255 units; float32."""
@@ -130,10 +141,7 @@ def predict_image(predict_batch_fn, image, cfg, batch_size, overlap=None, tta=Fa
     if image.ndim != 2:
         raise UserError("expected a grayscale image, got an array of shape {}".format(image.shape))
     height, width = image.shape
-    scaled = image
-    if cfg.input_scale != 1.0:
-        size = (max(1, int(round(width * cfg.input_scale))), max(1, int(round(height * cfg.input_scale))))
-        scaled = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
+    scaled = rescale(image, cfg.input_scale)
     tile = cfg.crop_size
     overlap = default_overlap(tile) if overlap is None else int(overlap)
     prob = predict_tiled(predict_batch_fn, normalize_array(scaled, cfg.normalize), tile, overlap, batch_size, tta)
@@ -151,8 +159,6 @@ def build_predictor(cfg, batch_size, height=None, width=None, input_name="input"
     float32 [batch_size, height, width, 1] = sigmoid of the U-Net logits). height/width default to cfg.crop_size.
     The model reuses the "unet" variables (AUTO_REUSE) and computes in cfg.precision.
     """
-    from unet_perf.model import unet  # imported here: model.py is optional until the model helper lands
-
     height = height or cfg.crop_size
     width = width or cfg.crop_size
     images = v1.placeholder(tf.float32, [batch_size, height, width, 1], name=input_name)

@@ -30,6 +30,11 @@ import numpy as np
 
 DEFAULT_THRESHOLDS = tuple(round(0.1 * k, 1) for k in range(11))
 PIXEL_THRESHOLD = 0.5  # P(interior) above it = interior, for the pixel metrics
+# The scores of a set of slices, in report order (evaluate's table, the validation lines and TensorBoard), and the
+# thresholds at which the set's V_rand and V_info are best.
+PIXEL_KEYS = ("dice", "iou", "pixel_error")
+METRIC_KEYS = ("v_rand", "v_info") + PIXEL_KEYS
+THRESHOLD_KEYS = ("v_rand_threshold", "v_info_threshold")
 
 
 # --- pixel metrics of the membrane class -------------------------------------------------------------------
@@ -222,6 +227,6 @@ def evaluate_slices(probs, gts, thresholds=DEFAULT_THRESHOLDS):
         for index, slice_scores in enumerate(slices):
             slice_scores[key + "_best"] = slice_scores[key]
             slice_scores[key] = float(per_threshold[index, best])
-    for key in ("dice", "iou", "pixel_error"):
+    for key in PIXEL_KEYS:
         result[key] = _nanmean([s[key] for s in slices])
     return result

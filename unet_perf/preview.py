@@ -8,19 +8,17 @@ image with the mask overlaid in green.
 import dataclasses
 import os
 
-import numpy as np
+import cv2
 
 from unet_perf.config import Config, build_parser
 from unet_perf.errors import UserError, run_cli
+from unet_perf.panels import augmentation_grid
 
 PREVIEW_FIELDS = (
     "data_path", "synthetic_count", "synthetic_size", "rgb", "crop_size", "input_scale", "seed",
     "augment", "flip", "rotate_deg", "scale_range", "shear", "translate", "elastic", "elastic_grid",
     "elastic_sigma", "border", "mask_interp", "brightness", "contrast", "gamma", "noise", "xla_augment",
 )
-GAP = 4  # pixels between tiles
-OVERLAY = np.array([0, 255, 0], np.float32)  # BGR green
-OVERLAY_ALPHA = 0.35
 
 
 def build_preview_parser():
@@ -48,19 +46,6 @@ def augmented_pairs(cfg, count):
     return images[..., 0], masks[..., 0]
 
 
-def render_grid(images, masks):
-    """uint8 BGR grid: one row per sample, image | image with the mask in green."""
-    count, height, width = images.shape
-    grid = np.full((count * (height + GAP) - GAP, 2 * width + GAP, 3), 255, np.uint8)
-    for row in range(count):
-        gray = np.repeat(np.clip(images[row], 0.0, 1.0)[..., None] * 255.0, 3, axis=2)
-        overlay = np.where(masks[row][..., None] > 0.5, gray * (1 - OVERLAY_ALPHA) + OVERLAY * OVERLAY_ALPHA, gray)
-        top = row * (height + GAP)
-        grid[top:top + height, :width] = np.round(gray).astype(np.uint8)
-        grid[top:top + height, width + GAP:] = np.round(overlay).astype(np.uint8)
-    return grid
-
-
 def main(argv=None):
     args = vars(build_preview_parser().parse_args(argv))
     out, count = args.pop("out"), args.pop("count")
@@ -72,9 +57,7 @@ def main(argv=None):
     if not os.path.isdir(folder):
         raise UserError("--out {}: folder {} does not exist; create it or choose another path".format(out, folder))
     images, masks = augmented_pairs(cfg, count)
-    import cv2
-
-    if not cv2.imwrite(out, render_grid(images, masks)):
+    if not cv2.imwrite(out, augmentation_grid(images, masks)):
         raise UserError("--out {}: could not write the PNG; use a writable path ending in .png".format(out))
     print(out)
     return 0

@@ -1,7 +1,8 @@
-"""Training progress: one line (or one progress-bar update) per Session.run of K steps.
+"""Progress reports: a tqdm bar when the bar stream (stderr) is a terminal and tqdm is installed, else plain lines
+on stdout, so logs and CI output stay grep-able. No TensorFlow here.
 
-A tqdm bar when stderr is a terminal and tqdm is installed; plain lines on stdout otherwise, so logs and CI
-output stay grep-able. No TensorFlow here.
+- `Progress`: training, one line (or bar update) per Session.run of K steps, with loss, rate and ETA;
+- `ItemProgress`: one line (or bar update) per image, for predict and evaluate.
 """
 import sys
 import time
@@ -38,6 +39,43 @@ def _tqdm_class(stream):
     return tqdm
 
 
+class BarOrLines(object):
+    """The one switch between a tqdm bar on `bar_stream` (default stderr) and plain lines on `out` (default
+    stdout). use_bar: None = a bar when bar_stream is a terminal and tqdm is installed, False = lines always."""
+
+    def __init__(self, total, unit, initial=0, out=None, bar_stream=None, use_bar=None):
+        self.out = out if out is not None else sys.stdout
+        bar_stream = bar_stream if bar_stream is not None else sys.stderr
+        tqdm = _tqdm_class(bar_stream) if use_bar is None or use_bar else None
+        self._bar = None
+        if tqdm is not None:
+            self._bar = tqdm(total=total, initial=initial, unit=unit, file=bar_stream, dynamic_ncols=True)
+
+    def advance(self, count, postfix, line):
+        """Move the bar by `count` and show `postfix` beside it; without a bar, print `line`."""
+        if self._bar is not None:
+            self._bar.update(count)
+            self._bar.set_postfix_str(postfix, refresh=True)
+        else:
+            self._print(line)
+
+    def write(self, message):
+        """A message line that does not break the bar."""
+        if self._bar is not None:
+            self._bar.write(message, file=self.out)
+        else:
+            self._print(message)
+
+    def _print(self, line):
+        print(line, file=self.out)
+        self.out.flush()  # a line per loop or image must reach a piped log now, not at exit
+
+    def close(self):
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
 class Progress(object):
     """Reports training progress once per loop and estimates the ETA from the steady-state rate.
 
@@ -49,13 +87,7 @@ class Progress(object):
         self.total_steps = total_steps
         self.batch_size = batch_size
         self.steps_per_epoch = steps_per_epoch
-        self.out = out if out is not None else sys.stdout
-        bar_stream = bar_stream if bar_stream is not None else sys.stderr
-        tqdm = _tqdm_class(bar_stream) if use_bar is None or use_bar else None
-        self._bar = None
-        if tqdm is not None:
-            self._bar = tqdm(total=total_steps, initial=start_step, unit="step", file=bar_stream,
-                             dynamic_ncols=True)
+        self._report = BarOrLines(total_steps, "step", start_step, out, bar_stream, use_bar)
         self._step = start_step
         self._rate_start = None  # (time, step) after the first update
 
@@ -79,26 +111,32 @@ class Progress(object):
         }
         if self._rate_start is None:
             self._rate_start = (now, step)
-        if self._bar is not None:
-            self._bar.update(step - self._step)
-            self._bar.set_postfix_str("loss {loss:.4f} mean {mean_loss:.4f} scale {loss_scale:g} "
-                                      "skipped {skipped_steps} img/s {images_per_sec:.1f}".format(**values),
-                                      refresh=True)
-        else:
-            print(format_line(values), file=self.out)
-            self.out.flush()
+        postfix = ("loss {loss:.4f} mean {mean_loss:.4f} scale {loss_scale:g} skipped {skipped_steps} "
+                   "img/s {images_per_sec:.1f}".format(**values))
+        self._report.advance(step - self._step, postfix, format_line(values))
         self._step = step
         return values
 
     def write(self, message):
         """A message line that does not break the bar."""
-        if self._bar is not None:
-            self._bar.write(message, file=self.out)
-        else:
-            print(message, file=self.out)
-            self.out.flush()
+        self._report.write(message)
 
     def close(self):
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
+        self._report.close()
+
+
+class ItemProgress(object):
+    """One report per finished item (an image): `[3/10] name (0.42 s)` lines, or a bar showing the name."""
+
+    def __init__(self, total, unit="img", out=None, bar_stream=None, use_bar=None):
+        self.total = total
+        self.done = 0
+        self._report = BarOrLines(total, unit, 0, out, bar_stream, use_bar)
+
+    def step(self, name, seconds):
+        """Report item `name`, which took `seconds`."""
+        self.done += 1
+        self._report.advance(1, name, "[{}/{}] {} ({:.2f} s)".format(self.done, self.total, name, seconds))
+
+    def close(self):
+        self._report.close()

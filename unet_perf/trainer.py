@@ -20,14 +20,13 @@ import os
 import sys
 import time
 
-import cv2
-import numpy as np
-
 from unet_perf import checkpoints, compat, graph
 from unet_perf.compat import v1
 from unet_perf.config import config_to_dict
 from unet_perf.errors import UserError
 from unet_perf.interrupts import StopRequest
+from unet_perf.panels import prediction_panels
+from unet_perf.probe import pixel_accuracy, probe_tiles
 from unet_perf.progress import Progress
 from unet_perf.summaries import SummaryLog
 
@@ -64,58 +63,6 @@ def make_validator(cfg, val):
         return None
     from unet_perf.validation import Validator
     return Validator(cfg, val)
-
-
-# --- probe: fixed training tiles for accuracy and summary images ------------------------------------------
-
-def probe_tiles(cfg, pairs, count):
-    """`count` centre tiles of the first training slices, preprocessed like inference: rescale by
-    cfg.input_scale, normalise the whole slice, centre crop (mirror padding when the slice is smaller).
-    Returns (normalised images float32 [n,c,c,1], raw images uint8 [n,c,c], masks uint8 [n,c,c])."""
-    from unet_perf.inference import normalize_array
-
-    crop = cfg.crop_size
-    images, raws, masks = [], [], []
-    for index in range(count):
-        image = pairs.images[index % len(pairs.images)].astype(np.float32)
-        mask = pairs.masks[index % len(pairs.masks)]
-        if cfg.input_scale != 1.0:
-            size = (max(1, int(round(image.shape[1] * cfg.input_scale))),
-                    max(1, int(round(image.shape[0] * cfg.input_scale))))
-            image = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
-            mask = cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)
-        normalised = _centre_crop(normalize_array(image, cfg.normalize), crop)
-        images.append(normalised[..., None])
-        raws.append(np.clip(_centre_crop(image, crop), 0, 255).astype(np.uint8))
-        masks.append(_centre_crop(mask, crop))
-    return np.stack(images).astype(np.float32), np.stack(raws), np.stack(masks)
-
-
-def _centre_crop(array, size):
-    pad_y = max(0, size - array.shape[0])
-    pad_x = max(0, size - array.shape[1])
-    if pad_y or pad_x:
-        array = np.pad(array, ((pad_y // 2, pad_y - pad_y // 2), (pad_x // 2, pad_x - pad_x // 2)), "symmetric")
-    top = (array.shape[0] - size) // 2
-    left = (array.shape[1] - size) // 2
-    return array[top:top + size, left:left + size]
-
-
-def pixel_accuracy(prob, masks):
-    """Fraction of pixels where (prob > 0.5) equals the binary mask."""
-    return float(np.mean((np.asarray(prob)[..., 0] > 0.5) == (np.asarray(masks) > 0)))
-
-
-def prediction_panels(raws, masks, prob):
-    """PNG bytes per tile: image | ground truth | prediction side by side (uint8 gray)."""
-    panels = []
-    for raw, mask, p in zip(raws, masks, np.asarray(prob)[..., 0]):
-        row = np.concatenate([raw, (mask > 0).astype(np.uint8) * 255,
-                              np.clip(p * 255.0 + 0.5, 0, 255).astype(np.uint8)], axis=1)
-        ok, encoded = cv2.imencode(".png", row)
-        if ok:
-            panels.append((row.shape, encoded.tobytes()))
-    return panels
 
 
 def _restorable(model_dir):

@@ -8,9 +8,7 @@ import numpy as np
 
 from unet_perf.compat import v1
 from unet_perf.inference import build_predictor, predict_image
-from unet_perf.metrics import evaluate_slices
-
-METRIC_KEYS = ("v_rand", "v_info", "dice", "iou", "pixel_error")
+from unet_perf.metrics import METRIC_KEYS, THRESHOLD_KEYS, evaluate_slices
 
 
 class Validator(object):
@@ -43,5 +41,4 @@ class Validator(object):
         """Dict of floats: v_rand, v_info (best threshold of the slice means), dice, iou, pixel_error (means),
         v_rand_threshold, v_info_threshold."""
         scores = evaluate_slices(self.predict(sess), self.masks)
-        keys = METRIC_KEYS + ("v_rand_threshold", "v_info_threshold")
-        return {key: float(scores[key]) for key in keys}
+        return {key: float(scores[key]) for key in METRIC_KEYS + THRESHOLD_KEYS}

@@ -20,16 +20,12 @@ def load_dataset(cfg):
         raise UserError("--weight_map needs --weight_sigma > 0 and --weight_w0 >= 0, got {} and {}".format(
             cfg.weight_sigma, cfg.weight_w0))
     min_size = required_size(cfg.crop_size, cfg.input_scale)
-    if cfg.data_path:
-        pairs = load_pairs(cfg.data_path, rgb=cfg.rgb, min_size=min_size)
-        source = cfg.data_path
-    else:
-        if cfg.synthetic_size < min_size:
-            raise UserError("--synthetic_size {} is smaller than the {} px that --crop_size {} at --input_scale {} "
-                            "samples; raise --synthetic_size or lower --crop_size".format(
-                                cfg.synthetic_size, min_size, cfg.crop_size, cfg.input_scale))
-        pairs = membranes(cfg.synthetic_count, cfg.synthetic_size, cfg.seed)
-        source = "the synthetic set (--synthetic_count {})".format(cfg.synthetic_count)
+    if not cfg.data_path and cfg.synthetic_size < min_size:
+        raise UserError("--synthetic_size {} is smaller than the {} px that --crop_size {} at --input_scale {} "
+                        "samples; raise --synthetic_size or lower --crop_size".format(
+                            cfg.synthetic_size, min_size, cfg.crop_size, cfg.input_scale))
+    pairs = read_slices(cfg, min_size)
+    source = cfg.data_path or "the synthetic set (--synthetic_count {})".format(cfg.synthetic_count)
     train_idx, val_idx = split_indices(len(pairs.names), cfg.val_split, cfg.seed)
     if len(train_idx) < cfg.batch_size:
         raise UserError("--batch_size {} is larger than the {} training slices in {}; lower --batch_size or hold "
@@ -40,6 +36,14 @@ def load_dataset(cfg):
     if cfg.weight_map:
         weights = border_weight_maps(train.masks, cfg.weight_w0, cfg.weight_sigma)
     return train, val, weights
+
+
+def read_slices(cfg, min_size=0):
+    """Every slice `cfg` names, as Pairs: cfg.data_path (read with cfg.rgb, each side at least `min_size` px), or
+    the built-in synthetic set (cfg.synthetic_count, cfg.synthetic_size, cfg.seed) when it is empty."""
+    if cfg.data_path:
+        return load_pairs(cfg.data_path, rgb=cfg.rgb, min_size=min_size)
+    return membranes(cfg.synthetic_count, cfg.synthetic_size, cfg.seed)
 
 
 def required_size(crop_size, input_scale):

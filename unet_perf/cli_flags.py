@@ -1,0 +1,82 @@
+"""What the predict, evaluate and export CLIs share: the flags naming a trained model and how to run it, their
+checks, the predictor they open, and the --output folder they write to. No TensorFlow is imported here until a
+predictor is opened, so a bad flag fails fast."""
+import os
+
+import cv2
+
+from unet_perf.config import PRECISIONS
+from unet_perf.errors import UserError
+
+
+def add_model_flags(parser, precision_default=None,
+                    precision_help="compute precision (default: the one the model was trained with)"):
+    """--model_dir, --checkpoint and --precision: which trained model to load and how to compute with it."""
+    parser.add_argument("--model_dir", required=True, help="directory written by python -m unet_perf.train")
+    parser.add_argument("--checkpoint", default=None,
+                        help="best, latest, a directory or a checkpoint prefix (default: best/ if present, else "
+                             "the latest checkpoint)")
+    parser.add_argument("--precision", default=precision_default, choices=PRECISIONS, help=precision_help)
+    return parser
+
+
+def add_inference_flags(parser):
+    """The model flags plus how predict and evaluate tile, batch and threshold."""
+    add_model_flags(parser)
+    parser.add_argument("--overlap", type=int, default=None,
+                        help="pixels shared by neighbouring tiles, at the network's input scale (default: a "
+                             "quarter of --crop_size)")
+    parser.add_argument("--tta", action="store_true", help="average the 8 flips/rotations of every tile")
+    parser.add_argument("--batch_size", type=int, default=4, help="tiles per Session.run")
+    parser.add_argument("--rgb", default="convert", choices=("convert", "refuse"),
+                        help="colour input: convert to gray with a warning, or refuse")
+    parser.add_argument("--threshold", type=float, default=0.5,
+                        help="P(interior) above it is interior in the masks and overlays (V_rand/V_info sweep "
+                             "0.0-1.0 themselves; pixel metrics use 0.5)")
+    return parser
+
+
+def check_inference_flags(args):
+    """UserError for a flag of add_inference_flags outside its range."""
+    if args.batch_size <= 0:
+        raise UserError("--batch_size must be positive, got {}".format(args.batch_size))
+    if args.overlap is not None and args.overlap < 0:
+        raise UserError("--overlap must not be negative, got {}".format(args.overlap))
+    if not 0.0 <= args.threshold <= 1.0:
+        raise UserError("--threshold must be in [0, 1], got {}".format(args.threshold))
+
+
+def open_predictor(args):
+    """An inference.Predictor for the model and settings the flags name (close it when done)."""
+    from unet_perf.inference import Predictor  # TensorFlow is imported only once the flags are valid
+
+    predictor = Predictor.from_model_dir(args.model_dir, checkpoint=args.checkpoint, precision=args.precision,
+                                         batch_size=args.batch_size, overlap=args.overlap, tta=args.tta)
+    if args.overlap is not None and args.overlap >= predictor.cfg.crop_size:
+        predictor.close()
+        raise UserError("--overlap {} must be smaller than the tile (--crop_size {} of the model)".format(
+            args.overlap, predictor.cfg.crop_size))
+    return predictor
+
+
+def make_output_dir(path):
+    """Create the --output folder `path` (and its parents) unless it exists."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as err:
+        raise UserError("cannot create --output {} ({}); choose a writable folder".format(path, err))
+
+
+def write_output_image(path, image):
+    """Write one image file into the --output folder."""
+    _check_written(cv2.imwrite(path, image), path)
+
+
+def write_output_stack(path, pages):
+    """Write a multipage TIFF into the --output folder."""
+    _check_written(cv2.imwritemulti(path, list(pages)), path)
+
+
+def _check_written(ok, path):
+    if not ok:
+        raise UserError("cannot write {}; check that --output is writable and has free space".format(path))
