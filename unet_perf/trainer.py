@@ -46,13 +46,16 @@ class TrainGraph(object):
 
 
 def make_loss_fn(cfg, with_weights):
-    """loss_fn(batch, step) for the backend: U-Net logits -> configured loss (float32)."""
-    from unet_perf import losses, model
+    """loss_fn(batch, step) for the backend: U-Net logits -> configured loss (float32).
+
+    The loss passes through faults.nan_loss, a test hook that is the identity unless UNET_PERF_FAULTS arms it.
+    """
+    from unet_perf import faults, losses, model
 
     def loss_fn(batch, step):
         logits = model.unet(batch[0], cfg, training=True, step=step)
         weights = batch[2] if with_weights else None
-        return losses.compute_loss(logits, batch[1], weights, cfg.loss)
+        return faults.nan_loss(losses.compute_loss(logits, batch[1], weights, cfg.loss), step)
 
     return loss_fn
 
