@@ -27,7 +27,7 @@ POINTS = {
     "hold_during_checkpoint_write": "which checkpoint write of this process waits for a signal (at most "
                                     "HOLD_LIMIT_SEC)",
 }
-HOLD_LIMIT_SEC = 120.0
+HOLD_LIMIT_SEC = 60.0
 
 _hits = {}  # process point -> times reached in this process
 
