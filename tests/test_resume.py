@@ -237,16 +237,18 @@ def test_leftovers_of_a_killed_save_are_ignored_and_cleaned(tmp_path, capsys):
             "--summary_images", "0", "--model_dir", model_dir]
     train(config_from_args(tiny + ["--max_steps", "10"]))
     temp = os.path.join(model_dir, "model.ckpt-15.index.tempstate123")
+    state_temp = os.path.join(model_dir, "checkpoint.tmp4242")  # a state file write killed before its rename
     orphan = os.path.join(model_dir, "model.ckpt-15.data-00000-of-00001")
-    for path, size in ((temp, 100), (orphan, 7)):
+    for path, size in ((temp, 100), (state_temp, 30), (orphan, 7)):
         with open(path, "wb") as handle:
             handle.write(b"\1" * size)
     assert checkpoints.latest_checkpoint(model_dir).endswith("model.ckpt-10")
     summary = train(config_from_args(tiny + ["--max_steps", "20"]))
     out = capsys.readouterr().out
-    assert "removed the partial file of an interrupted save: {}".format(temp) in out
+    for path in (temp, state_temp):
+        assert "removed the partial file of an interrupted save: {}".format(path) in out
+        assert not os.path.exists(path)
     assert summary["start_step"] == 10 and summary["end_step"] == 20
-    assert not os.path.exists(temp)
     assert saved_steps(model_dir) == [20, 15, 10, 5]
     assert_listed_checkpoints_load(model_dir)
 

@@ -8,7 +8,7 @@ Why a kill cannot leave an unusable checkpoint (TF's V2 bundle writer, tensor_bu
   listing them. Every save uses a new prefix, so a half-written save never touches a listed checkpoint.
 - Readers trust only the state file and complete file pairs (`checkpoint_candidates`), so whatever a kill leaves
   (staging or temp files, a renamed pair the state file does not list yet) is never restored from.
-- `remove_partial_files` deletes staging and temp files at start-up and after a failed save (a full disk should
+- `remove_partial_files` deletes staging and temp files (also those of atomic_write_text) at start-up and after a failed save (a full disk should
   not stay full of our garbage); an unlisted pair is overwritten when its step is saved again.
 - The writer keeps its own list of kept checkpoints; `recover` reloads it from the state file, so max_to_keep
   also deletes the checkpoints of earlier runs.
@@ -27,7 +27,8 @@ from unet_perf.errors import UserError
 
 PREFIX = "model.ckpt"
 STATE_FILE = "checkpoint"
-PARTIAL_PATTERN = "*.tempstate*"
+# Temp files of interrupted writes: TF bundles and our staging prefix (*.tempstate*), atomic_write_text (*.tmp<pid>).
+PARTIAL_PATTERNS = ("*.tempstate*", "*.tmp[0-9]*")
 # Config fields that change the variables of the graph (names/shapes), for the architecture error message.
 ARCHITECTURE_FLAGS = ("depth", "base_filters", "batch_norm", "optimizer", "precision", "loss_scale", "weight_map")
 
@@ -109,7 +110,7 @@ def make_model_dir(model_dir):
 def remove_partial_files(directory):
     """Delete the temp files of saves that never finished (killed or failed); returns their paths."""
     removed = []
-    for path in glob.glob(os.path.join(directory, PARTIAL_PATTERN)):
+    for path in sorted(set(p for pattern in PARTIAL_PATTERNS for p in glob.glob(os.path.join(directory, pattern)))):
         _remove_quietly(path)
         removed.append(path)
     return removed
