@@ -8,8 +8,9 @@ Why a kill cannot leave an unusable checkpoint (TF's V2 bundle writer, tensor_bu
   listing them. Every save uses a new prefix, so a half-written save never touches a listed checkpoint.
 - Readers trust only the state file and complete file pairs (`checkpoint_candidates`), so whatever a kill leaves
   (staging or temp files, a renamed pair the state file does not list yet) is never restored from.
-- `remove_partial_files` deletes staging and temp files (also those of atomic_write_text) at start-up and after a failed save (a full disk should
-  not stay full of our garbage); an unlisted pair is overwritten when its step is saved again.
+- `remove_partial_files` deletes staging and temp files (also those of atomic_write_text) at start-up and
+  after a failed save (a full disk should not stay full of our garbage); an unlisted pair is overwritten when
+  its step is saved again.
 - The writer keeps its own list of kept checkpoints; `recover` reloads it from the state file, so max_to_keep
   also deletes the checkpoints of earlier runs.
 - Re-saving onto the prefix the state file points to would rename a new data file next to the old index: the
