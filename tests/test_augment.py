@@ -166,7 +166,36 @@ def test_border_folding():
         reflect, nearest, constant, fade = sess.run([reflect, nearest, constant, fade])
     np.testing.assert_allclose(reflect, [3.0, 0.5, 0.0, 5.0, 9.0, 7.5, 6.0])
     np.testing.assert_allclose(nearest, [0.0, 0.0, 0.0, 5.0, 9.0, 9.0, 9.0])
+    np.testing.assert_allclose(constant, [0.0, 0.0, 0.0, 5.0, 9.0, 9.0, 9.0])
     np.testing.assert_allclose(fade, [0.0, 0.5, 1.0, 1.0, 1.0, 0.0, 0.0])
+
+
+def bilinear_of_zero_padded(image, xs, ys, pad=16):
+    """numpy reference: bilinear samples of `image` [H, W] padded with zeros, at columns xs x rows ys."""
+    padded = np.pad(image.astype(np.float64), pad)
+    x, y = np.asarray(xs) + pad, np.asarray(ys) + pad
+    x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
+    fx, fy = (x - x0)[None, :], (y - y0)[:, None]
+    top = padded[y0][:, x0] * (1 - fx) + padded[y0][:, x0 + 1] * fx
+    bottom = padded[y0 + 1][:, x0] * (1 - fx) + padded[y0 + 1][:, x0 + 1] * fx
+    return top * (1 - fy) + bottom * fy
+
+
+@pytest.mark.parametrize("xla", [False, True])
+def test_constant_border_samples_a_zero_padded_source(xla):
+    """input_scale 0.5 on a 16 px source with a 16 px output: the 32 px window is centred on the slice, output
+    pixel j samples source position 2j - 7.5, so rows/columns 0-3 and 12-15 lie wholly outside the source."""
+    images, masks = random_batch(2, 16, 16, seed=3)
+    masks[:] = 1  # an all-ones mask shows where the border cuts it
+    image, mask, _ = run(images, masks, make_cfg(augment=False, input_scale=0.5, border="constant"), (16, 16),
+                         xla=xla)
+    positions = 2.0 * np.arange(16) - 7.5
+    outside = (positions < 0) | (positions > 15)
+    for sample in range(2):
+        np.testing.assert_allclose(image[sample], bilinear_of_zero_padded(images[sample] / 255.0, positions,
+                                                                           positions), atol=1e-6)
+        assert not image[sample][outside].any() and not image[sample][:, outside].any()
+        np.testing.assert_array_equal(mask[sample], np.outer(~outside, ~outside).astype(np.float32))
 
 
 def test_brightness_shifts_each_image_uniformly_and_leaves_masks_alone():

@@ -186,10 +186,22 @@ def test_predictor_prefers_best_and_honours_precision(tmp_path):
         assert "best" in best.checkpoint
     with inference.Predictor.from_model_dir(model_dir, checkpoint="latest", batch_size=1) as latest:
         np.testing.assert_allclose(latest.predict_batch(tile), expected, atol=1e-5)
+        assert conv_dtypes(latest.sess.graph) == {"float32"}
     assert not np.allclose(from_best, expected, atol=1e-3)
-    with inference.Predictor.from_model_dir(model_dir, checkpoint="latest", precision="bf16", batch_size=1) as low:
-        assert low.cfg.precision == "bf16"
-        np.testing.assert_allclose(low.predict_batch(tile), expected, atol=0.05)
+    for precision in ("bf16", "fp16"):
+        with inference.Predictor.from_model_dir(model_dir, checkpoint="latest", precision=precision,
+                                                batch_size=1) as low:
+            assert low.cfg.precision == precision
+            # the graph really computes in the low precision: every convolution, not only a cast at the input
+            assert conv_dtypes(low.sess.graph) == {"bfloat16" if precision == "bf16" else "float16"}
+            np.testing.assert_allclose(low.predict_batch(tile), expected, atol=0.05)
+
+
+def conv_dtypes(graph):
+    """Names of the element types the graph's convolutions compute in (fails when there is none)."""
+    convs = [op for op in graph.get_operations() if op.type in ("Conv2D", "Conv2DBackpropInput")]
+    assert convs
+    return set(op.get_attr("T").name for op in convs)
 
 
 def test_model_dir_errors(tmp_path):

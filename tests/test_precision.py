@@ -6,13 +6,14 @@ import tensorflow as tf
 from unet_perf.compat import v1
 from unet_perf.config import Config
 from unet_perf.errors import UserError
+from unet_perf.optim import make_optimizer
 from unet_perf.precision import LossScaler, compute_dtype
 
 
 class _Problem(object):
     """A small least-squares model whose loss is multiplied by a fed factor (inf or nan injects an overflow)."""
 
-    def __init__(self, kind, init=8.0, interval=3):
+    def __init__(self, kind, init=8.0, interval=3, optimizer="adam"):
         self.factor = v1.placeholder_with_default(tf.constant(1.0), [])
         self.weights = v1.get_variable("w", [4, 1], tf.float32, v1.ones_initializer(), use_resource=True)
         x = tf.constant(np.arange(12, dtype=np.float32).reshape(3, 4) / 10.0)
@@ -20,7 +21,8 @@ class _Problem(object):
         self.global_step = v1.train.get_or_create_global_step()
         self.scaler = LossScaler(kind, init, interval)
         self.train_op, self.overflow = self.scaler.minimize(
-            v1.train.AdamOptimizer(0.1), self.loss, [self.weights], self.global_step)
+            make_optimizer(Config(optimizer=optimizer, learning_rate=0.1, momentum=0.9)), self.loss, [self.weights],
+            self.global_step)
         self.state = self.scaler.state()
         self.sess = v1.Session()
         self.sess.run(v1.global_variables_initializer())
@@ -112,15 +114,21 @@ def test_none_applies_plain_gradients():
     assert not np.array_equal(before, problem.sess.run(problem.weights))
 
 
-def test_scaled_update_equals_unscaled_update():
+# Momentum SGD moves the weights in proportion to the gradient: it fails if the scaled gradients are not unscaled.
+# Adam divides the gradient by its own running magnitude, so it would pass even then.
+@pytest.mark.parametrize("optimizer", ["momentum", "adam"])
+@pytest.mark.parametrize("kind", ["dynamic", "fixed"])
+def test_scaled_update_equals_unscaled_update(optimizer, kind):
     results = []
-    for kind in ("none", "dynamic"):
+    for scaling in ("none", kind):
         with v1.Graph().as_default():
-            problem = _Problem(kind, init=2.0 ** 15)
+            problem = _Problem(scaling, init=2.0 ** 15, interval=1000, optimizer=optimizer)
+            start = problem.sess.run(problem.weights)
             for _ in range(3):
-                problem.step()
+                assert not problem.step()
             results.append(problem.sess.run(problem.weights))
-    np.testing.assert_allclose(results[0], results[1], rtol=1e-6)
+    assert not np.allclose(results[0], start)  # the weights moved
+    np.testing.assert_allclose(results[1], results[0], rtol=1e-6)
 
 
 def test_state_variables_are_checkpointed_and_not_trained():

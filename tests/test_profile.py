@@ -88,6 +88,41 @@ def test_op_table_and_trace_from_step_stats():
     assert spans[0]["ts"] == 100 and spans[0]["dur"] == 600 and spans[0]["args"]["name"] == "unet/down0/conv"
 
 
+# Kernel names seen in traces: plain TF, Grappler's remapper, and oneDNN (whose names differ between CPUs and builds:
+# on AVX-512/AMX machines TF 2.21 reports `_MklNative...` kernels where an AVX2 machine reports `_FusedConv2D`).
+KERNEL_NAMES = [
+    ("Conv2D", "convolution"), ("_FusedConv2D", "convolution"), ("_MklConv2D", "convolution"),
+    ("_MklNativeConv2D", "convolution"), ("_MklNativeFusedConv2D", "convolution"),
+    ("_MklConv2DBackpropFilter", "convolution"), ("_MklNativeConv2DBackpropFilterWithBias", "convolution"),
+    ("_MklConv2DBackpropInput", "convolution"), ("_MklNativeConv2DBackpropInput", "convolution"),
+    ("__MklDummyConv2DWithBias", "convolution"), ("_MklNativePadWithFusedConv2D", "convolution"),
+    ("_MklFusedDepthwiseConv2dNative", "convolution"), ("FusedPadConv2D", "convolution"),
+    ("MatMul", "matmul"), ("_MklMatMul", "matmul"), ("_FusedMatMul", "matmul"), ("_MklNativeFusedMatMul", "matmul"),
+    ("_MklFusedBatchMatMulV2", "matmul"), ("BatchMatMulV3", "matmul"),
+    ("FusedBatchNormV3", "batch norm"), ("_MklFusedBatchNormV3", "batch norm"), ("_FusedBatchNormEx", "batch norm"),
+    ("_MklNativeFusedBatchNormGradV3", "batch norm"),
+    ("MaxPool", "pooling / resize"), ("_MklNativeMaxPool", "pooling / resize"),
+    ("_MklMaxPoolGrad", "pooling / resize"), ("_MklNativeAvgPool", "pooling / resize"),
+    ("ResourceApplyAdam", "optimizer update"), ("_Recv", "variable reads"), ("_SwitchN", "loop control"),
+    ("Merge", "loop control"), ("IteratorGetNext", "input (tf.data wait: augmentation)"),
+    ("_Retval", "other"), ("_MklToTf", "other"), ("Pad", "other"), ("Relu", "other"), ("Fused", "other"),
+]
+
+
+@pytest.mark.parametrize("op_type,category", KERNEL_NAMES, ids=[name for name, _ in KERNEL_NAMES])
+def test_kernel_names_of_every_cpu_fall_in_their_category(op_type, category):
+    assert profile_run.op_category(op_type) == category
+
+
+def test_base_op_type_strips_rewrite_prefixes_only():
+    assert profile_run.base_op_type("_MklNativeFusedConv2D") == "Conv2D"
+    assert profile_run.base_op_type("_MklNativePadWithFusedConv2D") == "Conv2D"
+    assert profile_run.base_op_type("_MklFusedBatchMatMulV2") == "BatchMatMulV2"
+    assert profile_run.base_op_type("__MklDummyConv2DWithBias") == "Conv2DWithBias"
+    for framework_op in ("_Recv", "_Send", "_SwitchN", "_Retval", "PadV2", "Conv2D", "Fused"):
+        assert profile_run.base_op_type(framework_op) == framework_op
+
+
 def test_fp_bp_points_name_the_first_forward_and_last_backward_op(fresh_graph):
     import tensorflow as tf
     x = tf.ones([1, 8, 8, 1])

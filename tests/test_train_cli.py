@@ -257,18 +257,56 @@ def test_damaged_newest_checkpoint_is_a_clear_error(first_run, tmp_path, capsys)
     assert_one_line_error(code, err, "model.ckpt-30 is damaged", "delete its files")
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(first_run, tmp_path, capsys):
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(first_run, tmp_path, capsys, monkeypatch):
+    # A NaN loss from step 40 on, injected (a huge learning rate overflows on some CPUs and not on others).
+    # Resumed at 30, the run saves model.ckpt-40, then the loop of steps 41..45 turns the loss NaN.
     model_dir = copy_run(first_run, tmp_path)
-    good = read_all_tensors(os.path.join(model_dir, "model.ckpt-30"))
-    code, out, err = run_in_process(TINY + ["--max_steps", "60", "--learning_rate", "1e30",
+    monkeypatch.setenv("UNET_PERF_FAULTS", "nan_loss_from_step=40")
+    code, out, err = run_in_process(TINY + ["--max_steps", "60", "--learning_rate", "0.01",
                                             "--model_dir", model_dir], capsys)
-    assert_one_line_error(code, err, "the loss became", "last good checkpoint is", "model.ckpt-30")
-    assert "became nan" in err or "became inf" in err
-    assert v1.train.latest_checkpoint(model_dir).endswith("model.ckpt-30")
+    assert_one_line_error(code, err, "the loss became nan by step 45", "last good checkpoint is",
+                          os.path.join(model_dir, "model.ckpt-40"))
+    assert "saved checkpoint {}".format(os.path.join(model_dir, "model.ckpt-40")) in out
+    assert v1.train.latest_checkpoint(model_dir).endswith("model.ckpt-40")
+    assert [os.path.basename(p) for p in listed_checkpoints(model_dir)][-1] == "model.ckpt-40"
     assert not [name for name in os.listdir(model_dir) if name.startswith("model.ckpt-") and
-                int(name.split("-")[1].split(".")[0]) > 30]
-    restored = read_all_tensors(os.path.join(model_dir, "model.ckpt-30"))
-    assert all(np.array_equal(good[name], restored[name]) for name in good)
+                int(name.split("-")[1].split(".")[0]) > 40]
+    with open(os.path.join(model_dir, "summary.json")) as handle:
+        assert json.load(handle)["end_step"] == 30  # still the first run's: the failed run wrote no summary
+    kept = read_all_tensors(os.path.join(model_dir, "model.ckpt-40"))
+    assert int(kept["global_step"]) == 40
+    assert all(np.all(np.isfinite(value)) for value in kept.values() if value.dtype.kind == "f")
+
+
+def test_unknown_fault_is_refused(monkeypatch):
+    from unet_perf import faults
+    from unet_perf.errors import UserError
+
+    monkeypatch.setenv("UNET_PERF_FAULTS", "nan_los_from_step=3")
+    with pytest.raises(UserError, match="unknown fault 'nan_los_from_step'"):
+        faults.armed("nan_loss_from_step")
+    monkeypatch.setenv("UNET_PERF_FAULTS", "nan_loss_from_step=soon")
+    with pytest.raises(UserError, match="integer"):
+        faults.armed("nan_loss_from_step")
+
+
+def test_unarmed_faults_leave_the_loss_graph_unchanged(monkeypatch):
+    import tensorflow as tf
+    from unet_perf import faults
+
+    monkeypatch.delenv("UNET_PERF_FAULTS", raising=False)
+    loss = tf.constant(0.5)
+    step = tf.constant(7, tf.int64)
+    count = len(v1.get_default_graph().get_operations())
+    assert faults.nan_loss(loss, step) is loss
+    assert len(v1.get_default_graph().get_operations()) == count
+    monkeypatch.setenv("UNET_PERF_FAULTS", "nan_loss_from_step=8")
+    before = faults.nan_loss(loss, step)
+    monkeypatch.setenv("UNET_PERF_FAULTS", "nan_loss_from_step=7")
+    from_here = faults.nan_loss(loss, step)
+    with v1.Session() as sess:
+        before, from_here = sess.run([before, from_here])
+    assert before == 0.5 and np.isnan(from_here)
 
 
 @pytest.fixture

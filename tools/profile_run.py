@@ -28,10 +28,11 @@ from unet_perf.config import Config, build_parser
 from unet_perf.errors import UserError, run_cli
 
 CATEGORIES = (
-    # (category, op types or prefixes); first match wins
+    # (category, op types or prefixes of the base op type, see base_op_type); first match wins
     ("input (tf.data wait: augmentation)", ("IteratorGetNext", "IteratorV2", "MakeIterator", "OptionalGetValue")),
-    ("convolution", ("Conv2D", "_FusedConv2D", "DepthwiseConv2d")),
-    ("matmul", ("MatMul", "_FusedMatMul", "BatchMatMul")),
+    ("convolution", ("Conv2D", "Conv3D", "DepthwiseConv2d")),
+    ("matmul", ("MatMul", "BatchMatMul")),
+    ("batch norm", ("BatchNorm",)),
     ("loop control", ("Enter", "Exit", "Merge", "Switch", "NextIteration", "LoopCond", "While", "StatelessWhile",
                       "_SwitchN", "RefEnter", "RefMerge", "RefSwitch", "If", "StatelessIf")),
     ("optimizer update", ("ResourceApply", "Apply", "AssignVariableOp", "AssignAddVariableOp",
@@ -41,10 +42,35 @@ CATEGORIES = (
     ("variable reads", ("ReadVariableOp", "VarHandleOp", "_Recv", "_Send")),
 )
 
+# Prefixes that graph rewrites put in front of a kernel's op type: oneDNN (`_MklNativeFusedConv2D`,
+# `__MklDummyConv2DWithBias`), Grappler's remapper (`_FusedConv2D`, `_FusedBatchNormEx`) and their pad/quantize
+# fusions. Which ones appear depends on the CPU and the TF build, so the table strips them all.
+KERNEL_PREFIXES = ("__MklDummy", "_MklNative", "_Mkl", "_Fused", "FusedResizeAndPad", "FusedPad", "Fused",
+                   "PadWith", "Quantized")
+
+
+def base_op_type(op_type):
+    """The op type without kernel-rewrite prefixes: `_MklNativeFusedConv2D` -> `Conv2D`, `_MklMatMul` -> `MatMul`.
+
+    Prefixes are stripped repeatedly (`_MklNativePadWithFusedConv2D` -> `Conv2D`); framework ops such as `_Recv`
+    or `_SwitchN` carry none and come back unchanged.
+    """
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in KERNEL_PREFIXES:
+            if op_type.startswith(prefix) and len(op_type) > len(prefix):
+                op_type = op_type[len(prefix):]
+                stripped = True
+                break
+    return op_type
+
 
 def op_category(op_type):
+    """Category of an op type for the profile table, the same whatever kernel names the CPU's TF build uses."""
+    base = base_op_type(op_type)
     for category, prefixes in CATEGORIES:
-        if any(op_type == p or op_type.startswith(p) for p in prefixes):
+        if any(base.startswith(p) for p in prefixes):
             return category
     return "other"
 

@@ -1,30 +1,35 @@
 """Checkpoints that survive a kill at any moment, architecture checks before restoring, atomic JSON files.
 
-Why a kill cannot leave an unusable checkpoint (checked in TF 2.21's saver.py / checkpoint_management.py and
-tensor_bundle.cc; the same code paths exist in 1.15):
-- the V2 format writes `<prefix>.data-*` and `<prefix>.index` to `*.tempstate<random>` files and renames each
-  when complete, and every save uses a new prefix (`model.ckpt-<step>`), so a half-written save never touches
-  the previous checkpoint;
-- the `checkpoint` state file is replaced atomically (write a temp file, rename) AFTER both files are in place,
-  and old checkpoints are deleted only after the state file stops listing them.
-The gaps this module closes:
-- a kill leaves `*.tempstate*` files behind: `remove_partial_files` deletes them at start-up and after a failed
-  save (a full disk should not stay full of our garbage);
-- a new process's Saver forgets older checkpoints, so max_to_keep would never delete them: `recover` reloads
-  the list from the state file;
-- re-saving onto the prefix the state file points to would rename a new data file next to the old index: the
+Why a kill cannot leave an unusable checkpoint (TF's V2 bundle writer, tensor_bundle.cc, is the same in 1.15 and
+2.x: it writes `<prefix>.data-*` and `<prefix>.index` to `*.tempstate<random>` files and renames each when done):
+- `CheckpointWriter.save` lets the Saver write under a staging prefix `model.ckpt-<step>.tempstate-save`, renames
+  the finished files to `model.ckpt-<step>` (data before index), and only then replaces the `checkpoint` state
+  file atomically (temp file + rename) to list it; old checkpoints are deleted only after the state file stops
+  listing them. Every save uses a new prefix, so a half-written save never touches a listed checkpoint.
+- Readers trust only the state file and complete file pairs (`checkpoint_candidates`), so whatever a kill leaves
+  (staging or temp files, a renamed pair the state file does not list yet) is never restored from.
+- `remove_partial_files` deletes staging and temp files (also those of atomic_write_text) at start-up and
+  after a failed save (a full disk should not stay full of our garbage); an unlisted pair is overwritten when
+  its step is saved again.
+- The writer keeps its own list of kept checkpoints; `recover` reloads it from the state file, so max_to_keep
+  also deletes the checkpoints of earlier runs.
+- Re-saving onto the prefix the state file points to would rename a new data file next to the old index: the
   trainer never saves a step twice (`CheckpointWriter.save` skips the step it restored or last saved).
+Tests kill a save between its phases deterministically through faults.reached("checkpoint_write").
 """
 import glob
 import json
 import os
 import re
 
+from unet_perf import faults
 from unet_perf.compat import v1
 from unet_perf.errors import UserError
 
 PREFIX = "model.ckpt"
-PARTIAL_PATTERN = "*.tempstate*"
+STATE_FILE = "checkpoint"
+# Temp files of interrupted writes: TF bundles and our staging prefix (*.tempstate*), atomic_write_text (*.tmp<pid>).
+PARTIAL_PATTERNS = ("*.tempstate*", "*.tmp[0-9]*")
 # Config fields that change the variables of the graph (names/shapes), for the architecture error message.
 ARCHITECTURE_FLAGS = ("depth", "base_filters", "batch_norm", "optimizer", "precision", "loss_scale", "weight_map")
 
@@ -106,7 +111,7 @@ def make_model_dir(model_dir):
 def remove_partial_files(directory):
     """Delete the temp files of saves that never finished (killed or failed); returns their paths."""
     removed = []
-    for path in glob.glob(os.path.join(directory, PARTIAL_PATTERN)):
+    for path in sorted(set(p for pattern in PARTIAL_PATTERNS for p in glob.glob(os.path.join(directory, pattern)))):
         _remove_quietly(path)
         removed.append(path)
     return removed
@@ -190,20 +195,28 @@ def check_compatible(prefix, variables, model_dir, cfg=None):
 
 
 class CheckpointWriter(object):
-    """A v1 Saver in `directory` (model.ckpt-<step>) that keeps the last `max_to_keep`, never re-saves a step,
-    and turns write failures (full disk, vanished directory) into UserError naming the intact checkpoint."""
+    """Writes model.ckpt-<step> in `directory`, keeps the last `max_to_keep`, never re-saves a step, and turns
+    write failures (full disk, vanished directory) into UserError naming the intact checkpoint.
+
+    A save has three phases, each safe to kill: (1) the Saver writes the files under a staging prefix
+    `model.ckpt-<step>.tempstate-save` (a partial name, deleted by remove_partial_files); (2) they are renamed to
+    `model.ckpt-<step>`, data file first, so an index never points at a missing data file; (3) the state file
+    `checkpoint` is replaced atomically to list the new checkpoint, and only then are the oldest ones deleted.
+    """
+
+    STAGING_SUFFIX = ".tempstate-save"
 
     def __init__(self, directory, variables, max_to_keep):
         self.directory = directory
-        self.saver = v1.train.Saver(var_list=variables, max_to_keep=max_to_keep, save_relative_paths=True)
+        self.max_to_keep = max(1, int(max_to_keep))
+        self.saver = v1.train.Saver(var_list=variables, max_to_keep=None, save_relative_paths=True)
+        self.listed = []  # prefixes in the state file, oldest first
         self.last_step = None
 
     def recover(self):
-        """Reload the list of existing checkpoints so max_to_keep also deletes those of earlier runs."""
+        """Take over the checkpoints listed by an earlier run, so max_to_keep also deletes those."""
         candidates = checkpoint_candidates(self.directory)
-        # Saver.recover_last_checkpoints would do this through a deprecated, warning-printing TF helper.
-        self.saver.set_last_checkpoints_with_time(
-            [(path, os.path.getmtime(path + ".index")) for path in sorted(candidates, key=step_from_path)])
+        self.listed = sorted(candidates, key=step_from_path)
         if candidates:
             self.last_step = step_from_path(candidates[0])
 
@@ -218,10 +231,16 @@ class CheckpointWriter(object):
         if not os.path.isdir(self.directory):
             raise UserError("cannot write checkpoint: {} disappeared; recreate it and rerun to resume".format(
                 self.directory))
+        prefix = os.path.join(self.directory, "{}-{}".format(PREFIX, step))
         try:
-            path = self.saver.save(sess, os.path.join(self.directory, PREFIX), global_step=step,
-                                   write_meta_graph=False)
-        except (v1.errors.OpError, OSError, ValueError) as err:
+            staging = self.saver.save(sess, prefix + self.STAGING_SUFFIX, write_meta_graph=False,
+                                      write_state=False)
+            faults.reached("checkpoint_write")
+            for data in sorted(glob.glob(glob.escape(staging) + ".data-*")):
+                os.replace(data, prefix + data[len(staging):])
+            os.replace(staging + ".index", prefix + ".index")
+            self._commit(prefix)
+        except (v1.errors.OpError, OSError, ValueError, UserError) as err:
             remove_partial_files(self.directory)
             previous = latest_checkpoint(self.directory)
             reason = op_error_reason(err) if isinstance(err, v1.errors.OpError) else str(err)
@@ -229,4 +248,16 @@ class CheckpointWriter(object):
                             "from {}".format(step, self.directory, reason,
                                              previous or "scratch (no earlier checkpoint)"))
         self.last_step = step
-        return path
+        return prefix
+
+    def _commit(self, prefix):
+        """List `prefix` as the newest checkpoint in the state file, then delete the ones no longer kept."""
+        listed = [p for p in self.listed if p != prefix] + [prefix]
+        kept, dropped = listed[-self.max_to_keep:], listed[:-self.max_to_keep]
+        lines = ['model_checkpoint_path: "{}"'.format(os.path.basename(prefix))]
+        lines += ['all_model_checkpoint_paths: "{}"'.format(os.path.basename(p)) for p in kept]
+        atomic_write_text(os.path.join(self.directory, STATE_FILE), "\n".join(lines) + "\n")
+        self.listed = kept
+        for old in dropped:
+            for path in glob.glob(glob.escape(old) + ".data-*") + [old + ".index"]:
+                _remove_quietly(path)

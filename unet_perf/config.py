@@ -76,7 +76,9 @@ class Config:
     steps_per_epoch: int = _field(300, "steps per epoch (the ModelZoo uses 300)")
     max_steps: int = _field(0, "total training steps; 0 = train_epochs * steps_per_epoch")
     iterations_per_loop: int = _field(10, "training steps per Session.run (sink mode); 1 = plain loop")
-    precision: str = _field("fp32", "host compute precision", PRECISIONS)
+    precision: str = _field(
+        "fp32", "host compute precision; bf16 pays off only on hardware with bf16 arithmetic (GPU, NPU, a CPU with "
+        "AVX512-BF16 or AMX) and runs slower than fp32 elsewhere; fp16 is for GPUs", PRECISIONS)
     precision_mode: str = _field("allow_mix_precision", "NPU precision_mode (passed through)", NPU_PRECISION_MODES)
     loss_scale: str = _field(
         "auto", "loss scaling: auto (dynamic for fp16, none otherwise), dynamic, none, or a fixed number")

@@ -41,14 +41,15 @@ class Training(object):
 def make_loss_fn(cfg, with_weights):
     """loss_fn(batch, step) for the backend: U-Net logits -> the configured loss (float32).
 
-    batch is (images, masks) or (images, masks, weights); step seeds the stateless dropout.
+    batch is (images, masks) or (images, masks, weights); step seeds the stateless dropout. The loss passes through
+    faults.nan_loss, a test hook that is the identity unless UNET_PERF_FAULTS arms it.
     """
-    from unet_perf import losses, model
+    from unet_perf import faults, losses, model
 
     def loss_fn(batch, step):
         logits = model.unet(batch[0], cfg, training=True, step=step)
         weights = batch[2] if with_weights else None
-        return losses.compute_loss(logits, batch[1], weights, cfg.loss)
+        return faults.nan_loss(losses.compute_loss(logits, batch[1], weights, cfg.loss), step)
 
     return loss_fn
 
