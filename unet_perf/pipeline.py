@@ -89,7 +89,7 @@ def make_dataset(images, masks, weights, cfg, seed=None, start_batch=0):
     dtype = compute_dtype(cfg.precision)
     if cfg.normalize not in NORMALIZE_MODES:
         raise UserError("--normalize must be one of {}, got {!r}".format("|".join(NORMALIZE_MODES), cfg.normalize))
-    xla = augment.use_xla(cfg)  # resolved here, outside the dataset function's graph
+    engine = augment.resolve_engine(cfg)  # resolved here, outside the dataset function's graph
     has_weights = weights is not None
     cached = (images, masks) + ((weights,) if has_weights else ())
 
@@ -98,7 +98,7 @@ def make_dataset(images, masks, weights, cfg, seed=None, start_batch=0):
         slices = [tf.gather(array, indices) for array in arrays]
         image, mask, weight = augment.augment_batch(
             slices[0], slices[1], slices[2] if has_weights else None, cfg, out_size,
-            augment.batch_seed(seed, batch_number), xla=xla)
+            augment.batch_seed(seed, batch_number), engine=engine)
         image = tf.cast(normalize(image, cfg.normalize), dtype)
         outputs = (image, mask) + ((weight,) if has_weights else ())
         for output in outputs:
