@@ -178,6 +178,26 @@ def tile_centre(uniforms, cfg, in_size, out_size):
     return centre_x, centre_y
 
 
+def source_extent(cfg):
+    """Side in source pixels of a square that holds every position the map samples for one crop_size tile,
+    wherever the tile centre lies: the rotated, sheared and zoomed tile, the random shift, three elastic
+    sigmas each way, and one pixel of bilinear reach (a bound, not tight; used to cut tiles from large slices)."""
+    span = cfg.crop_size / float(cfg.input_scale)
+    if not cfg.augment:
+        return int(math.ceil(span)) + 2
+    if cfg.scale_range >= 1:
+        return 2 ** 31 - 1  # zoom may approach 0: no bound, the whole slice is the tile
+    stretch = 1.0 / (1.0 - cfg.scale_range)
+    if cfg.rotate_deg > 0:
+        angle = math.radians(min(cfg.rotate_deg, 45.0))
+        stretch *= math.cos(angle) + math.sin(angle)
+    stretch *= 1.0 + cfg.shear
+    extent = span * stretch + 2.0 * cfg.translate * span
+    if _elastic_on(cfg):
+        extent += 6.0 * cfg.elastic_sigma
+    return int(math.ceil(extent)) + 2
+
+
 def cubic_weights(out_len, grid):
     """[out_len, grid] matrix interpolating `grid` control points bicubically (Keys kernel, a=-0.5, edge
     control points repeated) onto out_len positions; first and last outputs sit on the first and last points."""
