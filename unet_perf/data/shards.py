@@ -31,6 +31,7 @@ VERSION = 1
 _CHUNK = 8 * 1024 * 1024
 _DEFAULT_SHUFFLE_TILES = 128  # --shuffle_buffer 0 with shards: tiles, not the whole set (which may not fit)
 _CYCLE = 4  # shards read at once
+_CACHED_SLICES = 16  # slices read through the views (probes, previews) kept in memory
 
 
 def shard_name(index):
@@ -125,16 +126,19 @@ class ShardSet(object):
     def read(self, index):
         """(image, mask, weights or None, name) of slice `index` (shard order), read from its shard."""
         if index not in self._cache:
+            if not 0 <= index < self.count:
+                raise IndexError("slice index {} out of range [0, {})".format(index, self.count))
+            local = index
             for entry, path in zip(self.shards, self.paths()):
-                if index < entry["slices"]:
+                if local < entry["slices"]:
                     for position, record in enumerate(read_records(path)):
-                        if position == index:
+                        if position == local:
+                            if len(self._cache) >= _CACHED_SLICES:
+                                self._cache.pop(next(iter(self._cache)))
                             self._cache[index] = decode_example(record)
                             break
                     break
-                index -= entry["slices"]
-            else:
-                raise IndexError("slice index out of range")
+                local -= entry["slices"]
         return self._cache[index]
 
     def worker_share(self, worker_index, num_workers):
