@@ -162,21 +162,29 @@ def pack(data_path, output, shard_mb=256.0, weight_map=False, weight_w0=10.0, we
             weight_sigma, weight_w0))
     _prepare_output(output, overwrite)
     total, pairs = iter_pairs(data_path, rgb)
+    weights = {"w0": weight_w0, "sigma": weight_sigma} if weight_map else None
+    return write_shard_set(pairs, total, output, shard_mb, weights, os.path.abspath(data_path), progress_stream)
+
+
+def write_shard_set(pairs, total, output, shard_mb=256.0, weights=None, source="", progress_stream=sys.stderr):
+    """Write (image, mask, name) pairs into shards and then the manifest under the existing folder `output`.
+
+    weights: None, or {"w0": .., "sigma": ..} to store border weight maps computed per slice. Returns the manifest.
+    """
     writer = ShardWriter(output, int(shard_mb * 1024 * 1024))
     progress = _Progress(total, progress_stream)
     started = time.time()
     try:
         for image, mask, name in pairs:
-            weights = border_weight_map(mask, weight_w0, weight_sigma) if weight_map else None
-            writer.write(shards.encode_example(image, mask, weights, name), image.shape[0], image.shape[1])
+            weight_map = border_weight_map(mask, weights["w0"], weights["sigma"]) if weights else None
+            writer.write(shards.encode_example(image, mask, weight_map, name), image.shape[0], image.shape[1])
             progress.update()
         writer.close_shard()
     finally:
         progress.close()
-    manifest = {"format": shards.FORMAT, "version": shards.VERSION, "source": os.path.abspath(data_path),
+    manifest = {"format": shards.FORMAT, "version": shards.VERSION, "source": source,
                 "slices": sum(entry["slices"] for entry in writer.entries), "shards": writer.entries,
-                "weights": {"w0": weight_w0, "sigma": weight_sigma} if weight_map else None,
-                "seconds": round(time.time() - started, 1)}
+                "weights": weights, "seconds": round(time.time() - started, 1)}
     temp = os.path.join(output, "." + shards.MANIFEST + ".tmp")
     with open(temp, "w") as handle:
         json.dump(manifest, handle, indent=1)
