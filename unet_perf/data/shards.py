@@ -234,7 +234,9 @@ def _cut_tile(parsed, tile, offsets, has_weights):
     top, left = tf.minimum(top, height - tile), tf.minimum(left, width - tile)
 
     def window(raw, dtype, itemsize):
-        band = tf.strings.substr(raw, top * width * itemsize, tile * width * itemsize)
+        # a tile as tall as the slice takes the bytes as they are (substr would copy them once more)
+        band = tf.cond(tile < height, lambda: tf.strings.substr(raw, top * width * itemsize, tile * width * itemsize),
+                       lambda: raw)
         rows = tf.reshape(tf.io.decode_raw(band, dtype), [tile, width])
         return tf.reshape(tf.slice(rows, [0, left], [tile, tile]), [tile, tile])
 
