@@ -52,11 +52,13 @@ def away_from_edges(masks):
 
 
 @pytest.mark.parametrize("engine", [e for e in ENGINES if e != "graph"])
-@pytest.mark.parametrize("border", ["reflect", "nearest", "constant"])
-def test_full_augmentation_matches_the_graph_engine(engine, border):
+@pytest.mark.parametrize("border,mask_interp", [("reflect", "nearest"), ("nearest", "nearest"),
+                                                ("constant", "nearest"), ("reflect", "bilinear")])
+def test_full_augmentation_matches_the_graph_engine(engine, border, mask_interp):
     images, masks = smooth_batch(6, 64)
     weights = np.random.RandomState(3).rand(6, 64, 64).astype(np.float32)
-    cfg = make_cfg(border=border, rotate_deg=30.0, scale_range=0.2, translate=0.2, elastic_sigma=4.0)
+    cfg = make_cfg(border=border, mask_interp=mask_interp, rotate_deg=30.0, scale_range=0.2, translate=0.2,
+                   elastic_sigma=4.0)
     reference = run(images, masks, cfg, (48, 48), "graph", seed=(2, 7), weights=weights)
     other = run(images, masks, cfg, (48, 48), engine, seed=(2, 7), weights=weights)
     assert np.abs(reference[0] - other[0]).mean() < 0.01
