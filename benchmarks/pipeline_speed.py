@@ -163,9 +163,29 @@ def measure_streaming(gigabytes, cores):
         result = json.loads(output.strip().splitlines()[-1])
         result.update(set_gb=sum(entry["bytes"] for entry in manifest["shards"]) / 2.0 ** 30,
                       shards=len(manifest["shards"]), write_seconds=written, slice_side=STREAM_SIDE)
+        result["training"] = _train_child(os.path.join(folder, "set"), os.path.join(folder, "run"),
+                                          manifest["slices"])
         return result
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _train_child(data_path, model_dir, slices):
+    """Train a small U-Net for one epoch of the shard set in a child process; its peak RSS and wall time."""
+    steps = -(-slices // BATCH // 10) * 10
+    flags = ["--data_path", data_path, "--model_dir", model_dir, "--max_steps", str(steps),
+             "--iterations_per_loop", "10", "--save_checkpoints_steps", str(steps), "--batch_size", str(BATCH),
+             "--crop_size", "128", "--input_scale", "0.5", "--depth", "2", "--base_filters", "4",
+             "--augment_engine", "opencv"]
+    # the child reports its own peak RSS (RUSAGE_CHILDREN here would also count the streaming child)
+    script = ("import resource, sys\nfrom unet_perf import train\ntry:\n    train.main({!r})\nfinally:\n"
+              "    print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n").format(flags)
+    started = time.perf_counter()
+    output = subprocess.run([sys.executable, "-c", script], stdout=subprocess.PIPE, check=True,
+                            universal_newlines=True, cwd=bench_lib.REPO).stdout
+    peak_kb = float(output.strip().splitlines()[-1].split()[1])
+    return {"steps": steps, "batch_size": BATCH, "crop_size": 128, "seconds": time.perf_counter() - started,
+            "peak_rss_gb": peak_kb / 2.0 ** 20, "command": "python -m unet_perf.train " + " ".join(flags)}
 
 
 def _line(name, result):
@@ -231,6 +251,10 @@ def main(argv=None):
               "{:.1f} pairs/s over one epoch".format(streaming["set_gb"], streaming["slices"], STREAM_SIDE,
                                                      STREAM_SIDE, streaming["shards"], streaming["write_seconds"],
                                                      streaming["peak_rss_gb"], streaming["pairs_per_s"]))
+        training = streaming["training"]
+        print("training from it: {} steps x batch {} ({}x{} tiles, depth 2, base 4) in {:.0f} s, peak RSS {:.2f} GB"
+              .format(training["steps"], training["batch_size"], training["crop_size"], training["crop_size"],
+                      training["seconds"], training["peak_rss_gb"]))
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"results": results, "shards_vs_memory": ratios, "streaming": streaming,
