@@ -219,3 +219,26 @@ def test_shard_user_errors(tmp_path):
         load_dataset(make_cfg(output, batch_size=5))
     with pytest.raises(UserError, match="--crop_size"):
         load_dataset(make_cfg(output, crop_size=64))
+
+
+def test_resume_continues_each_workers_stream(tmp_path):
+    _, output = packed(tmp_path, count=8, shard_mb=100)  # one shard: record-level shares
+    cfg = make_cfg(output, augment=True, crop_size=16)
+    full = take(cfg, 5, worker_index=1, num_workers=2)
+    resumed = take(cfg, 2, start_batch=3, worker_index=1, num_workers=2)
+    for first, second in zip(full[3:], resumed):
+        np.testing.assert_array_equal(first[0], second[0])
+    other_worker = take(cfg, 1, worker_index=0, num_workers=2)
+    assert not np.array_equal(full[0][0], other_worker[0][0])
+
+
+def test_tile_extent_holds_every_sampled_position():
+    from unet_perf import augment
+    cfg = dataclasses.replace(Config(), crop_size=32, input_scale=0.5, rotate_deg=40.0, scale_range=0.3, shear=0.1,
+                              translate=0.2, elastic=False)
+    draws = augment.draw(cfg, 256, (32, 32), tf.constant([0, 1], tf.int64))
+    x, y = augment.coordinate_map(cfg, (500, 500), (32, 32), draws)
+    with v1.Session() as sess:
+        x, y = sess.run([x, y])
+    spread = max((x.max(axis=(1, 2)) - x.min(axis=(1, 2))).max(), (y.max(axis=(1, 2)) - y.min(axis=(1, 2))).max())
+    assert spread + 2 <= augment.source_extent(cfg) < 2 * spread

@@ -167,11 +167,17 @@ def _crop_centre(uniform, source_len, span):
     return offset + (span - 1.0) / 2.0
 
 
-def tile_centre(uniforms, cfg, in_size, out_size):
-    """Per-sample source position (x, y), each [B], of the output tile centre: random crop plus random shift."""
+def tile_centre(uniforms, cfg, in_size, out_size, crop_centres=None):
+    """Per-sample source position (x, y), each [B], of the output tile centre: random crop plus random shift.
+
+    crop_centres: float32 [B, 2] (x, y) crop centres chosen by the caller (the shard reader, which cuts a tile
+    around the crop it chose), or None to draw the crop here."""
     span_y, span_x = [out_size[axis] / float(cfg.input_scale) for axis in (0, 1)]
-    centre_x = _crop_centre(uniforms[:, _CROP_X], in_size[1], span_x)
-    centre_y = _crop_centre(uniforms[:, _CROP_Y], in_size[0], span_y)
+    if crop_centres is None:
+        centre_x = _crop_centre(uniforms[:, _CROP_X], in_size[1], span_x)
+        centre_y = _crop_centre(uniforms[:, _CROP_Y], in_size[0], span_y)
+    else:
+        centre_x, centre_y = crop_centres[:, 0], crop_centres[:, 1]
     if cfg.augment and cfg.translate > 0:
         centre_x += _uniform(uniforms, _SHIFT_X, -cfg.translate, cfg.translate) * span_x
         centre_y += _uniform(uniforms, _SHIFT_Y, -cfg.translate, cfg.translate) * span_y
@@ -240,7 +246,7 @@ def coordinate_map(cfg, in_size, out_size, draws):
     """Source coordinates (x, y), each float32 [B, h, w], of every output pixel, before border handling."""
     height, width = out_size
     a, b, c, d = linear_part(draws["uniforms"], cfg)
-    centre_x, centre_y = tile_centre(draws["uniforms"], cfg, in_size, out_size)
+    centre_x, centre_y = tile_centre(draws["uniforms"], cfg, in_size, out_size, draws.get("crop_centres"))
     cols = tf.range(width, dtype=tf.float32) - (width - 1) / 2.0  # [w]
     rows = tf.range(height, dtype=tf.float32) - (height - 1) / 2.0  # [h]
     # separable: a per-column part [B, 1, w] plus a per-row part [B, h, 1]
@@ -456,7 +462,7 @@ def _opencv_stage(cfg, in_size, out_size, has_weights):
         uniforms = draws["uniforms"]
         batch = uniforms.shape[0]
         a, b, c, d = linear_part(uniforms, cfg)
-        centre_x, centre_y = tile_centre(uniforms, cfg, in_size, out_size)
+        centre_x, centre_y = tile_centre(uniforms, cfg, in_size, out_size, draws.get("crop_centres"))
         intensity_on = cfg.augment and (cfg.gamma > 0 or cfg.contrast > 0 or cfg.brightness > 0)
         noise_params = None
         if draws["noise"] is not None:
@@ -486,12 +492,13 @@ def _opencv_stage(cfg, in_size, out_size, has_weights):
     return stage
 
 
-def augment_batch(images, masks, weights, cfg, out_size, seed, xla=None, engine=None):
+def augment_batch(images, masks, weights, cfg, out_size, seed, xla=None, engine=None, crop_centres=None):
     """Augment one batch with one fused coordinate map and one sampling pass.
 
     images, masks: uint8 [B, H, W] (masks in {0, 1}); weights: float32 [B, H, W] or None; out_size: (h, w);
     seed: int64 [2] (see batch_seed); engine: "xla", "graph" or "opencv" (None = resolve_engine(cfg));
-    xla: older switch, used when engine is None: True = "xla", False = "graph".
+    xla: older switch, used when engine is None: True = "xla", False = "graph"; crop_centres: float32 [B, 2]
+    source (x, y) of each crop centre, or None to draw random crops (see tile_centre).
     All engines use the same draws and the same map; they differ by interpolation rounding (see augment_cv).
     Returns (images float32 [B, h, w, 1] in [0, 1], masks float32 {0, 1} [B, h, w, 1],
     weights float32 [B, h, w, 1] or None), all with static shapes.
@@ -509,6 +516,8 @@ def augment_batch(images, masks, weights, cfg, out_size, seed, xla=None, engine=
     if engine not in ENGINES:
         raise ValueError("augment_batch engine must be one of {}, got {!r}".format(ENGINES, engine))
     draws = draw(cfg, batch, out_size, tf.convert_to_tensor(seed, tf.int64))
+    if crop_centres is not None:
+        draws["crop_centres"] = tf.convert_to_tensor(crop_centres, tf.float32)
     if engine == "opencv":
         outputs = _opencv_stage(cfg, (height, width), out_size, weights is not None)(
             {"images": images, "masks": masks, "weights": weights, "draws": draws})

@@ -112,11 +112,11 @@ def _batch_finisher(cfg, seed):
         raise UserError("--normalize must be one of {}, got {!r}".format("|".join(NORMALIZE_MODES), cfg.normalize))
     engine = augment.resolve_engine(cfg)  # resolved here, outside the dataset function's graph
 
-    def finish(slices, batch_number):
+    def finish(slices, batch_number, crop_centres=None):
         has_weights = len(slices) > 2
         image, mask, weight = augment.augment_batch(
             slices[0], slices[1], slices[2] if has_weights else None, cfg, out_size,
-            augment.batch_seed(seed, batch_number), engine=engine)
+            augment.batch_seed(seed, batch_number), engine=engine, crop_centres=crop_centres)
         image = tf.cast(normalize(image, cfg.normalize), dtype)
         outputs = (image, mask) + ((weight,) if has_weights else ())
         for output in outputs:
@@ -129,9 +129,11 @@ def make_shard_dataset(shard_set, cfg, seed=None, start_batch=0, worker_index=0,
     """The training dataset streamed from a packed shard set (data.shards.ShardSet); yields what make_dataset
     yields.
 
-    Tiles of side min(augment.source_extent(cfg), smallest slice side) are cut at random from the slices (see
-    data.shards.tile_stream) and batched; the fused augmentation then samples each crop_size output from its
-    tile exactly as make_dataset samples it from a whole slice. Worker w of n reads its own share of the shards
+    Crops are placed on each slice as make_dataset places them, and a tile of side min(augment.source_extent(cfg),
+    smallest slice side) is cut around each (see data.shards.tile_stream); the fused augmentation then samples
+    the crop_size output from the tile with the crop centre passed in, so the output equals what it would sample
+    from the whole slice, except where the map reaches beyond the tile (elastic tails beyond three sigmas, or
+    tiles cut smaller than the bound because some slices are small). Worker w of n reads its own share of the shards
     and augments its k-th batch with the seed [seed, k * n + w]. Resume: start_batch = s continues the stream
     exactly, i.e. batch s is the batch an uninterrupted run would have produced at step s (same tiles, same
     order, same augmentation), for the same shard set, seed, batch size and worker count; the reader re-reads
@@ -144,11 +146,13 @@ def make_shard_dataset(shard_set, cfg, seed=None, start_batch=0, worker_index=0,
     tile = min(augment.source_extent(cfg), min(shard_set.min_size))
     finish = _batch_finisher(cfg, seed)
     threads = cfg.data_threads or AUTOTUNE
-    tiles = shards.tile_stream(shard_set, tile, seed, cfg.shuffle_buffer, start_batch * cfg.batch_size,
+    span = cfg.crop_size / float(cfg.input_scale)
+    tiles = shards.tile_stream(shard_set, tile, span, seed, cfg.shuffle_buffer, start_batch * cfg.batch_size,
                                worker_index, num_workers, with_weights, parallel=threads)
     numbers = tf.data.Dataset.range(start_batch, _BATCH_COUNTER_END).map(lambda k: k * num_workers + worker_index)
     dataset = tf.data.Dataset.zip((tiles.batch(cfg.batch_size, drop_remainder=True), numbers))
-    dataset = dataset.map(lambda arrays, number: finish(list(arrays), number), num_parallel_calls=threads)
+    dataset = dataset.map(lambda arrays, number: finish(list(arrays[:-1]), number, crop_centres=arrays[-1]),
+                          num_parallel_calls=threads)
     dataset = dataset.prefetch(cfg.prefetch)
     options = _options(cfg)
     set_dataset_deterministic(options, True)

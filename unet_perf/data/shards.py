@@ -7,8 +7,9 @@ The manifest is written last, so a folder without it is not a shard set. Per sha
 byte size, the CRC-32 (zlib) of the whole file and the smallest slice height and width.
 
 Streaming (tile_stream): per epoch, this worker's shards in a seeded order, read interleaved; each record is
-parsed and one random square tile is cut from it (the tile's row band is cut from the raw bytes before they are
-decoded, then its columns); tiles go through a bounded shuffle buffer. Each epoch has its own file order, crop
+parsed, a crop position is drawn as the in-memory pipeline draws it, and one square tile around it is cut (its
+row band is cut from the raw bytes before they are decoded, then its columns); tiles go through a bounded
+shuffle buffer. Each epoch has its own file order, crop
 positions and shuffle seed, so the stream is a pure function of (seed, worker) and element e of it can be
 reached by starting at epoch e // per_epoch and skipping the first e % per_epoch tiles of that epoch (resume
 re-reads at most one epoch of this worker's share).
@@ -225,13 +226,21 @@ def _parse(record, has_weights):
     return v1.io.parse_single_example(record, features)
 
 
-def _cut_tile(parsed, tile, offsets, has_weights):
-    """A [tile, tile] window of each array at (top, left) = offsets * (size - tile + 1), floored: the row band is
-    cut from the raw bytes (substr) before decoding, then the columns."""
+def _cut_tile(parsed, tile, span, offsets, has_weights):
+    """Choose a crop of side `span` like the in-memory pipeline does (integer offset, uniform over the slice) and
+    cut the [tile, tile] window around it, moved inwards at the slice borders; the row band is cut from the raw
+    bytes (substr) before decoding, then the columns. Returns (arrays..., crop centre (x, y) in the tile)."""
     height, width = tf.cast(parsed["height"], tf.int32), tf.cast(parsed["width"], tf.int32)
-    top = tf.cast(tf.floor(offsets[0] * tf.cast(height - tile + 1, tf.float32)), tf.int32)
-    left = tf.cast(tf.floor(offsets[1] * tf.cast(width - tile + 1, tf.float32)), tf.int32)
-    top, left = tf.minimum(top, height - tile), tf.minimum(left, width - tile)
+
+    def place(uniform, length):
+        room = tf.maximum(tf.floor(tf.cast(length, tf.float32) - span), 0.0)
+        centre = tf.floor(uniform * (room + 1.0)) + (span - 1.0) / 2.0
+        start = tf.cast(tf.floor(centre + 0.5 - tile / 2.0), tf.int32)
+        start = tf.clip_by_value(start, 0, length - tile)
+        return start, centre - tf.cast(start, tf.float32)
+
+    top, centre_y = place(offsets[0], height)
+    left, centre_x = place(offsets[1], width)
 
     def window(raw, dtype, itemsize):
         # a tile as tall as the slice takes the bytes as they are (substr would copy them once more)
@@ -243,14 +252,15 @@ def _cut_tile(parsed, tile, offsets, has_weights):
     arrays = [window(parsed["image"], tf.uint8, 1), window(parsed["mask"], tf.uint8, 1)]
     if has_weights:
         arrays.append(window(parsed["weights"], tf.float32, 4))
-    return tuple(arrays)
+    return tuple(arrays) + (tf.stack([centre_x, centre_y]),)
 
 
-def tile_stream(shard_set, tile, seed, shuffle_buffer=0, start_element=0, worker_index=0, num_workers=1,
+def tile_stream(shard_set, tile, span, seed, shuffle_buffer=0, start_element=0, worker_index=0, num_workers=1,
                 with_weights=False, parallel=None):
-    """Endless dataset of (image uint8 [tile, tile], mask uint8 [tile, tile][, weights float32 [tile, tile]])
-    tiles of this worker's share, in the order described in the module doc string, starting at element
-    `start_element` of the stream.
+    """Endless dataset of (image uint8 [tile, tile], mask uint8 [tile, tile][, weights float32 [tile, tile]],
+    crop centre float32 [2]) of this worker's share, in the order described in the module doc string, starting at
+    element `start_element` of the stream. Each tile holds a crop of side `span` (source pixels) placed like the
+    in-memory pipeline places it, at the returned (x, y) centre in tile coordinates (see _cut_tile).
 
     shuffle_buffer: tiles held for shuffling (0 = min(per-epoch slices, 128)); parallel: parse/cut calls at once.
     """
@@ -280,7 +290,7 @@ def tile_stream(shard_set, tile, seed, shuffle_buffer=0, start_element=0, worker
         def cut(record, position):
             # crop position: stateless, keyed by (seed, epoch, position in the epoch's read order)
             offsets = tf.random.stateless_uniform([2], tf.stack([seed + 1, epoch * per_epoch + position]))
-            return _cut_tile(_parse(record, with_weights), tile, offsets, with_weights)
+            return _cut_tile(_parse(record, with_weights), tile, span, offsets, with_weights)
 
         tiles = numbered.map(cut, num_parallel_calls=parallel)
         return tiles.shuffle(buffer_size, seed=seed * 1000003 + epoch, reshuffle_each_iteration=False)
