@@ -5,6 +5,10 @@ Shuffling, repeating and batching run over slice INDICES; the uint8 arrays are c
 gathers its B slices right before the augmentation. That keeps the shuffle buffer tiny and makes resuming
 cheap: `start_batch` skips whole batches of indices (exact continuation of the interrupted stream), and batch
 k is always augmented with the stateless seed [seed, k].
+
+A packed shard set (unet_perf.data.shards, too large to embed) streams instead: make_shard_dataset reads tiles
+from the shards and feeds them to the same augmentation; make_dataset dispatches to it for the shard-set views
+that data.loading.load_dataset returns.
 """
 import numpy as np
 import tensorflow as tf
