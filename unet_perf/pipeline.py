@@ -140,7 +140,8 @@ def make_shard_dataset(shard_set, cfg, seed=None, start_batch=0, worker_index=0,
     tiles cut smaller than the bound because some slices are small). Worker w of n reads its own share of the shards
     and augments its k-th batch with the seed [seed, k * n + w]. Resume: start_batch = s continues the stream
     exactly, i.e. batch s is the batch an uninterrupted run would have produced at step s (same tiles, same
-    order, same augmentation), for the same shard set, seed, batch size and worker count; the reader re-reads
+    order, same augmentation), for the same usable shards (--skip_bad_shards leaving out a different set changes
+    the stream), seed, batch size, crop settings and worker count; the reader re-reads
     at most one epoch of this worker's share to get there. The order is deterministic whatever
     cfg.deterministic says (it is part of the stream that resume continues).
     """
