@@ -244,6 +244,12 @@ def main(argv=None):
         if "/shards/" in name and memory:
             ratios[name] = result["pairs_per_s"]["median"] / memory["pairs_per_s"]["median"]
             print("{:<24} {:.2f} x the in-memory pairs/s".format(name, ratios[name]))
+    scaling = {}
+    for name, result in results.items():
+        single = results.get(name.rsplit("/", 1)[0] + "/1core")
+        if not name.endswith("/1core") and single:
+            scaling[name] = result["pairs_per_s"]["median"] / single["pairs_per_s"]["median"]
+            print("{:<24} {:.2f} x its 1-core pairs/s".format(name, scaling[name]))
     streaming = None
     if args.streaming_gb > 0:
         streaming = measure_streaming(args.streaming_gb, cores)
@@ -257,7 +263,7 @@ def main(argv=None):
                       training["seconds"], training["peak_rss_gb"]))
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({"results": results, "shards_vs_memory": ratios, "streaming": streaming,
+            json.dump({"results": results, "shards_vs_memory": ratios, "scaling": scaling, "streaming": streaming,
                        "config": config_to_dict(base), "machine": bench_lib.machine_description(),
                        "command": " ".join(sys.argv)}, handle, indent=2)
         print("wrote {}".format(args.json))
