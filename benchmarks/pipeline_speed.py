@@ -1,40 +1,54 @@
-"""Input pipeline speed: augmented 512x512 image+mask pairs per second.
+"""Input pipeline speed: augmented 512x512 image+mask pairs per second, every engine and source side by side.
 
-    python benchmarks/pipeline_speed.py [--batches 24] [--repeats 5] [--warmup 4] [--json PATH] [--plain]
+    python benchmarks/pipeline_speed.py [--batches 24] [--repeats 5] [--warmup 4] [--json PATH]
+        [--engines xla,graph,opencv] [--no_shards] [--streaming_gb 6]
 
-(a) per core: one intra-op thread, one tf.data thread, full geometric + intensity augmentation, 512x512 output
-    (crop_size 512, input_scale 1), batch 8;
-(b) the whole pipeline on 2 cores (2 tf.data threads, 2 session threads), batch 8, 512x512.
+Full geometric + intensity augmentation, 512x512 output (crop_size 512, input_scale 1), batch 8, 16 synthetic
+slices. For every augmentation engine (xla where this TensorFlow compiles it, graph = plain TensorFlow ops,
+opencv = cv2.remap on the host) and every source (memory = arrays embedded in the graph as in training today;
+shards = the same slices packed into TFRecord shards in a temporary folder and streamed, graph engine excepted:
+it is the slow one), it measures (a) per core: one tf.data thread, one intra-op thread, a one-thread Session;
+(b) all cores: as many tf.data and Session threads as usable cores.
 Each figure is the median over `repeats` timed runs of `batches` batches after `warmup` untimed batches (which
-include XLA compilation), with min-max. Besides wall-clock pairs/s it reports pairs per CPU-second of this
-process, which stays meaningful when other programs share the machine. `--plain` adds (a) without XLA.
+include XLA compilation), with min-max; besides wall-clock pairs/s it reports pairs per CPU-second of this
+process, which stays meaningful when other programs share the machine.
+--streaming_gb N also writes an N GB synthetic shard set of 1024x1024 slices to a temporary folder, streams one
+epoch of it (opencv engine, all cores) in a fresh process, reports that process's peak resident memory and
+pairs/s, and deletes the set.
 """
 import argparse
 import dataclasses
 import json
 import os
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_lib  # noqa: E402  (puts the repo on sys.path)
 
+import numpy as np  # noqa: E402
+
 from unet_perf import compat  # noqa: E402
 from unet_perf.compat import v1  # noqa: E402
 from unet_perf.config import Config, config_to_dict  # noqa: E402
-from unet_perf.errors import run_cli  # noqa: E402
+from unet_perf.errors import UserError, run_cli  # noqa: E402
 
 SIZE = 512
 BATCH = 8
+STREAM_SIDE = 1024  # slices of the large synthetic shard set
 
 
 def measure_pipeline(cfg, batches, repeats, warmup, session_threads=None):
     """Time the real pipeline (load_dataset(cfg) -> make_dataset) for cfg; returns a dict with "pairs_per_s" and
-    "pairs_per_cpu_s" (each {"median", "min", "max", "samples"}), "xla", and the settings.
+    "pairs_per_cpu_s" (each {"median", "min", "max", "samples"}), "engine", "source" and the settings.
 
     session_threads: intra/inter-op threads of the Session (default: cfg.data_threads or 1).
     """
     from unet_perf import augment, pipeline
+    from unet_perf.data import shards
     from unet_perf.data.loading import load_dataset
 
     compat.enable_graph_mode()
@@ -58,25 +72,126 @@ def measure_pipeline(cfg, batches, repeats, warmup, session_threads=None):
             wall.append(batches * cfg.batch_size / (time.perf_counter() - start_wall))
             cpu.append(batches * cfg.batch_size / max(time.process_time() - start_cpu, 1e-9))
     return {"pairs_per_s": bench_lib.stats(wall), "pairs_per_cpu_s": bench_lib.stats(cpu),
-            "xla": augment.use_xla(cfg), "batches": batches, "repeats": repeats, "warmup": warmup,
-            "session_threads": threads, "batch_size": cfg.batch_size, "crop_size": cfg.crop_size,
-            "input_scale": cfg.input_scale, "data_threads": cfg.data_threads, "data_intra_op": cfg.data_intra_op}
+            "engine": augment.resolve_engine(cfg), "xla": augment.use_xla(cfg),
+            "source": "shards" if shards.is_shard_set(cfg.data_path) else "memory", "batches": batches,
+            "repeats": repeats, "warmup": warmup, "session_threads": threads, "batch_size": cfg.batch_size,
+            "crop_size": cfg.crop_size, "input_scale": cfg.input_scale, "data_threads": cfg.data_threads,
+            "data_intra_op": cfg.data_intra_op}
 
 
-def scenarios(base, plain):
-    """(name, cfg, session threads) of the measured set-ups."""
-    per_core = dataclasses.replace(base, data_threads=1, data_intra_op=1)
-    found = [("per_core", per_core, 1), ("two_cores", dataclasses.replace(base, data_threads=2, data_intra_op=1), 2)]
-    if plain:
-        found.append(("per_core_plain", dataclasses.replace(per_core, xla_augment="off"), 1))
+def scenarios(base, engines, shard_path, cores):
+    """(name, cfg, session threads) of the measured set-ups: engine x source x (1 core, all cores)."""
+    found = []
+    for engine in engines:
+        sources = [("memory", base.data_path)] + ([("shards", shard_path)] if shard_path and engine != "graph" else [])
+        for source, path in sources:
+            for label, threads in (("1core", 1), ("{}cores".format(cores), cores)):
+                cfg = dataclasses.replace(base, augment_engine=engine, data_path=path, data_threads=threads,
+                                          data_intra_op=1)
+                found.append(("{}/{}/{}".format(engine, source, label), cfg, threads))
     return found
+
+
+def pack_slices(images, masks, output, shard_mb):
+    """Write uint8 slices into a shard set under `output` (a new folder)."""
+    from unet_perf.data.pack import write_shard_set
+
+    os.makedirs(output)
+    pairs = ((image, mask, "slice{}".format(index)) for index, (image, mask) in enumerate(zip(images, masks)))
+    with open(os.devnull, "w") as quiet:
+        return write_shard_set(pairs, len(images), output, shard_mb, progress_stream=quiet)
+
+
+def write_large_set(output, gigabytes, seed=0):
+    """A synthetic shard set of about `gigabytes` GB of 1024x1024 image+mask slices (shifted copies of a few
+    random slices: writing, not generating, dominates). Returns the manifest."""
+    rng = np.random.RandomState(seed)
+    bases = [rng.randint(0, 256, (STREAM_SIDE, STREAM_SIDE)).astype(np.uint8) for _ in range(4)]
+    count = int(gigabytes * 2 ** 30 / (2 * STREAM_SIDE * STREAM_SIDE))
+
+    def slices():
+        for index in range(count):
+            image = np.roll(bases[index % 4], index, axis=1)
+            yield image, (image > 100).astype(np.uint8)
+    from unet_perf.data.pack import write_shard_set
+
+    os.makedirs(output)
+    pairs = ((image, mask, "slice{}".format(index)) for index, (image, mask) in enumerate(slices()))
+    with open(os.devnull, "w") as quiet:  # streamed: never more than one slice in memory
+        return write_shard_set(pairs, count, output, 256.0, progress_stream=quiet)
+
+
+def stream_child(path, cores):
+    """In a fresh process: stream one epoch of the shard set at `path`; print JSON with peak RSS and pairs/s."""
+    import resource
+
+    from unet_perf import pipeline
+    from unet_perf.data.loading import load_dataset
+
+    compat.enable_graph_mode()
+    cfg = dataclasses.replace(Config(), data_path=path, crop_size=SIZE, input_scale=1.0, batch_size=BATCH,
+                              augment_engine="opencv", data_threads=cores, data_intra_op=1)
+    train, _, _ = load_dataset(cfg)
+    batches = -(-len(train) // BATCH)
+    with v1.Graph().as_default():
+        iterator = pipeline.make_iterator(pipeline.make_dataset(train.images, train.masks, None, cfg))
+        fetch = [tensor[0, 0, 0, 0] for tensor in iterator.get_next()]
+        config = v1.ConfigProto(intra_op_parallelism_threads=cores, inter_op_parallelism_threads=cores)
+        with v1.Session(config=config) as sess:
+            sess.run(iterator.initializer)
+            sess.run(fetch)
+            start = time.perf_counter()
+            for _ in range(batches - 1):
+                sess.run(fetch)
+            elapsed = time.perf_counter() - start
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: kilobytes
+    print(json.dumps({"peak_rss_gb": peak_kb / 2.0 ** 20, "slices": len(train), "batches": batches,
+                      "pairs_per_s": (batches - 1) * BATCH / elapsed}))
+    return 0
+
+
+def measure_streaming(gigabytes, cores):
+    """Write the large set, stream it in a child process, delete it; returns the child's figures + set size."""
+    folder = tempfile.mkdtemp(prefix="unet_perf_stream_")
+    try:
+        started = time.perf_counter()
+        manifest = write_large_set(os.path.join(folder, "set"), gigabytes)
+        written = time.perf_counter() - started
+        command = [sys.executable, os.path.abspath(__file__), "--stream_child", os.path.join(folder, "set"),
+                   "--cores", str(cores)]
+        output = subprocess.run(command, stdout=subprocess.PIPE, check=True, universal_newlines=True).stdout
+        result = json.loads(output.strip().splitlines()[-1])
+        result.update(set_gb=sum(entry["bytes"] for entry in manifest["shards"]) / 2.0 ** 30,
+                      shards=len(manifest["shards"]), write_seconds=written, slice_side=STREAM_SIDE)
+        result["training"] = _train_child(os.path.join(folder, "set"), os.path.join(folder, "run"),
+                                          manifest["slices"])
+        return result
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _train_child(data_path, model_dir, slices):
+    """Train a small U-Net for one epoch of the shard set in a child process; its peak RSS and wall time."""
+    steps = -(-slices // BATCH // 10) * 10
+    flags = ["--data_path", data_path, "--model_dir", model_dir, "--max_steps", str(steps),
+             "--iterations_per_loop", "10", "--save_checkpoints_steps", str(steps), "--batch_size", str(BATCH),
+             "--crop_size", "128", "--input_scale", "0.5", "--depth", "2", "--base_filters", "4",
+             "--augment_engine", "opencv"]
+    # the child reports its own peak RSS (RUSAGE_CHILDREN here would also count the streaming child)
+    script = ("import resource, sys\nfrom unet_perf import train\ntry:\n    train.main({!r})\nfinally:\n"
+              "    print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n").format(flags)
+    started = time.perf_counter()
+    output = subprocess.run([sys.executable, "-c", script], stdout=subprocess.PIPE, check=True,
+                            universal_newlines=True, cwd=bench_lib.REPO).stdout
+    peak_kb = float(output.strip().splitlines()[-1].split()[1])
+    return {"steps": steps, "batch_size": BATCH, "crop_size": 128, "seconds": time.perf_counter() - started,
+            "peak_rss_gb": peak_kb / 2.0 ** 20, "command": "python -m unet_perf.train " + " ".join(flags)}
 
 
 def _line(name, result):
     rate, per_cpu = result["pairs_per_s"], result["pairs_per_cpu_s"]
-    return ("{:<15} {:7.1f} pairs/s (min {:.1f}, max {:.1f})   {:7.1f} pairs/CPU-s (min {:.1f}, max {:.1f})   "
-            "xla={} threads={}".format(name, rate["median"], rate["min"], rate["max"], per_cpu["median"],
-                                       per_cpu["min"], per_cpu["max"], result["xla"], result["session_threads"]))
+    return ("{:<24} {:7.1f} pairs/s (min {:.1f}, max {:.1f})   {:7.1f} pairs/CPU-s (min {:.1f}, max {:.1f})".format(
+        name, rate["median"], rate["min"], rate["max"], per_cpu["median"], per_cpu["min"], per_cpu["max"]))
 
 
 def main(argv=None):
@@ -86,23 +201,71 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=4, help="untimed batches first (XLA compiles here)")
     parser.add_argument("--synthetic_count", type=int, default=16, help="synthetic 512x512 slices to augment")
     parser.add_argument("--data_path", default="", help="real slices instead of the synthetic set")
-    parser.add_argument("--plain", action="store_true", help="also measure the per-core figure without XLA")
+    parser.add_argument("--engines", default="", help="comma-separated subset of xla,graph,opencv (default all "
+                                                      "this TensorFlow runs)")
+    parser.add_argument("--no_shards", action="store_true", help="skip the shard source")
+    parser.add_argument("--streaming_gb", type=float, default=0.0, help="also stream a synthetic shard set of "
+                                                                        "this many GB and report peak RSS")
     parser.add_argument("--json", default="", help="write the figures to this JSON file")
+    parser.add_argument("--stream_child", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--cores", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    cores = args.cores or bench_lib.usable_cores() or os.cpu_count() or 1
+    if args.stream_child:
+        return stream_child(args.stream_child, cores)
+    engines = [name for name in args.engines.split(",") if name] or (
+        ["xla"] if compat.xla_jit_available() else []) + ["graph", "opencv"]
+    for engine in engines:
+        if engine not in ("xla", "graph", "opencv"):
+            raise UserError("--engines takes xla, graph and opencv, got {!r}".format(engine))
     base = dataclasses.replace(Config(), crop_size=SIZE, input_scale=1.0, batch_size=BATCH, synthetic_size=SIZE,
                                synthetic_count=args.synthetic_count, data_path=args.data_path)
-    print("TensorFlow {} | augmentation: full geometric (flip, rotate {}°, scale ±{}, shear {}, translate {}, "
+    print("TensorFlow {} | {} | augmentation: full geometric (flip, rotate {}°, scale ±{}, shear {}, translate {}, "
           "elastic {}x{} sigma {}) + intensity | {}x{} out, batch {}".format(
-              compat.tf.__version__, base.rotate_deg, base.scale_range, base.shear, base.translate,
-              base.elastic_grid, base.elastic_grid, base.elastic_sigma, SIZE, SIZE, BATCH))
+              compat.tf.__version__, bench_lib.cpu_model_name(), base.rotate_deg, base.scale_range, base.shear,
+              base.translate, base.elastic_grid, base.elastic_grid, base.elastic_sigma, SIZE, SIZE, BATCH))
+    folder = tempfile.mkdtemp(prefix="unet_perf_shards_")
     results = {}
-    for name, cfg, threads in scenarios(base, args.plain):
-        results[name] = measure_pipeline(cfg, args.batches, args.repeats, args.warmup, session_threads=threads)
-        print(_line(name, results[name]), flush=True)
+    try:
+        shard_path = ""
+        if not args.no_shards:
+            from unet_perf.data.loading import load_dataset
+            train, _, _ = load_dataset(base)
+            shard_path = os.path.join(folder, "set")
+            pack_slices(train.images, train.masks, shard_path, shard_mb=1.0)  # several shards to interleave
+        for name, cfg, threads in scenarios(base, engines, shard_path, cores):
+            results[name] = measure_pipeline(cfg, args.batches, args.repeats, args.warmup, session_threads=threads)
+            print(_line(name, results[name]), flush=True)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    ratios = {}
+    for name, result in results.items():
+        memory = results.get(name.replace("/shards/", "/memory/"))
+        if "/shards/" in name and memory:
+            ratios[name] = result["pairs_per_s"]["median"] / memory["pairs_per_s"]["median"]
+            print("{:<24} {:.2f} x the in-memory pairs/s".format(name, ratios[name]))
+    scaling = {}
+    for name, result in results.items():
+        single = results.get(name.rsplit("/", 1)[0] + "/1core")
+        if not name.endswith("/1core") and single:
+            scaling[name] = result["pairs_per_s"]["median"] / single["pairs_per_s"]["median"]
+            print("{:<24} {:.2f} x its 1-core pairs/s".format(name, scaling[name]))
+    streaming = None
+    if args.streaming_gb > 0:
+        streaming = measure_streaming(args.streaming_gb, cores)
+        print("streaming {:.1f} GB ({} slices {}x{}, {} shards, written in {:.0f} s): peak RSS {:.2f} GB, "
+              "{:.1f} pairs/s over one epoch".format(streaming["set_gb"], streaming["slices"], STREAM_SIDE,
+                                                     STREAM_SIDE, streaming["shards"], streaming["write_seconds"],
+                                                     streaming["peak_rss_gb"], streaming["pairs_per_s"]))
+        training = streaming["training"]
+        print("training from it: {} steps x batch {} ({}x{} tiles, depth 2, base 4) in {:.0f} s, peak RSS {:.2f} GB"
+              .format(training["steps"], training["batch_size"], training["crop_size"], training["crop_size"],
+                      training["seconds"], training["peak_rss_gb"]))
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({"results": results, "config": config_to_dict(base),
-                       "machine": bench_lib.machine_description(), "command": " ".join(sys.argv)}, handle, indent=2)
+            json.dump({"results": results, "shards_vs_memory": ratios, "scaling": scaling, "streaming": streaming,
+                       "config": config_to_dict(base), "machine": bench_lib.machine_description(),
+                       "command": " ".join(sys.argv)}, handle, indent=2)
         print("wrote {}".format(args.json))
     return 0
 

@@ -15,10 +15,11 @@ class _Writer(object):
 
 
 def test_engine_description_names_the_reason_xla_is_off(monkeypatch):
-    assert augment.describe_engine(Config(xla_augment="off")) == "plain ops (--xla_augment off)"
+    assert augment.describe_engine(Config(xla_augment="off")) == "graph"
+    assert augment.describe_engine(Config(augment_engine="opencv")) == "opencv"
     monkeypatch.setattr(compat, "_XLA_JIT_STATUS", [(False, "InvalidArgumentError: no XLA kernels")])
     assert augment.describe_engine(Config(xla_augment="auto")) == \
-        "plain ops (XLA unavailable: InvalidArgumentError: no XLA kernels)"
+        "opencv (XLA unavailable: InvalidArgumentError: no XLA kernels)"
     monkeypatch.setattr(compat, "_XLA_JIT_STATUS", [(True, "")])
     assert augment.describe_engine(Config(xla_augment="auto")) == "xla"
 

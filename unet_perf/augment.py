@@ -14,6 +14,10 @@ into one loop over the output; intensity (gamma, contrast, brightness) is a per-
 to the gathered bytes, and noise is one Gaussian field per batch, shifted per sample. All random numbers are
 drawn with stateless ops outside the compiled part, from a per-batch seed: the plain and XLA graphs see the
 same draws, and results never depend on thread scheduling.
+
+Engines (resolve_engine, --augment_engine): "xla" compiles the map and the sampling with XLA; "graph" runs the
+same ops without XLA; "opencv" (unet_perf.augment_cv) takes the same draws and per-sample parameters from
+TensorFlow and does the per-pixel work with cv2.remap in a tf.numpy_function: the fast path where XLA is off.
 """
 import math
 
@@ -21,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from unet_perf import compat
+from unet_perf.compat import v1
 
 # Columns of the per-sample uniform draws (one stateless call per batch).
 (_DIHEDRAL, _ANGLE, _ZOOM, _SHEAR, _SHIFT_X, _SHIFT_Y, _CROP_X, _CROP_Y,
@@ -41,13 +46,38 @@ def _substream(seed, stream):
     return tf.stack([seed[0], seed[1] * _NUM_STREAMS + stream])
 
 
-def use_xla(cfg):
-    """Resolve cfg.xla_augment (auto|on|off) against what this TensorFlow build can compile."""
-    if cfg.xla_augment == "off":
+ENGINES = ("xla", "graph", "opencv")  # what resolve_engine answers; --augment_engine also takes "auto"
+_XLA_ALIASES = {"on": "xla", "off": "graph"}  # --xla_augment on|off, kept as aliases of --augment_engine
+
+
+def resolve_engine(cfg):
+    """The augmentation engine cfg selects on this machine: "xla", "graph" (plain TensorFlow ops) or "opencv".
+
+    --augment_engine xla|graph|opencv is taken as given. With auto (the default), --xla_augment on|off keep
+    their meaning (on = xla, off = graph); otherwise XLA where this TensorFlow build compiles it, else OpenCV
+    (the fast host engine; config.validate rejects contradictory pairs of the two flags).
+    """
+    engine = getattr(cfg, "augment_engine", "auto")
+    if engine != "auto":
+        return engine
+    if cfg.xla_augment in _XLA_ALIASES:
+        return _XLA_ALIASES[cfg.xla_augment]
+    if compat.xla_jit_available():
+        return "xla"
+    return "opencv" if _opencv_available() else "graph"
+
+
+def _opencv_available():
+    try:
+        import cv2  # noqa: F401
+    except ImportError:
         return False
-    if cfg.xla_augment == "on":
-        return True
-    return compat.xla_jit_available()
+    return True
+
+
+def use_xla(cfg):
+    """True when resolve_engine(cfg) picks the XLA engine."""
+    return resolve_engine(cfg) == "xla"
 
 
 def _elastic_on(cfg):
@@ -137,15 +167,41 @@ def _crop_centre(uniform, source_len, span):
     return offset + (span - 1.0) / 2.0
 
 
-def tile_centre(uniforms, cfg, in_size, out_size):
-    """Per-sample source position (x, y), each [B], of the output tile centre: random crop plus random shift."""
+def tile_centre(uniforms, cfg, in_size, out_size, crop_centres=None):
+    """Per-sample source position (x, y), each [B], of the output tile centre: random crop plus random shift.
+
+    crop_centres: float32 [B, 2] (x, y) crop centres chosen by the caller (the shard reader, which cuts a tile
+    around the crop it chose), or None to draw the crop here."""
     span_y, span_x = [out_size[axis] / float(cfg.input_scale) for axis in (0, 1)]
-    centre_x = _crop_centre(uniforms[:, _CROP_X], in_size[1], span_x)
-    centre_y = _crop_centre(uniforms[:, _CROP_Y], in_size[0], span_y)
+    if crop_centres is None:
+        centre_x = _crop_centre(uniforms[:, _CROP_X], in_size[1], span_x)
+        centre_y = _crop_centre(uniforms[:, _CROP_Y], in_size[0], span_y)
+    else:
+        centre_x, centre_y = crop_centres[:, 0], crop_centres[:, 1]
     if cfg.augment and cfg.translate > 0:
         centre_x += _uniform(uniforms, _SHIFT_X, -cfg.translate, cfg.translate) * span_x
         centre_y += _uniform(uniforms, _SHIFT_Y, -cfg.translate, cfg.translate) * span_y
     return centre_x, centre_y
+
+
+def source_extent(cfg):
+    """Side in source pixels of a square that holds every position the map samples for one crop_size tile,
+    wherever the tile centre lies: the rotated, sheared and zoomed tile, the random shift, three elastic
+    sigmas each way, and one pixel of bilinear reach (a bound, not tight; used to cut tiles from large slices)."""
+    span = cfg.crop_size / float(cfg.input_scale)
+    if not cfg.augment:
+        return int(math.ceil(span)) + 2
+    if cfg.scale_range >= 1:
+        return 2 ** 31 - 1  # zoom may approach 0: no bound, the whole slice is the tile
+    stretch = 1.0 / (1.0 - cfg.scale_range)
+    if cfg.rotate_deg > 0:
+        angle = math.radians(min(cfg.rotate_deg, 45.0))
+        stretch *= math.cos(angle) + math.sin(angle)
+    stretch *= 1.0 + cfg.shear
+    extent = span * stretch + 2.0 * cfg.translate * span
+    if _elastic_on(cfg):
+        extent += 6.0 * cfg.elastic_sigma
+    return int(math.ceil(extent)) + 2
 
 
 def cubic_weights(out_len, grid):
@@ -190,7 +246,7 @@ def coordinate_map(cfg, in_size, out_size, draws):
     """Source coordinates (x, y), each float32 [B, h, w], of every output pixel, before border handling."""
     height, width = out_size
     a, b, c, d = linear_part(draws["uniforms"], cfg)
-    centre_x, centre_y = tile_centre(draws["uniforms"], cfg, in_size, out_size)
+    centre_x, centre_y = tile_centre(draws["uniforms"], cfg, in_size, out_size, draws.get("crop_centres"))
     cols = tf.range(width, dtype=tf.float32) - (width - 1) / 2.0  # [w]
     rows = tf.range(height, dtype=tf.float32) - (height - 1) / 2.0  # [h]
     # separable: a per-column part [B, 1, w] plus a per-row part [B, h, 1]
@@ -396,11 +452,54 @@ def _flatten(tree):
     return flat, rebuild
 
 
-def augment_batch(images, masks, weights, cfg, out_size, seed, xla=None):
+def _opencv_stage(cfg, in_size, out_size, has_weights):
+    """inputs (images, masks, weights, draws) -> outputs like _sampling_stage, sampled by unet_perf.augment_cv
+    in one tf.numpy_function; the per-sample parameters come from the same TensorFlow code as the graph map."""
+    from unet_perf import augment_cv
+
+    def stage(inputs):
+        draws = inputs["draws"]
+        uniforms = draws["uniforms"]
+        batch = uniforms.shape[0]
+        a, b, c, d = linear_part(uniforms, cfg)
+        centre_x, centre_y = tile_centre(uniforms, cfg, in_size, out_size, draws.get("crop_centres"))
+        intensity_on = cfg.augment and (cfg.gamma > 0 or cfg.contrast > 0 or cfg.brightness > 0)
+        noise_params = None
+        if draws["noise"] is not None:
+            noise_params = tf.stack([_uniform(uniforms, _NOISE, 0.0, cfg.noise),
+                                     tf.floor(uniforms[:, _NOISE_X] * out_size[1]),
+                                     tf.floor(uniforms[:, _NOISE_Y] * out_size[0])], axis=1)
+        table = tf.reshape(intensity_table(uniforms, cfg), [batch, 256]) if intensity_on else None
+        affine = tf.stack([a, b, c, d, centre_x, centre_y], axis=1)
+        arguments = [inputs["images"], inputs["masks"], inputs["weights"], affine, draws["elastic"], table,
+                     draws["noise"], noise_params]
+        present = [argument is not None for argument in arguments]
+
+        def run(*arrays):
+            arrays = iter(arrays)
+            values = [next(arrays) if there else None for there in present]
+            image, mask, weights = augment_cv.sample_batch(*values, out_size=out_size, border=cfg.border,
+                                                           mask_interp=cfg.mask_interp)
+            return [image, mask] + ([weights] if has_weights else [])
+
+        outputs = v1.numpy_function(run, [argument for argument in arguments if argument is not None],
+                                    [tf.float32, tf.uint8] + ([tf.float32] if has_weights else []),
+                                    name="augment_opencv")
+        for output in outputs:
+            output.set_shape([batch, out_size[0], out_size[1]])
+        return {"image": outputs[0][..., None], "mask": tf.cast(outputs[1], tf.float32)[..., None],
+                "weights": outputs[2][..., None] if has_weights else None}
+    return stage
+
+
+def augment_batch(images, masks, weights, cfg, out_size, seed, xla=None, engine=None, crop_centres=None):
     """Augment one batch with one fused coordinate map and one sampling pass.
 
     images, masks: uint8 [B, H, W] (masks in {0, 1}); weights: float32 [B, H, W] or None; out_size: (h, w);
-    seed: int64 [2] (see batch_seed); xla: None = decide from cfg.xla_augment.
+    seed: int64 [2] (see batch_seed); engine: "xla", "graph" or "opencv" (None = resolve_engine(cfg));
+    xla: older switch, used when engine is None: True = "xla", False = "graph"; crop_centres: float32 [B, 2]
+    source (x, y) of each crop centre, or None to draw random crops (see tile_centre).
+    All engines use the same draws and the same map; they differ by interpolation rounding (see augment_cv).
     Returns (images float32 [B, h, w, 1] in [0, 1], masks float32 {0, 1} [B, h, w, 1],
     weights float32 [B, h, w, 1] or None), all with static shapes.
     """
@@ -412,11 +511,21 @@ def augment_batch(images, masks, weights, cfg, out_size, seed, xla=None):
     if height < 2 or width < 2:
         raise ValueError("augment_batch needs images of at least 2x2 pixels, got {}x{}".format(height, width))
     out_size = (int(out_size[0]), int(out_size[1]))
+    if engine is None:
+        engine = resolve_engine(cfg) if xla is None else ("xla" if xla else "graph")
+    if engine not in ENGINES:
+        raise ValueError("augment_batch engine must be one of {}, got {!r}".format(ENGINES, engine))
     draws = draw(cfg, batch, out_size, tf.convert_to_tensor(seed, tf.int64))
-    xla = use_xla(cfg) if xla is None else xla
-    positions = _run_stage(_positions_stage(cfg, (height, width), out_size), draws, xla)
-    positions.update(images=images, masks=masks, weights=weights, draws=draws)
-    outputs = _run_stage(_sampling_stage(cfg), positions, xla)
+    if crop_centres is not None:
+        draws["crop_centres"] = tf.convert_to_tensor(crop_centres, tf.float32)
+    if engine == "opencv":
+        outputs = _opencv_stage(cfg, (height, width), out_size, weights is not None)(
+            {"images": images, "masks": masks, "weights": weights, "draws": draws})
+    else:
+        xla = engine == "xla"
+        positions = _run_stage(_positions_stage(cfg, (height, width), out_size), draws, xla)
+        positions.update(images=images, masks=masks, weights=weights, draws=draws)
+        outputs = _run_stage(_sampling_stage(cfg), positions, xla)
     outputs = [outputs["image"], outputs["mask"]] + ([outputs["weights"]] if weights is not None else [])
     for output in outputs:
         output.set_shape([batch, out_size[0], out_size[1], 1])
@@ -424,9 +533,10 @@ def augment_batch(images, masks, weights, cfg, out_size, seed, xla=None):
 
 
 def describe_engine(cfg):
-    """The augmentation path cfg resolves to, for logs: "xla", or "plain ops (...)" saying why XLA is off."""
-    if use_xla(cfg):
-        return "xla"
-    if cfg.xla_augment == "off":
-        return "plain ops (--xla_augment off)"
-    return "plain ops (XLA unavailable: {})".format(compat.xla_jit_status()[1])
+    """resolve_engine(cfg) for logs; when auto had to do without XLA it says why, e.g. "opencv (XLA unavailable:
+    ...)" (the engines differ several-fold in speed, so a silent fallback would hide a slow run)."""
+    engine = resolve_engine(cfg)
+    chosen_by_user = getattr(cfg, "augment_engine", "auto") != "auto" or cfg.xla_augment in _XLA_ALIASES
+    if engine == "xla" or chosen_by_user:
+        return engine
+    return "{} (XLA unavailable: {})".format(engine, compat.xla_jit_status()[1])

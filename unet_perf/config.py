@@ -10,6 +10,7 @@ from unet_perf.errors import UserError
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 NORMALIZE_MODES = ("unit", "symmetric", "standard")
+AUGMENT_ENGINES = ("auto", "xla", "graph", "opencv")
 NPU_PRECISION_MODES = (
     "allow_mix_precision", "allow_fp32_to_fp16", "force_fp16", "force_fp32", "must_keep_origin_dtype",
     "allow_mix_precision_bf16", "allow_fp32_to_bf16",
@@ -54,9 +55,17 @@ class Config:
     contrast: float = _field(0.1, "random contrast factor in [1-c, 1+c] (0 = off)")
     gamma: float = _field(0.1, "random gamma in [1-g, 1+g] (0 = off)")
     noise: float = _field(0.02, "max std of additive Gaussian noise (0 = off)")
-    xla_augment: str = _field("auto", "compile the augmentation with XLA when available", ("auto", "on", "off"))
+    xla_augment: str = _field("auto", "compile the augmentation with XLA when available (on = --augment_engine "
+                              "xla, off = --augment_engine graph)", ("auto", "on", "off"))
+    augment_engine: str = _field(
+        "auto", "augmentation engine: auto (xla where this TensorFlow compiles it, else opencv), xla, graph "
+        "(plain TensorFlow ops) or opencv (cv2.remap on the host)", AUGMENT_ENGINES)
     # --- input pipeline ----------------------------------------------------------------------------------
-    shuffle_buffer: int = _field(0, "shuffle buffer in slices; 0 = the whole training set")
+    shuffle_buffer: int = _field(0, "shuffle buffer in slices; 0 = the whole training set (128 tiles for a "
+                                    "packed shard set)")
+    verify_shards: bool = _field(True, "check every shard's CRC-32 against the manifest before training from a "
+                                       "packed shard set (reads the set once; sizes are always checked)")
+    skip_bad_shards: bool = _field(False, "leave out damaged shards with a warning instead of stopping")
     prefetch: int = _field(2, "batches to prefetch")
     data_threads: int = _field(0, "private tf.data thread pool size; 0 = TensorFlow's default pool")
     data_intra_op: int = _field(1, "tf.data max_intra_op_parallelism (1 is usually fastest)")
@@ -130,8 +139,19 @@ class Config:
         if self.total_steps % k:
             raise UserError("the step count {} must be a multiple of --iterations_per_loop {} (try --max_steps {})"
                             .format(self.total_steps, k, (self.total_steps // k + 1) * k))
+        self._check_augment_engine()
         self.loss_scale_kind()
         return self
+
+    def _check_augment_engine(self):
+        if self.augment_engine not in AUGMENT_ENGINES:
+            raise UserError("--augment_engine must be one of {}, got {!r}".format(
+                "|".join(AUGMENT_ENGINES), self.augment_engine))
+        if self.augment_engine == "auto":
+            return
+        if (self.xla_augment == "on") != (self.augment_engine == "xla") and self.xla_augment != "auto":
+            raise UserError("--xla_augment {} contradicts --augment_engine {}; drop --xla_augment (it is an alias: "
+                            "on = xla, off = graph or opencv)".format(self.xla_augment, self.augment_engine))
 
     def loss_scale_kind(self):
         """('none'|'dynamic'|'fixed', fixed value or None) after resolving 'auto' against the precision."""

@@ -5,6 +5,10 @@ Shuffling, repeating and batching run over slice INDICES; the uint8 arrays are c
 gathers its B slices right before the augmentation. That keeps the shuffle buffer tiny and makes resuming
 cheap: `start_batch` skips whole batches of indices (exact continuation of the interrupted stream), and batch
 k is always augmented with the stateless seed [seed, k].
+
+A packed shard set (unet_perf.data.shards, too large to embed) streams instead: make_shard_dataset reads tiles
+from the shards and feeds them to the same augmentation; make_dataset dispatches to it for the shard-set views
+that data.loading.load_dataset returns.
 """
 import numpy as np
 import tensorflow as tf
@@ -12,6 +16,7 @@ import tensorflow as tf
 from unet_perf import augment
 from unet_perf.compat import AUTOTUNE, set_dataset_deterministic, set_dataset_threading, v1
 from unet_perf.config import NORMALIZE_MODES
+from unet_perf.data import shards
 from unet_perf.errors import UserError
 from unet_perf.precision import compute_dtype  # noqa: F401  (re-exported: part of this module's API)
 
@@ -83,33 +88,80 @@ def make_dataset(images, masks, weights, cfg, seed=None, start_batch=0):
     B = cfg.batch_size, h = w = cfg.crop_size. Batch k (counting from 0 in an uninterrupted run) is the same
     whatever start_batch is; a run resumed at step s passes start_batch=s and continues the stream.
     """
+    if isinstance(images, shards.SliceView):  # a packed shard set (data.loading.load_dataset): stream it
+        return make_shard_dataset(images.shard_set, cfg, seed, start_batch, with_weights=weights is not None)
     images, masks, weights = _check_arrays(images, masks, weights)
     seed = cfg.seed if seed is None else seed
-    out_size = (cfg.crop_size, cfg.crop_size)
-    dtype = compute_dtype(cfg.precision)
-    if cfg.normalize not in NORMALIZE_MODES:
-        raise UserError("--normalize must be one of {}, got {!r}".format("|".join(NORMALIZE_MODES), cfg.normalize))
-    xla = augment.use_xla(cfg)  # resolved here, outside the dataset function's graph
+    finish = _batch_finisher(cfg, seed)
     has_weights = weights is not None
     cached = (images, masks) + ((weights,) if has_weights else ())
 
     def augment_one_batch(numbered, arrays):
         indices, batch_number = numbered
-        slices = [tf.gather(array, indices) for array in arrays]
-        image, mask, weight = augment.augment_batch(
-            slices[0], slices[1], slices[2] if has_weights else None, cfg, out_size,
-            augment.batch_seed(seed, batch_number), xla=xla)
-        image = tf.cast(normalize(image, cfg.normalize), dtype)
-        outputs = (image, mask) + ((weight,) if has_weights else ())
-        for output in outputs:
-            output.set_shape([cfg.batch_size, out_size[0], out_size[1], 1])
-        return outputs
+        return finish([tf.gather(array, indices) for array in arrays], batch_number)
 
     arrays = tf.data.Dataset.from_tensors(cached).repeat()  # held once in memory, never copied per element
     dataset = tf.data.Dataset.zip((batch_indices(len(images), cfg, seed, start_batch), arrays))
     dataset = dataset.map(augment_one_batch, num_parallel_calls=cfg.data_threads or AUTOTUNE)
     dataset = dataset.prefetch(cfg.prefetch)
     return dataset.with_options(_options(cfg))
+
+
+def _batch_finisher(cfg, seed):
+    """finish(slices, batch_number): uint8 slices [B, H, W] (+ weights) -> augmented, normalised outputs with
+    static shapes (see make_dataset), batch k augmented with the stateless seed [seed, k]."""
+    out_size = (cfg.crop_size, cfg.crop_size)
+    dtype = compute_dtype(cfg.precision)
+    if cfg.normalize not in NORMALIZE_MODES:
+        raise UserError("--normalize must be one of {}, got {!r}".format("|".join(NORMALIZE_MODES), cfg.normalize))
+    engine = augment.resolve_engine(cfg)  # resolved here, outside the dataset function's graph
+
+    def finish(slices, batch_number, crop_centres=None):
+        has_weights = len(slices) > 2
+        image, mask, weight = augment.augment_batch(
+            slices[0], slices[1], slices[2] if has_weights else None, cfg, out_size,
+            augment.batch_seed(seed, batch_number), engine=engine, crop_centres=crop_centres)
+        image = tf.cast(normalize(image, cfg.normalize), dtype)
+        outputs = (image, mask) + ((weight,) if has_weights else ())
+        for output in outputs:
+            output.set_shape([cfg.batch_size, out_size[0], out_size[1], 1])
+        return outputs
+    return finish
+
+
+def make_shard_dataset(shard_set, cfg, seed=None, start_batch=0, worker_index=0, num_workers=1, with_weights=False):
+    """The training dataset streamed from a packed shard set (data.shards.ShardSet); yields what make_dataset
+    yields.
+
+    Crops are placed on each slice as make_dataset places them, and a tile of side min(augment.source_extent(cfg),
+    smallest slice side) is cut around each (see data.shards.tile_stream); the fused augmentation then samples
+    the crop_size output from the tile with the crop centre passed in, so the output equals what it would sample
+    from the whole slice, except where the map reaches beyond the tile (elastic tails beyond three sigmas, or
+    tiles cut smaller than the bound because some slices are small). Worker w of n reads its own share of the shards
+    and augments its k-th batch with the seed [seed, k * n + w]. Resume: start_batch = s continues the stream
+    exactly, i.e. batch s is the batch an uninterrupted run would have produced at step s (same tiles, same
+    order, same augmentation), for the same usable shards (--skip_bad_shards leaving out a different set changes
+    the stream), seed, batch size, crop settings and worker count; the reader re-reads
+    at most one epoch of this worker's share to get there. The order is deterministic whatever
+    cfg.deterministic says (it is part of the stream that resume continues).
+    """
+    seed = cfg.seed if seed is None else seed
+    if not 0 <= worker_index < num_workers:
+        raise UserError("worker_index {} must be in [0, {})".format(worker_index, num_workers))
+    tile = min(augment.source_extent(cfg), min(shard_set.min_size))
+    finish = _batch_finisher(cfg, seed)
+    threads = cfg.data_threads or AUTOTUNE
+    span = cfg.crop_size / float(cfg.input_scale)
+    tiles = shards.tile_stream(shard_set, tile, span, seed, cfg.shuffle_buffer, start_batch * cfg.batch_size,
+                               worker_index, num_workers, with_weights, parallel=threads)
+    numbers = tf.data.Dataset.range(start_batch, _BATCH_COUNTER_END).map(lambda k: k * num_workers + worker_index)
+    dataset = tf.data.Dataset.zip((tiles.batch(cfg.batch_size, drop_remainder=True), numbers))
+    dataset = dataset.map(lambda arrays, number: finish(list(arrays[:-1]), number, crop_centres=arrays[-1]),
+                          num_parallel_calls=threads)
+    dataset = dataset.prefetch(cfg.prefetch)
+    options = _options(cfg)
+    set_dataset_deterministic(options, True)
+    return dataset.with_options(options)
 
 
 def make_iterator(dataset):

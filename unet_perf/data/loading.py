@@ -3,6 +3,7 @@ import math
 
 import numpy as np
 
+from unet_perf.data import shards
 from unet_perf.data.sources import Pairs, load_pairs
 from unet_perf.data.split import split_indices
 from unet_perf.data.synthetic import membranes
@@ -20,6 +21,8 @@ def load_dataset(cfg):
         raise UserError("--weight_map needs --weight_sigma > 0 and --weight_w0 >= 0, got {} and {}".format(
             cfg.weight_sigma, cfg.weight_w0))
     min_size = required_size(cfg.crop_size, cfg.input_scale)
+    if shards.is_shard_set(cfg.data_path):
+        return _load_shard_set(cfg, min_size)
     if not cfg.data_path and cfg.synthetic_size < min_size:
         raise UserError("--synthetic_size {} is smaller than the {} px that --crop_size {} at --input_scale {} "
                         "samples; raise --synthetic_size or lower --crop_size".format(
@@ -46,6 +49,33 @@ def read_slices(cfg, min_size=0):
     return membranes(cfg.synthetic_count, cfg.synthetic_size, cfg.seed)
 
 
+def _load_shard_set(cfg, min_size):
+    """(ShardSet, None, its weight view or None): the set streams in training (pipeline.make_dataset)."""
+    if cfg.val_split:
+        raise UserError("--val_split is not supported with the packed shard set {}; pack the held-out slices into "
+                        "their own folder and evaluate on it, or train from the unpacked folder".format(cfg.data_path))
+    shard_set = shards.open_shard_set(cfg.data_path, verify=cfg.verify_shards, skip_bad=cfg.skip_bad_shards)
+    height, width = shard_set.min_size
+    if min(height, width) < min_size:
+        raise UserError("the smallest slice in {} is {}x{} but training samples {}x{} px; use a smaller --crop_size "
+                        "or a larger --input_scale".format(cfg.data_path, width, height, min_size, min_size))
+    if len(shard_set) < cfg.batch_size:
+        raise UserError("--batch_size {} is larger than the {} slices in {}; lower --batch_size".format(
+            cfg.batch_size, len(shard_set), cfg.data_path))
+    weights = None
+    if cfg.weight_map:
+        packed = shard_set.manifest.get("weights") or {}
+        if not packed:
+            raise UserError("{} holds no weight maps; re-pack it with --weight_map true or drop --weight_map".format(
+                cfg.data_path))
+        if (packed.get("w0"), packed.get("sigma")) != (cfg.weight_w0, cfg.weight_sigma):
+            raise UserError("{} was packed with weight maps w0={} sigma={}, not --weight_w0 {} --weight_sigma {}; "
+                            "pass those values or re-pack".format(cfg.data_path, packed.get("w0"), packed.get("sigma"),
+                                                                  cfg.weight_w0, cfg.weight_sigma))
+        weights = shard_set.weights
+    return shard_set, None, weights
+
+
 def required_size(crop_size, input_scale):
     """Smallest slice side (px) from which the augmentation can sample a crop_size tile at input_scale."""
     return int(math.ceil(crop_size / float(input_scale) - 1e-9))
@@ -58,7 +88,12 @@ def subset(pairs, indices):
 
 
 def describe(pairs):
-    """One line: count, size and membrane share, e.g. '24 slices 512x512, membrane 21.9%'."""
+    """One line: count, size and membrane share, e.g. '24 slices 512x512, membrane 21.9%' (a shard set: count,
+    smallest size, shard count and folder)."""
+    if isinstance(pairs, shards.ShardSet):
+        height, width = pairs.min_size
+        return "{} slices >= {}x{} streamed from {} shard{} in {}".format(
+            len(pairs), width, height, len(pairs.shards), "" if len(pairs.shards) == 1 else "s", pairs.directory)
     if pairs is None or len(pairs.names) == 0:
         return "0 slices"
     count, height, width = pairs.masks.shape

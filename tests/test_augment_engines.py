@@ -1,0 +1,157 @@
+"""The augmentation engines (xla, graph, opencv): same draws, same output within interpolation tolerance, exact
+where the map is exact (identity, crops, flips, borders at integer positions), and how the engine is chosen."""
+import dataclasses
+
+import cv2
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from unet_perf import augment, augment_cv, compat
+from unet_perf.compat import v1
+from unet_perf.config import Config
+from unet_perf.errors import UserError
+
+ALL_OFF = dict(flip=False, rotate_deg=0.0, scale_range=0.0, shear=0.0, translate=0.0, elastic=False,
+               brightness=0.0, contrast=0.0, gamma=0.0, noise=0.0)
+ENGINES = ["graph", "opencv"] + (["xla"] if compat.xla_jit_available() else [])
+
+
+def make_cfg(**overrides):
+    base = dict(input_scale=1.0)
+    base.update(overrides)
+    return dataclasses.replace(Config(), **base)
+
+
+def smooth_batch(batch, size, seed=0):
+    """Images with structure at several scales (interpolation differences stay small), masks from a threshold."""
+    rng = np.random.RandomState(seed)
+    images = np.stack([cv2.GaussianBlur(rng.rand(size, size).astype(np.float32), (0, 0), 2.0) for _ in range(batch)])
+    images = (255 * (images - images.min()) / (images.max() - images.min())).astype(np.uint8)
+    masks = (images > np.median(images)).astype(np.uint8)
+    return images, masks
+
+
+def run(images, masks, cfg, out_size, engine, seed=(0, 0), weights=None):
+    outputs = augment.augment_batch(tf.constant(images), tf.constant(masks),
+                                    None if weights is None else tf.constant(weights), cfg, out_size,
+                                    tf.constant(seed, tf.int64), engine=engine)
+    for output in outputs:
+        if output is not None:
+            assert output.shape.as_list() == [len(images), out_size[0], out_size[1], 1]
+    with v1.Session() as sess:
+        values = sess.run([output for output in outputs if output is not None])
+    values = [value[..., 0] for value in values]
+    return values[0], values[1], (values[2] if weights is not None else None)
+
+
+def away_from_edges(masks):
+    """Pixels whose 3x3 neighbourhood in the mask is uniform (where nearest sampling cannot flip)."""
+    kernel = np.ones((3, 3), np.uint8)
+    return np.stack([cv2.erode(m, kernel) == cv2.dilate(m, kernel) for m in masks.astype(np.uint8)])
+
+
+@pytest.mark.parametrize("engine", [e for e in ENGINES if e != "graph"])
+@pytest.mark.parametrize("border,mask_interp", [("reflect", "nearest"), ("nearest", "nearest"),
+                                                ("constant", "nearest"), ("reflect", "bilinear")])
+def test_full_augmentation_matches_the_graph_engine(engine, border, mask_interp):
+    images, masks = smooth_batch(6, 64)
+    weights = np.random.RandomState(3).rand(6, 64, 64).astype(np.float32)
+    cfg = make_cfg(border=border, mask_interp=mask_interp, rotate_deg=30.0, scale_range=0.2, translate=0.2,
+                   elastic_sigma=4.0)
+    reference = run(images, masks, cfg, (48, 48), "graph", seed=(2, 7), weights=weights)
+    other = run(images, masks, cfg, (48, 48), engine, seed=(2, 7), weights=weights)
+    assert np.abs(reference[0] - other[0]).mean() < 0.01
+    inside = away_from_edges(reference[1])
+    assert inside.mean() > 0.3
+    assert (reference[1] == other[1])[inside].mean() > 0.999
+    assert (reference[1] == other[1]).mean() > 0.97
+    assert np.abs(reference[2] - other[2]).mean() < 0.02
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_everything_off_is_exact_identity(engine):
+    images, masks = smooth_batch(3, 24)
+    weights = np.random.RandomState(1).rand(3, 24, 24).astype(np.float32)
+    for cfg in (make_cfg(augment=False), make_cfg(augment=True, **ALL_OFF)):
+        image, mask, weight = run(images, masks, cfg, (24, 24), engine, weights=weights)
+        np.testing.assert_array_equal(image, images.astype(np.float32) / np.float32(255.0))
+        np.testing.assert_array_equal(mask, masks.astype(np.float32))
+        np.testing.assert_allclose(weight, weights, rtol=1e-6)
+
+
+def test_opencv_dihedral_and_crop_are_exact():
+    rng = np.random.RandomState(4)
+    images = rng.randint(0, 256, (12, 20, 20)).astype(np.uint8)
+    masks = (rng.rand(12, 20, 20) > 0.5).astype(np.uint8)
+    cfg = make_cfg(augment=True, **dict(ALL_OFF, flip=True))
+    image, mask, _ = run(images, masks, cfg, (20, 20), "opencv", seed=(0, 11))
+    reference = run(images, masks, cfg, (20, 20), "graph", seed=(0, 11))
+    np.testing.assert_array_equal(image, reference[0])
+    np.testing.assert_array_equal(mask, reference[1])
+    crop = run(images, masks, make_cfg(augment=False), (8, 8), "opencv", seed=(3, 1))
+    np.testing.assert_array_equal(crop[0], run(images, masks, make_cfg(augment=False), (8, 8), "graph",
+                                               seed=(3, 1))[0])
+
+
+@pytest.mark.parametrize("border,pad_mode", [("reflect", "reflect"), ("nearest", "edge"), ("constant", "constant")])
+def test_opencv_border_modes_equal_numpy_padding(border, pad_mode):
+    """A 32x32 tile centred on a 20x20 slice reaches 6 px beyond every edge, at integer positions."""
+    images, masks = smooth_batch(2, 20)
+    image, mask, _ = run(images, masks, make_cfg(augment=False, border=border), (32, 32), "opencv")
+    for sample in range(2):
+        np.testing.assert_array_equal(image[sample], np.pad(images[sample], 6, pad_mode) / np.float32(255.0))
+        np.testing.assert_array_equal(mask[sample], np.pad(masks[sample], 6, pad_mode))
+
+
+def test_opencv_map_equals_the_graph_map():
+    cfg = make_cfg(rotate_deg=25.0, scale_range=0.2, shear=0.1, translate=0.1, elastic_sigma=6.0)
+    draws = augment.draw(cfg, 4, (40, 36), tf.constant([1, 2], tf.int64))
+    x, y = augment.coordinate_map(cfg, (50, 60), (40, 36), draws)
+    a, b, c, d = augment.linear_part(draws["uniforms"], cfg)
+    centre_x, centre_y = augment.tile_centre(draws["uniforms"], cfg, (50, 60), (40, 36))
+    with v1.Session() as sess:
+        x, y, affine, offsets = sess.run([x, y, tf.stack([a, b, c, d, centre_x, centre_y], 1), draws["elastic"]])
+    for sample in range(4):
+        map_x, map_y = augment_cv.coordinate_maps(affine[sample], offsets[sample], (40, 36))
+        np.testing.assert_allclose(map_x, x[sample], atol=1e-3)
+        np.testing.assert_allclose(map_y, y[sample], atol=1e-3)
+
+
+def test_opencv_engine_is_deterministic_and_seeded():
+    images, masks = smooth_batch(4, 40)
+    cfg = make_cfg()
+    first = run(images, masks, cfg, (32, 32), "opencv", seed=(5, 9))
+    again = run(images, masks, cfg, (32, 32), "opencv", seed=(5, 9))
+    other = run(images, masks, cfg, (32, 32), "opencv", seed=(5, 10))
+    np.testing.assert_array_equal(first[0], again[0])
+    np.testing.assert_array_equal(first[1], again[1])
+    assert not np.array_equal(first[0], other[0])
+    assert set(np.unique(first[1])) <= {0.0, 1.0} and 0.0 <= first[0].min() and first[0].max() <= 1.0
+
+
+def test_opencv_weights_move_with_the_image():
+    images, masks = smooth_batch(3, 40)
+    cfg = make_cfg(brightness=0.0, contrast=0.0, gamma=0.0, noise=0.0, rotate_deg=30.0)
+    image, _, weight = run(images, masks, cfg, (24, 24), "opencv", seed=(2, 2), weights=images.astype(np.float32))
+    # the image is rounded to uint8 after sampling, the weights are not
+    np.testing.assert_allclose(weight / 255.0, image, atol=0.6 / 255.0)
+
+
+def test_resolve_engine_flags_and_aliases(monkeypatch):
+    assert augment.resolve_engine(make_cfg(augment_engine="opencv")) == "opencv"
+    assert augment.resolve_engine(make_cfg(augment_engine="graph", xla_augment="off")) == "graph"
+    assert augment.resolve_engine(make_cfg(xla_augment="on")) == "xla"
+    assert augment.resolve_engine(make_cfg(xla_augment="off")) == "graph"
+    monkeypatch.setattr(compat, "xla_jit_available", lambda: False)
+    assert augment.resolve_engine(make_cfg()) == "opencv"
+    assert not augment.use_xla(make_cfg())
+    monkeypatch.setattr(compat, "xla_jit_available", lambda: True)
+    assert augment.resolve_engine(make_cfg()) == "xla"
+
+
+@pytest.mark.parametrize("xla_augment,engine", [("on", "graph"), ("on", "opencv"), ("off", "xla")])
+def test_contradictory_engine_flags_are_a_user_error(xla_augment, engine):
+    with pytest.raises(UserError, match="--xla_augment"):
+        make_cfg(xla_augment=xla_augment, augment_engine=engine).validate()
+    make_cfg(xla_augment="off", augment_engine="opencv").validate()

@@ -1,0 +1,109 @@
+"""The OpenCV augmentation engine: the fused coordinate map of unet_perf.augment, sampled with cv2.remap.
+
+Used where XLA is off (the Ascend host path). The random draws and the per-sample parameters (2x2 matrix, tile
+centre, elastic offsets, intensity table, noise sigma and shift) are computed in TensorFlow by
+unet_perf.augment exactly as for the XLA and plain-ops engines; only the per-pixel work runs here, in numpy and
+OpenCV, through one tf.numpy_function per batch (PyFunc stays on the host under the Ascend adapter).
+
+Per sample: the coordinate map is one small matrix product, x = U @ K @ V^T, where U = [bicubic rows | row
+offsets | 1] ([h, g+2]), V likewise for the columns and K holds the elastic offsets, the affine matrix and the
+tile centre; then cv2.remap samples the image (bilinear, uint8), the mask (nearest, or bilinear on {0, 1} which
+rounds at 0.5) and the weight map (bilinear, float32), and cv2.LUT applies the intensity table. Float32 maps
+are passed to cv2.remap directly: with this OpenCV they sample faster than maps converted to fixed point
+(OpenCV still interpolates with 1/32-pixel fractions). OpenCV and numpy release the GIL in these calls, so
+parallel tf.data map calls scale across cores; OpenCV's own threading is turned off so that each map call
+uses one core.
+"""
+import functools
+
+import cv2
+import numpy as np
+
+from unet_perf import augment
+
+_BORDERS = {"reflect": cv2.BORDER_REFLECT_101, "nearest": cv2.BORDER_REPLICATE, "constant": cv2.BORDER_CONSTANT}
+_UNIT_TABLE = np.arange(256, dtype=np.float32) / np.float32(255.0)
+_THREADS_SET = []  # memo: cv2.setNumThreads(1) done in this process
+
+
+def _one_thread_per_call():
+    if not _THREADS_SET:
+        cv2.setNumThreads(1)
+        _THREADS_SET.append(True)
+
+
+@functools.lru_cache(maxsize=16)
+def basis(length, grid):
+    """[length, grid + 2] float32 rows [bicubic weights of the `grid` control points | centred offset | 1]."""
+    columns = [augment.cubic_weights(length, grid)] if grid else []
+    centred = np.arange(length, dtype=np.float32) - (length - 1) / 2.0
+    columns += [centred[:, None], np.ones((length, 1), np.float32)]
+    return np.ascontiguousarray(np.concatenate(columns, axis=1), np.float32)
+
+
+@functools.lru_cache(maxsize=16)
+def basis_t(length, grid):
+    """basis(length, grid) transposed, contiguous: [grid + 2, length]."""
+    return np.ascontiguousarray(basis(length, grid).T)
+
+
+def coordinate_maps(affine, offsets, out_size):
+    """Source coordinates of every output pixel of one sample: (x, y), float32 [h, w] each.
+
+    affine: [6] = (a, b, c, d, centre_x, centre_y) (see augment.linear_part and augment.tile_centre);
+    offsets: elastic control-point offsets [2, g, g] in source pixels, or None.
+    """
+    grid = 0 if offsets is None else offsets.shape[-1]
+    rows, cols_t = basis(out_size[0], grid), basis_t(out_size[1], grid)
+    a, b, c, d, centre_x, centre_y = [float(value) for value in affine]
+    maps = []
+    for axis, (along_cols, along_rows, centre) in enumerate(((a, b, centre_x), (c, d, centre_y))):
+        # x[i, j] = rows[i] @ K @ cols[j]: the elastic offsets, the linear part and the centre in one matrix
+        kernel = np.zeros((grid + 2, grid + 2), np.float32)
+        if grid:
+            kernel[:grid, :grid] = offsets[axis]
+        kernel[grid, grid + 1] = along_rows
+        kernel[grid + 1, grid] = along_cols
+        kernel[grid + 1, grid + 1] = centre
+        # cv2.gemm, not np.dot: numpy's BLAS may spread one small product over every core
+        maps.append(cv2.gemm(cv2.gemm(rows, kernel, 1.0, None, 0.0), cols_t, 1.0, None, 0.0))
+    return maps[0], maps[1]
+
+
+def sample_batch(images, masks, weights, affine, offsets, tables, noise, noise_params, out_size, border,
+                 mask_interp):
+    """Augment one batch in numpy/OpenCV.
+
+    images, masks: uint8 [B, H, W]; weights: float32 [B, H, W] or None; affine: float32 [B, 6]; offsets:
+    float32 [B, 2, g, g] or None; tables: float32 [B, 256] or None (plain /255); noise: float32 [h, w] or None;
+    noise_params: float32 [B, 3] = (sigma, shift_x, shift_y) or None; out_size: (h, w); border:
+    reflect|nearest|constant; mask_interp: nearest|bilinear.
+    Returns (image float32 [B, h, w] in [0, 1], mask uint8 {0, 1} [B, h, w], weights float32 [B, h, w] or None).
+    """
+    _one_thread_per_call()
+    batch = images.shape[0]
+    height, width = out_size
+    border_mode = _BORDERS[border]
+    # weights are sampled with clamped coordinates under the constant border, like the graph engines
+    weight_border = cv2.BORDER_REPLICATE if border == "constant" else border_mode
+    mask_mode = cv2.INTER_NEAREST if mask_interp == "nearest" else cv2.INTER_LINEAR
+    out_images = np.empty((batch, height, width), np.float32)
+    out_masks = np.empty((batch, height, width), np.uint8)
+    out_weights = None if weights is None else np.empty((batch, height, width), np.float32)
+    sampled = np.empty((height, width), np.uint8)
+    for index in range(batch):
+        map_x, map_y = coordinate_maps(affine[index], None if offsets is None else offsets[index], out_size)
+        cv2.remap(images[index], map_x, map_y, cv2.INTER_LINEAR, dst=sampled, borderMode=border_mode)
+        table = _UNIT_TABLE if tables is None else tables[index]
+        cv2.LUT(sampled, table, dst=out_images[index])
+        cv2.remap(masks[index], map_x, map_y, mask_mode, dst=out_masks[index], borderMode=border_mode)
+        if weights is not None:
+            cv2.remap(weights[index], map_x, map_y, cv2.INTER_LINEAR, dst=out_weights[index],
+                      borderMode=weight_border)
+        if noise is not None:
+            sigma, shift_x, shift_y = noise_params[index]
+            shifted = np.roll(noise, (-int(shift_y), -int(shift_x)), axis=(0, 1))
+            cv2.scaleAdd(shifted, float(sigma), out_images[index], dst=out_images[index])
+    if noise is not None:
+        np.clip(out_images, 0.0, 1.0, out=out_images)
+    return out_images, out_masks, out_weights

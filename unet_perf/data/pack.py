@@ -1,0 +1,234 @@
+"""Pack a dataset into TFRecord shards for streaming training (format: unet_perf.data.shards).
+
+    python -m unet_perf.data.pack --data_path DIR --output SHARDS/ [--shard_mb 256] [--weight_map true]
+        [--weight_w0 10 --weight_sigma 5] [--rgb convert|refuse] [--overwrite]
+
+Reads any layout unet_perf.data.sources accepts, one slice at a time (folders file by file, multipage TIFF page
+by page), so sets larger than memory pack in bounded memory; validates every slice like training does. Each shard
+is written under a temporary name and renamed when complete; the manifest is written last (also temp + rename),
+so an interrupted pack leaves no manifest and nothing a training run would read. Then train with
+`--data_path SHARDS/`.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import cv2
+
+from unet_perf.config import _str2bool
+from unet_perf.data import shards, sources
+from unet_perf.data.weights import border_weight_map
+from unet_perf.errors import UserError, run_cli
+
+
+def iter_pairs(data_path, rgb="convert"):
+    """(total slice count, generator of (image uint8 [H, W], mask uint8 {0, 1} [H, W], name)) for any layout
+    load_pairs accepts, reading one slice at a time. Slices may differ in size; a label must match its image."""
+    if not data_path or not os.path.isdir(data_path):
+        raise UserError("--data_path {} is not a folder; pass a folder laid out as {}".format(data_path,
+                                                                                            sources.LAYOUTS))
+    reader = sources._Reader(rgb)
+    kind, first, second = sources._find_layout(data_path)
+    if kind == "folders":
+        images, labels = sources._list_slices(first), sources._list_slices(second)
+        missing = sorted(set(images) ^ set(labels), key=sources.natural_key)
+        if missing:
+            raise UserError("{} has no matching image/label pair in {} and {}; add the missing files or remove "
+                            "the extras".format(missing[0], first, second))
+        stems = sorted(images, key=sources.natural_key)
+
+        def folder_pairs():
+            for stem in stems:
+                image = reader.single(images[stem], is_label=False)
+                mask = reader.single(labels[stem], is_label=True)
+                _check_pair(image, images[stem], mask, labels[stem])
+                yield image, mask, stem
+            reader.warn_converted()
+        return len(stems), folder_pairs()
+    pages = [_page_count(path) for path in (first, second)]
+    if pages[0] != pages[1]:
+        raise UserError("{} has {} pages but {} has {}; use the matching label volume".format(
+            first, pages[0], second, pages[1]))
+
+    def volume_pairs():
+        for index in range(pages[0]):
+            image = _read_page(reader, first, index, is_label=False)
+            mask = _read_page(reader, second, index, is_label=True)
+            _check_pair(image, "{}[{}]".format(first, index), mask, "{}[{}]".format(second, index))
+            yield image, mask, "{}[{}]".format(os.path.basename(first), index)
+        reader.warn_converted()
+    return pages[0], volume_pairs()
+
+
+def _page_count(path):
+    problem = sources._truncation(path, os.path.splitext(path)[1].lower())
+    if problem:
+        raise UserError("{} is truncated ({}); copy or download it again".format(path, problem))
+    try:
+        count = cv2.imcount(path)
+    except cv2.error:
+        count = 0
+    if count <= 0:
+        raise UserError("{} cannot be decoded (corrupt or not an image); replace it with a valid image".format(path))
+    return count
+
+
+def _read_page(reader, path, index, is_label):
+    where = "{}[{}]".format(path, index)
+    try:
+        ok, pages = cv2.imreadmulti(path, index, 1, flags=cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        ok, pages = False, []
+    if not ok or len(pages) != 1:
+        raise UserError("{} cannot be decoded; replace the volume with a valid TIFF".format(where))
+    page = reader._to_gray(pages[0], where)
+    return sources._to_mask(page, where) if is_label else sources._to_uint8(page, where)
+
+
+def _check_pair(image, image_file, mask, mask_file):
+    if mask.shape != image.shape:
+        raise UserError("{} is {}x{} but its label {} is {}x{}; labels must match their image size".format(
+            image_file, image.shape[1], image.shape[0], mask_file, mask.shape[1], mask.shape[0]))
+
+
+class _Progress(object):
+    """tqdm on a terminal, else a line every `every` slices (and at the end)."""
+
+    def __init__(self, total, stream=sys.stderr, every=100):
+        self.total, self.stream, self.every, self.done, self.bar = total, stream, every, 0, None
+        if stream.isatty():
+            try:
+                from tqdm import tqdm
+                self.bar = tqdm(total=total, unit="slice", file=stream)
+            except ImportError:
+                pass
+
+    def update(self):
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update(1)
+        elif self.done % self.every == 0 or self.done == self.total:
+            self.stream.write("packed {}/{} slices\n".format(self.done, self.total))
+            self.stream.flush()
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+class ShardWriter(object):
+    """Writes records into shards of about `shard_bytes`, each under a temporary name until it is complete."""
+
+    def __init__(self, output, shard_bytes):
+        from unet_perf.compat import v1
+        self._v1 = v1
+        self.output, self.shard_bytes = output, shard_bytes
+        self.entries, self._writer, self._size, self._slices, self._min = [], None, 0, 0, None
+
+    def write(self, record, height, width):
+        if self._writer is None:
+            self._temp = os.path.join(self.output, "." + shards.shard_name(len(self.entries)) + ".tmp")
+            self._writer = self._v1.io.TFRecordWriter(self._temp)
+            self._size, self._slices, self._min = 0, 0, (height, width)
+        self._writer.write(record)
+        self._size += len(record) + 16  # TFRecord framing: length, its CRC, data, data CRC
+        self._slices += 1
+        self._min = (min(self._min[0], height), min(self._min[1], width))
+        if self._size >= self.shard_bytes:
+            self.close_shard()
+
+    def close_shard(self):
+        if self._writer is None:
+            return
+        self._writer.close()
+        self._writer = None
+        name = shards.shard_name(len(self.entries))
+        final = os.path.join(self.output, name)
+        os.replace(self._temp, final)
+        self.entries.append({"file": name, "slices": self._slices, "bytes": os.path.getsize(final),
+                             "crc32": shards.file_crc32(final), "min_height": self._min[0],
+                             "min_width": self._min[1]})
+
+
+def pack(data_path, output, shard_mb=256.0, weight_map=False, weight_w0=10.0, weight_sigma=5.0, rgb="convert",
+         overwrite=False, progress_stream=sys.stderr):
+    """Pack `data_path` into shards under `output`; returns the manifest dict (also written as manifest.json)."""
+    if shard_mb <= 0:
+        raise UserError("--shard_mb must be positive, got {}".format(shard_mb))
+    if weight_map and (weight_sigma <= 0 or weight_w0 < 0):
+        raise UserError("--weight_map needs --weight_sigma > 0 and --weight_w0 >= 0, got {} and {}".format(
+            weight_sigma, weight_w0))
+    _prepare_output(output, overwrite)
+    total, pairs = iter_pairs(data_path, rgb)
+    weights = {"w0": weight_w0, "sigma": weight_sigma} if weight_map else None
+    return write_shard_set(pairs, total, output, shard_mb, weights, os.path.abspath(data_path), progress_stream)
+
+
+def write_shard_set(pairs, total, output, shard_mb=256.0, weights=None, source="", progress_stream=sys.stderr):
+    """Write (image, mask, name) pairs into shards and then the manifest under the existing folder `output`.
+
+    weights: None, or {"w0": .., "sigma": ..} to store border weight maps computed per slice. Returns the manifest.
+    """
+    writer = ShardWriter(output, int(shard_mb * 1024 * 1024))
+    progress = _Progress(total, progress_stream)
+    started = time.time()
+    try:
+        for image, mask, name in pairs:
+            weight_map = border_weight_map(mask, weights["w0"], weights["sigma"]) if weights else None
+            writer.write(shards.encode_example(image, mask, weight_map, name), image.shape[0], image.shape[1])
+            progress.update()
+        writer.close_shard()
+    finally:
+        progress.close()
+    manifest = {"format": shards.FORMAT, "version": shards.VERSION, "source": source,
+                "slices": sum(entry["slices"] for entry in writer.entries), "shards": writer.entries,
+                "weights": weights, "seconds": round(time.time() - started, 1)}
+    temp = os.path.join(output, "." + shards.MANIFEST + ".tmp")
+    with open(temp, "w") as handle:
+        json.dump(manifest, handle, indent=1)
+    os.replace(temp, os.path.join(output, shards.MANIFEST))
+    return manifest
+
+
+def _prepare_output(output, overwrite):
+    """Create `output`, or empty an old shard set in it (manifest first) under --overwrite."""
+    if os.path.isdir(output) and os.listdir(output):
+        if not overwrite:
+            raise UserError("--output {} is not empty; choose a new folder or pass --overwrite true".format(output))
+        names = os.listdir(output)
+        strangers = [name for name in names if not (name == shards.MANIFEST or name.startswith("shard-")
+                                                    or name.startswith("."))]
+        if strangers:
+            raise UserError("--output {} holds {} which pack did not write; choose another folder".format(
+                output, strangers[0]))
+        if shards.MANIFEST in names:
+            os.remove(os.path.join(output, shards.MANIFEST))  # first: the old set stops being a set at once
+        for name in names:
+            if name != shards.MANIFEST:
+                os.remove(os.path.join(output, name))
+    elif os.path.exists(output) and not os.path.isdir(output):
+        raise UserError("--output {} is a file; pass a folder".format(output))
+    os.makedirs(output, exist_ok=True)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data_path", required=True, help="folder in any layout unet_perf.data.sources reads")
+    parser.add_argument("--output", required=True, help="new folder for the shards and manifest.json")
+    parser.add_argument("--shard_mb", type=float, default=256.0, help="approximate shard size in MiB")
+    parser.add_argument("--weight_map", type=_str2bool, default=False, help="also store U-Net border weight maps")
+    parser.add_argument("--weight_w0", type=float, default=10.0, help="w0 of the border weight map")
+    parser.add_argument("--weight_sigma", type=float, default=5.0, help="sigma of the border weight map (px)")
+    parser.add_argument("--rgb", default="convert", choices=("convert", "refuse"), help="colour input handling")
+    parser.add_argument("--overwrite", type=_str2bool, default=False, help="replace an existing shard set")
+    args = parser.parse_args(argv)
+    manifest = pack(args.data_path, args.output, args.shard_mb, args.weight_map, args.weight_w0,
+                    args.weight_sigma, args.rgb, args.overwrite)
+    print("wrote {} slices in {} shard(s) to {}".format(manifest["slices"], len(manifest["shards"]), args.output))
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
