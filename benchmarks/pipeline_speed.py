@@ -26,15 +26,13 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench_lib  # noqa: E402  (puts the repo on sys.path)
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from unet_perf import compat  # noqa: E402
-from unet_perf.compat import v1  # noqa: E402
-from unet_perf.config import Config, config_to_dict  # noqa: E402
-from unet_perf.errors import UserError, run_cli  # noqa: E402
+import bench_lib
+from unet_perf import compat
+from unet_perf.compat import v1
+from unet_perf.config import Config, config_to_dict
+from unet_perf.errors import UserError, run_cli
 
 SIZE = 512
 BATCH = 8
@@ -47,21 +45,21 @@ def measure_pipeline(cfg, batches, repeats, warmup, session_threads=None):
 
     session_threads: intra/inter-op threads of the Session (default: cfg.data_threads or 1).
     """
-    from unet_perf import augment, pipeline
+    from unet_perf import augment, graph, pipeline
     from unet_perf.data import shards
     from unet_perf.data.loading import load_dataset
 
     compat.enable_graph_mode()
     train, _, weights = load_dataset(cfg)
     threads = session_threads or cfg.data_threads or 1
-    graph = v1.Graph()
-    with graph.as_default():
-        iterator = pipeline.make_iterator(pipeline.make_dataset(train.images, train.masks, weights, cfg))
+    with v1.Graph().as_default() as pipeline_graph:
+        # The trainer's own data source (graph.pipeline_source), without the model.
+        iterator = pipeline.make_iterator(graph.pipeline_source(cfg, train, weights)())
         # one element of each output: the dataset still produces whole batches, the fetch copies nothing big
         fetch = [tensor[0, 0, 0, 0] for tensor in iterator.get_next()]
     session_config = v1.ConfigProto(intra_op_parallelism_threads=threads, inter_op_parallelism_threads=threads)
     wall, cpu = [], []
-    with v1.Session(graph=graph, config=session_config) as sess:
+    with v1.Session(graph=pipeline_graph, config=session_config) as sess:
         sess.run(iterator.initializer)
         for _ in range(warmup):
             sess.run(fetch)

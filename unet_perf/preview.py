@@ -18,6 +18,7 @@ PREVIEW_FIELDS = (
     "data_path", "synthetic_count", "synthetic_size", "rgb", "crop_size", "input_scale", "seed",
     "augment", "flip", "rotate_deg", "scale_range", "shear", "translate", "elastic", "elastic_grid",
     "elastic_sigma", "border", "mask_interp", "brightness", "contrast", "gamma", "noise", "xla_augment",
+    "augment_engine",
 )
 
 
