@@ -235,7 +235,7 @@ def wait_for_peers(cluster, timeout_sec, poll_sec=0.2):
         time.sleep(poll_sec)
         missing = unreachable_peers(cluster, timeout=1.0)
     if missing:
-        raise UserError("{}: {} did not start within {:.0f} s (--collective_timeout); start every worker of the "
+        raise UserError("{}: {} did not start within {:g} s (--collective_timeout); start every worker of the "
                         "{} cluster".format(cluster.describe(cluster.rank),
                                             ", ".join(cluster.describe(rank) for rank in missing),
                                             timeout_sec, cluster.source))
