@@ -120,6 +120,83 @@ def test_non_finite_gradient_on_one_worker_skips_the_step_everywhere(results):
     assert any(not np.array_equal(weights_chief[name], start[name]) for name in start)
 
 
+# --- in-process: each worker's share is its rows of the global batch --------------------------------------------
+
+def _config(*flags):
+    from unet_perf.config import config_from_args
+    return config_from_args(TINY + list(flags))
+
+
+def test_pipeline_shares_are_the_global_batch_rows():
+    from unet_perf import graph, pipeline
+    from unet_perf.compat import v1
+    from unet_perf.data.loading import load_dataset
+
+    def first_batches(batch, rank, size):
+        cfg = _config("--batch_size", str(batch), "--weight_map", "true")
+        train, _, weights = load_dataset(cfg)
+        with v1.Graph().as_default():
+            iterator = pipeline.make_iterator(graph.pipeline_source(cfg, train, weights, 1, rank, size)())
+            with v1.Session() as sess:
+                sess.run(iterator.initializer)
+                return [sess.run(iterator.get_next()) for _ in range(2)]
+
+    whole = first_batches(4, 0, 1)
+    shares = [first_batches(2, rank, 2) for rank in range(2)]
+    for step in range(2):
+        for part in range(3):  # image, mask, weight map
+            joined = np.concatenate([shares[0][step][part], shares[1][step][part]])
+            np.testing.assert_array_equal(joined, whole[step][part])
+        assert not np.array_equal(shares[0][step][0], shares[1][step][0])
+
+
+def test_dropout_masks_are_the_global_batch_rows():
+    import tensorflow as tf
+
+    from unet_perf import model
+    from unet_perf.compat import v1
+
+    cfg = _config()
+    images = np.random.RandomState(0).uniform(0, 1, (4, 32, 32, 1)).astype(np.float32)
+    with v1.Graph().as_default():
+        step = tf.constant(3, tf.int64)
+        whole = model.unet(tf.constant(images), cfg, training=True, step=step)
+        parts = [model.unet(tf.constant(images[2 * r:2 * r + 2]), cfg, training=True, step=step, worker_index=r,
+                            num_workers=2) for r in range(2)]
+        plain = model.unet(tf.constant(images[2:]), cfg, training=True, step=step)  # no share: rank 0's mask
+        with v1.Session() as sess:
+            sess.run(v1.global_variables_initializer())
+            whole, first, second, plain = sess.run([whole] + parts + [plain])
+    np.testing.assert_allclose(np.concatenate([first, second]), whole, rtol=1e-6, atol=1e-6)
+    assert not np.allclose(plain, second, atol=1e-4)
+
+
+def test_weighted_bce_is_normalised_over_the_global_batch():
+    import tensorflow as tf
+
+    from unet_perf import losses
+    from unet_perf.compat import v1
+
+    rng = np.random.RandomState(1)
+    logits = rng.normal(size=(4, 8, 8, 1)).astype(np.float32)
+    masks = (rng.uniform(size=logits.shape) > 0.5).astype(np.float32)
+    weights = rng.uniform(0.5, 1.5, logits.shape).astype(np.float32)
+    weights[2:] *= 5.0  # the second worker's share weighs much more
+    with v1.Graph().as_default():
+        whole = losses.bce(logits, masks, weights)
+        share_sums = [tf.reduce_sum(weights[2 * r:2 * r + 2]) for r in range(2)]
+        mean_sum = (share_sums[0] + share_sums[1]) / 2.0
+        global_norm = [losses.bce(logits[2 * r:2 * r + 2], masks[2 * r:2 * r + 2], weights[2 * r:2 * r + 2],
+                                  weight_total=mean_sum) for r in range(2)]
+        local_norm = [losses.bce(logits[2 * r:2 * r + 2], masks[2 * r:2 * r + 2], weights[2 * r:2 * r + 2])
+                      for r in range(2)]
+        with v1.Session() as sess:
+            whole, global_norm, local_norm = sess.run([whole, global_norm, local_norm])
+    np.testing.assert_allclose(np.mean(global_norm), whole, rtol=1e-6)
+    # what per-worker normalisation would have given instead: a different loss (so the all-reduce matters)
+    assert abs(np.mean(local_norm) - whole) > 1e-3 * abs(whole)
+
+
 # --- the worker side (this file run as a script) ------------------------------------------------------------------
 
 def worker_main(out_dir):
