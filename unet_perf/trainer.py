@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 
 from unet_perf import checkpoints, compat, distributed, graph
+from unet_perf.cluster import SINGLE
 from unet_perf.compat import v1
 from unet_perf.config import config_to_dict
 from unet_perf.errors import UserError
@@ -292,9 +293,10 @@ class Checkpoints(object):
 class Run(object):
     """The loop of one process: Session.runs of K steps, logging, checkpoints, validation, stop handling."""
 
-    def __init__(self, cfg, sess, training, fetches, saved, log, console, probe, team):
+    def __init__(self, cfg, sess, training, fetches, saved, log, console, probe, team=None):
         self.cfg, self.sess, self.training, self.fetches = cfg, sess, training, fetches
-        self.saved, self.log, self.console, self.probe, self.team = saved, log, console, probe, team
+        self.saved, self.log, self.console, self.probe = saved, log, console, probe
+        self.team = team if team is not None else distributed.Team(SINGLE, training.backend)
         self.say = console.say
         self.history = []
         self.validation = None
