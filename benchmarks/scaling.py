@@ -129,9 +129,6 @@ def worker_main(spec_text):
     cfg = Config(**spec["config"]).validate()
     team = cluster_lib.from_environment()
     backend = get_backend(cfg, team)
-    if team.distributed:
-        backend.session_target()
-        cluster_lib.wait_for_peers(team, cfg.collective_timeout)
     if spec["source"] == "pipeline":
         from unet_perf.data.loading import load_dataset
         train, _, weights = load_dataset(cfg)

@@ -210,8 +210,7 @@ def worker_main(out_dir):
     compat.enable_graph_mode()
     cluster = cluster_lib.from_environment()
     collectives = HostCollectives(cluster, timeout_sec=120)  # one server and one instance-key counter per process
-    collectives.start()
-    cluster_lib.wait_for_peers(cluster, 120)
+    collectives.start()  # also waits for the peer
     rank = cluster.rank
 
     def save(name, data):

@@ -38,8 +38,7 @@ def join(cfg, env=None):
         raise UserError("{} describes {} workers but the {} backend trains on one; unset it or use --device host"
                         .format(cluster.source, cluster.size, backend.name))
     if cluster.distributed:
-        backend.session_target()  # start the server now: a taken port is an error before any data is loaded
-        cluster_lib.wait_for_peers(cluster, cfg.collective_timeout)
+        backend.session_target()  # start now: a taken port or an absent peer is an error before any data is loaded
     return Team(cluster, backend)
 
 
@@ -101,13 +100,14 @@ class Team(object):
         return int(values[2])
 
     def _all_max(self, values, doing):
+        from unet_perf.backends.collective import GROUP_STARTUP
         from unet_perf.compat import v1
 
         collectives = self.backend.collectives
         graph = v1.Graph()
         with graph.as_default(), v1.device(collectives.device):
             reduced = collectives.all_reduce(v1.constant(values, v1.float64), merge_op="Max", final_op="Id",
-                                             group_key=1)
+                                             group_key=GROUP_STARTUP)
         config = collectives.configure(v1.ConfigProto())
         with v1.Session(self.backend.session_target(), graph=graph, config=config) as sess:
             with collectives.peer_errors(doing):

@@ -73,7 +73,8 @@ class HostCollectives(object):
         return config
 
     def start(self):
-        """Start this process's server once (port checked first); returns its session target."""
+        """Start this process's server once (port checked first), wait (bounded) until every peer's server
+        listens; returns the session target."""
         if self._server is None:
             cluster_lib.check_port_free(self.cluster)
             spec = v1.train.ClusterSpec({JOB: self.cluster.addresses})
@@ -83,6 +84,7 @@ class HostCollectives(object):
             except (v1.errors.OpError, ValueError) as err:
                 raise UserError("cannot start the TensorFlow server of {} ({}); check its TF_CONFIG address".format(
                     self.cluster.describe(self.cluster.rank), str(err).strip().splitlines()[0][:200]))
+            cluster_lib.wait_for_peers(self.cluster, self.timeout_sec)
         return self._server.target
 
     def run_options(self):
