@@ -10,6 +10,9 @@ Sweeps are comma lists: --iterations_per_loop 1,10,100 --precision fp32,bf16,fp1
 matmul ceiling per precision and reports achieved FLOP/s (analytic U-Net FLOPs) as a fraction of it.
   loss_scale  (or --loss_scale_report) fp16 dynamic loss scaling vs fp32, step by step, on the same batches, at
             the first value of each sweep (fp16 convolutions are slow on CPUs: use a small config there)
+  --workers 1,2  data-parallel scaling on this host (benchmarks/scaling.py): N workers on 127.0.0.1 with
+            --cores_per_worker cores each (default 1), global and per-worker img/s, efficiency img/s(N)/(N x img/s(1))
+            and the bytes all-reduced per step, at the first value of each sweep, fed like --scaling_source
 
 Defaults (a few minutes on a 2-core CPU): K 1,10, batch 2, crop 128, base 16, depth 4, synthetic data, precision
 fp32 plus bf16 where it has hardware support (GPU, NPU, AVX512-BF16/AMX CPU; see resolve_auto_precision). --full: the ModelZoo size (512x512 input, batch 2 and 8, base 64). --tiny: a seconds-long smoke run.
@@ -58,6 +61,12 @@ def build_arg_parser():
         parser.add_argument("--" + name, type=kind, default=None, help="default from the preset")
     parser.add_argument("--loss_scale_report", action="store_true",
                         help="also run fp16 dynamic loss scaling vs fp32 for --loss_scale_steps steps")
+    parser.add_argument("--workers", default=None,
+                        help="comma list of worker counts for the data-parallel scaling table, e.g. 1,2")
+    parser.add_argument("--cores_per_worker", type=int, default=1, help="cores pinned per worker for --workers")
+    parser.add_argument("--scaling_source", default="cached_batch", choices=("cached_batch", "pipeline"),
+                        help="input of the --workers runs: one cached batch (compute + communication) or the real "
+                             "pipeline (each worker augments its share on its own cores)")
     parser.add_argument("--output", default="runs/throughput", help="folder of throughput.json and the plots")
     parser.add_argument("--no_plots", action="store_true", help="skip the PNG plots")
     return parser
@@ -94,6 +103,12 @@ def make_plan(argv):
         raise UserError("--mode {} is unknown: use a comma list of {}".format(",".join(unknown), ",".join(MODES)))
     if args.loss_scale_report and "loss_scale" not in modes:
         modes.append("loss_scale")
+    args.workers = parse_list(args.workers, int, "workers") if args.workers else []
+    if any(count < 1 for count in args.workers) or args.cores_per_worker < 1:
+        raise UserError("--workers and --cores_per_worker must be positive, got {} and {}".format(
+            args.workers, args.cores_per_worker))
+    if args.workers and "mode" not in given:
+        modes = []  # --workers alone: only the scaling table
     sweeps = {name: parse_list(getattr(args, name), kind, name) for name, kind in SWEEPS.items()}
     if sweeps["precision"] == ["auto"]:
         sweeps["precision"] = None  # resolved in main against the hardware (see resolve_auto_precision)
@@ -307,6 +322,12 @@ def main(argv=None):
     if "pipeline" in modes:
         results += measure_pipelines(args, base, sweeps, log)
     results += measure_training(args, base, sweeps, modes, ceilings, log)
+    scaling = []
+    if args.workers:
+        import scaling as scaling_bench
+        first = config_for(base, {name: values[0] for name, values in sweeps.items()}, args.steps)
+        scaling = scaling_bench.measure_scaling(first, args.workers, args.cores_per_worker, args.scaling_source,
+                                                args.steps, args.repeats, args.warmup_steps, log)
     loss_scale = None
     if "loss_scale" in modes:
         import loss_scale_report
@@ -328,6 +349,7 @@ def main(argv=None):
         "machine": machine,
         "ceilings": ceilings,
         "results": results,
+        "scaling": scaling,
         "loss_scale": loss_scale,
         "duration_sec": time.time() - started,
     }
@@ -349,7 +371,13 @@ def main(argv=None):
         next((r["backend"] for r in results if "backend" in r), "-")))
     print("config: depth {} input_scale {} data {} | {} steps x {} repeats after {} warm-up steps".format(
         base.depth, base.input_scale, base.data_path or "synthetic", args.steps, args.repeats, args.warmup_steps))
-    print(format_table(results, ceilings))
+    if results or ceilings:
+        print(format_table(results, ceilings))
+    if scaling:
+        import scaling as scaling_bench
+        print("data-parallel scaling ({} input; machine shared with other jobs unless stated):".format(
+            args.scaling_source))
+        print(scaling_bench.format_scaling(scaling))
     if loss_scale is not None:
         import loss_scale_report
         print(loss_scale_report.format_report(loss_scale))

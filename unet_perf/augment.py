@@ -452,6 +452,17 @@ def _flatten(tree):
     return flat, rebuild
 
 
+def worker_rows(draws, worker_index, batch):
+    """The draws of rows [worker_index*batch, (worker_index+1)*batch) of a global batch's draws (the per-batch
+    noise field is shared by all rows and kept whole)."""
+    start = worker_index * batch
+    rows = dict(draws)
+    for key in ("uniforms", "elastic"):
+        if rows[key] is not None:
+            rows[key] = rows[key][start:start + batch]
+    return rows
+
+
 def _opencv_stage(cfg, in_size, out_size, has_weights):
     """inputs (images, masks, weights, draws) -> outputs like _sampling_stage, sampled by unet_perf.augment_cv
     in one tf.numpy_function; the per-sample parameters come from the same TensorFlow code as the graph map."""
@@ -492,13 +503,17 @@ def _opencv_stage(cfg, in_size, out_size, has_weights):
     return stage
 
 
-def augment_batch(images, masks, weights, cfg, out_size, seed, xla=None, engine=None, crop_centres=None):
+def augment_batch(images, masks, weights, cfg, out_size, seed, xla=None, engine=None, crop_centres=None,
+                  worker_index=0, num_workers=1):
     """Augment one batch with one fused coordinate map and one sampling pass.
 
     images, masks: uint8 [B, H, W] (masks in {0, 1}); weights: float32 [B, H, W] or None; out_size: (h, w);
     seed: int64 [2] (see batch_seed); engine: "xla", "graph" or "opencv" (None = resolve_engine(cfg));
     xla: older switch, used when engine is None: True = "xla", False = "graph"; crop_centres: float32 [B, 2]
     source (x, y) of each crop centre, or None to draw random crops (see tile_centre).
+    worker_index, num_workers: with num_workers > 1 the B images are this worker's rows of a global batch of
+    B*num_workers: the random numbers are drawn for the global batch and this worker's rows kept, so each sample is
+    augmented exactly as one worker with the whole batch would augment it.
     All engines use the same draws and the same map; they differ by interpolation rounding (see augment_cv).
     Returns (images float32 [B, h, w, 1] in [0, 1], masks float32 {0, 1} [B, h, w, 1],
     weights float32 [B, h, w, 1] or None), all with static shapes.
@@ -515,7 +530,9 @@ def augment_batch(images, masks, weights, cfg, out_size, seed, xla=None, engine=
         engine = resolve_engine(cfg) if xla is None else ("xla" if xla else "graph")
     if engine not in ENGINES:
         raise ValueError("augment_batch engine must be one of {}, got {!r}".format(ENGINES, engine))
-    draws = draw(cfg, batch, out_size, tf.convert_to_tensor(seed, tf.int64))
+    draws = draw(cfg, batch * num_workers, out_size, tf.convert_to_tensor(seed, tf.int64))
+    if num_workers > 1:
+        draws = worker_rows(draws, worker_index, batch)
     if crop_centres is not None:
         draws["crop_centres"] = tf.convert_to_tensor(crop_centres, tf.float32)
     if engine == "opencv":
