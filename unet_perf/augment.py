@@ -396,11 +396,25 @@ def _flatten(tree):
     return flat, rebuild
 
 
-def augment_batch(images, masks, weights, cfg, out_size, seed, xla=None):
+def worker_rows(draws, worker_index, batch):
+    """The draws of rows [worker_index*batch, (worker_index+1)*batch) of a global batch's draws (the per-batch
+    noise field is shared by all rows and kept whole)."""
+    start = worker_index * batch
+    rows = dict(draws)
+    for key in ("uniforms", "elastic"):
+        if rows[key] is not None:
+            rows[key] = rows[key][start:start + batch]
+    return rows
+
+
+def augment_batch(images, masks, weights, cfg, out_size, seed, xla=None, worker_index=0, num_workers=1):
     """Augment one batch with one fused coordinate map and one sampling pass.
 
     images, masks: uint8 [B, H, W] (masks in {0, 1}); weights: float32 [B, H, W] or None; out_size: (h, w);
     seed: int64 [2] (see batch_seed); xla: None = decide from cfg.xla_augment.
+    With num_workers > 1 the B images are this worker's rows of a global batch of B*num_workers: the random
+    numbers are drawn for the global batch and this worker's rows kept, so each sample is augmented exactly as
+    one worker with the whole batch would augment it.
     Returns (images float32 [B, h, w, 1] in [0, 1], masks float32 {0, 1} [B, h, w, 1],
     weights float32 [B, h, w, 1] or None), all with static shapes.
     """
@@ -412,7 +426,9 @@ def augment_batch(images, masks, weights, cfg, out_size, seed, xla=None):
     if height < 2 or width < 2:
         raise ValueError("augment_batch needs images of at least 2x2 pixels, got {}x{}".format(height, width))
     out_size = (int(out_size[0]), int(out_size[1]))
-    draws = draw(cfg, batch, out_size, tf.convert_to_tensor(seed, tf.int64))
+    draws = draw(cfg, batch * num_workers, out_size, tf.convert_to_tensor(seed, tf.int64))
+    if num_workers > 1:
+        draws = worker_rows(draws, worker_index, batch)
     xla = use_xla(cfg) if xla is None else xla
     positions = _run_stage(_positions_stage(cfg, (height, width), out_size), draws, xla)
     positions.update(images=images, masks=masks, weights=weights, draws=draws)

@@ -85,6 +85,12 @@ class Config:
     device: str = _field("auto", "backend: auto (npu when npu_bridge imports, else host), host, npu",
                          ("auto", "host", "npu"))
     seed: int = _field(0, "seed of data order, augmentation, initialisation and dropout")
+    # --- several workers (TF_CONFIG or unet_perf.launch) ----------------------------------------------------
+    lr_scaling: str = _field("none", "learning rate with N workers: none (as given) or linear (x N, for the "
+                             "N-times larger global batch)", ("none", "linear"))
+    collective_timeout: float = _field(
+        600.0, "seconds any worker waits for its peers (start-up, each Session.run, the chief's validation) "
+               "before stopping with an error naming the missing worker")
     # --- outputs -----------------------------------------------------------------------------------------
     model_dir: str = _field("runs/unet", "checkpoints, TensorBoard summaries and the JSON summary")
     save_checkpoints_steps: int = _field(100, "checkpoint every N steps (a multiple of --iterations_per_loop)")
@@ -108,6 +114,8 @@ class Config:
                      "contrast", "gamma", "noise", "elastic_sigma"):
             if getattr(self, name) < 0:
                 raise UserError("--{} must not be negative, got {}".format(name, getattr(self, name)))
+        if self.collective_timeout <= 0:
+            raise UserError("--collective_timeout must be positive, got {}".format(self.collective_timeout))
         if self.learning_rate <= 0:
             raise UserError("--learning_rate must be positive, got {}".format(self.learning_rate))
         if not 0 <= self.dropout < 1:

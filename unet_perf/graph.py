@@ -8,6 +8,7 @@ The trainer, the benchmarks and the profiler all call these two functions, so th
 (variables, then restore, then the iterator initializer on its own, then `backend.prepare_session`) lives here once.
 """
 import numpy as np
+import tensorflow as tf
 
 from unet_perf.compat import v1
 from unet_perf.errors import UserError
@@ -38,27 +39,36 @@ class Training(object):
         self.extras = extras
 
 
-def make_loss_fn(cfg, with_weights):
+def make_loss_fn(cfg, with_weights, backend=None):
     """loss_fn(batch, step) for the backend: U-Net logits -> the configured loss (float32).
 
-    batch is (images, masks) or (images, masks, weights); step seeds the stateless dropout.
+    batch is (images, masks) or (images, masks, weights); step seeds the stateless dropout. With a backend of
+    several workers the batch is this worker's share: dropout masks are the global batch's rows and the weighted
+    BCE is normalised by the global batch's weight sum (see losses.py).
     """
     from unet_perf import losses, model
 
+    share = backend.cluster if backend is not None else None
+    rank, size = (share.rank, share.size) if share is not None else (0, 1)
+
     def loss_fn(batch, step):
-        logits = model.unet(batch[0], cfg, training=True, step=step)
+        logits = model.unet(batch[0], cfg, training=True, step=step, worker_index=rank, num_workers=size)
         weights = batch[2] if with_weights else None
-        return losses.compute_loss(logits, batch[1], weights, cfg.loss)
+        weight_total = None
+        if weights is not None and size > 1:
+            weight_total = backend.mean_over_workers([tf.reduce_sum(tf.cast(weights, tf.float32))])[0]
+        return losses.compute_loss(logits, batch[1], weights, cfg.loss, weight_total=weight_total)
 
     return loss_fn
 
 
 # --- data sources: functions building a tf.data.Dataset inside the training graph ------------------------------
 
-def pipeline_source(cfg, train, weights=None, start_step=0):
+def pipeline_source(cfg, train, weights=None, start_step=0, worker_index=0, num_workers=1):
     """The real input pipeline over loaded slices (train: data.sources.Pairs; weights: float32 maps or None).
 
     start_step: the global step training resumes at; the stream continues where it stopped.
+    worker_index, num_workers: this worker's share of each global batch (pipeline.make_dataset).
     """
     from unet_perf import pipeline
 
@@ -66,7 +76,8 @@ def pipeline_source(cfg, train, weights=None, start_step=0):
         raise ValueError("pipeline_source: weights must be given exactly when cfg.weight_map is on")
 
     def source():
-        return pipeline.make_dataset(train.images, train.masks, weights, cfg, seed=cfg.seed, start_batch=start_step)
+        return pipeline.make_dataset(train.images, train.masks, weights, cfg, seed=cfg.seed, start_batch=start_step,
+                                     worker_index=worker_index, num_workers=num_workers)
     return source
 
 
@@ -124,11 +135,12 @@ def build(cfg, source, backend=None, extras=None):
 
     backend = backend if backend is not None else get_backend(cfg)
     graph = v1.Graph()
-    with graph.as_default():
+    with graph.as_default(), v1.device(backend.device()):
         v1.set_random_seed(cfg.seed)
         global_step = v1.train.get_or_create_global_step()
         iterator = pipeline.make_iterator(source())
-        fetches = backend.build_train_loop(cfg, iterator.get_next, make_loss_fn(cfg, cfg.weight_map), global_step)
+        fetches = backend.build_train_loop(cfg, iterator.get_next, make_loss_fn(cfg, cfg.weight_map, backend),
+                                           global_step)
         built_extras = extras() if extras is not None else None
         variables = v1.global_variables()
         init_ops = [v1.global_variables_initializer(), v1.local_variables_initializer()]
@@ -139,16 +151,18 @@ def open_session(training, cfg, restore=None, profiling_options=None):
     """A session of `training`, ready to run: (session, fetches).
 
     Order (the NPU needs it; harmless elsewhere): initialise variables; `restore(sess)` when given (restore a
-    checkpoint, recover writers); run the iterator initializer on its own; `backend.prepare_session` (the NPU
-    wraps the train op for its device loop). The session is closed again if any of this fails.
+    checkpoint, recover writers); `backend.sync_variables` (several workers: everyone takes the chief's values,
+    so only the chief needs the checkpoint); run the iterator initializer on its own; `backend.prepare_session`
+    (the NPU wraps the train op for its device loop). The session is closed again if any of this fails.
     """
     backend = training.backend
     config = backend.session_config(cfg, profiling_options=profiling_options)
-    sess = v1.Session(graph=training.graph, config=config)
+    sess = v1.Session(backend.session_target(), graph=training.graph, config=config)
     try:
         sess.run(training.init_ops)
         if restore is not None:
             restore(sess)
+        backend.sync_variables(sess)
         sess.run(training.iterator.initializer)
         fetches = backend.prepare_session(sess, training.fetches)
     except BaseException:

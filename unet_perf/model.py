@@ -21,15 +21,18 @@ _BN_MOMENTUM = 0.99
 _BN_EPSILON = 1e-3
 
 
-def unet(images, cfg, training, step=None):
+def unet(images, cfg, training, step=None, worker_index=0, num_workers=1):
     """Logits float32 [B, h, w, 1] for images [B, h, w, 1] (any float dtype); h, w divisible by 2^cfg.depth.
 
     `step` (int64 scalar tensor, normally the global step) seeds the stateless dropout together with cfg.seed, so
     the same step always draws the same mask (a K-step loop equals K single steps). When it is None the graph's
     global step is used, or 0 when there is none.
+    With several workers, images are rows [worker_index*B, (worker_index+1)*B) of the global batch: dropout draws
+    the mask of the whole global batch and keeps these rows, so N workers see the masks one worker would.
     """
     dtype = compute_dtype(cfg.precision)
-    builder = _Builder(cfg, dtype, training, _dropout_step(step) if training and cfg.dropout > 0 else None)
+    builder = _Builder(cfg, dtype, training, _dropout_step(step) if training and cfg.dropout > 0 else None,
+                       (int(worker_index), int(num_workers)))
     with v1.variable_scope("unet", reuse=v1.AUTO_REUSE):
         x = tf.cast(images, dtype)
         skips = []
@@ -102,8 +105,9 @@ def _dropout_step(step):
 class _Builder(object):
     """Layer helpers sharing the dtype, the training flag and the dropout seed of one U-Net call."""
 
-    def __init__(self, cfg, dtype, training, step):
+    def __init__(self, cfg, dtype, training, step, share=(0, 1)):
         self.cfg = cfg
+        self.share = share
         self.dtype = dtype
         self.training = training
         self.step = step
@@ -164,6 +168,13 @@ class _Builder(object):
         index = self._dropout_index
         self._dropout_index += 1
         seed = tf.stack([tf.constant(self.cfg.seed, tf.int64), self.step * 8 + index])
-        noise = tf.random.stateless_uniform(x.shape.as_list(), seed, name=name + "_dropout_noise")
+        shape = x.shape.as_list()
+        index, count = self.share
+        if count > 1:
+            rows = shape[0]
+            shape[0] = rows * count
+        noise = tf.random.stateless_uniform(shape, seed, name=name + "_dropout_noise")
+        if count > 1:
+            noise = noise[index * rows:(index + 1) * rows]
         keep = tf.cast(noise >= rate, self.dtype) * tf.cast(1.0 / (1.0 - rate), self.dtype)
         return x * keep

@@ -62,19 +62,26 @@ def _options(cfg):
     return options
 
 
-def batch_indices(count, cfg, seed, start_batch=0):
+def batch_indices(count, cfg, seed, start_batch=0, worker_index=0, num_workers=1):
     """Dataset of (slice indices int64 [B], batch number int64): seeded shuffle of range(count) with buffer
-    cfg.shuffle_buffer (0 = count), repeat, batch(drop_remainder=True), then skip `start_batch` batches."""
+    cfg.shuffle_buffer (0 = count), repeat, batch(drop_remainder=True), then skip `start_batch` batches.
+
+    With num_workers > 1 the indices are batched by the global batch B*num_workers and this worker keeps rows
+    [worker_index*B, (worker_index+1)*B): the workers together see exactly one worker's stream of global batches.
+    """
     buffer_size = cfg.shuffle_buffer or count
+    batch = cfg.batch_size
     indices = (tf.data.Dataset.range(count)
                .shuffle(buffer_size, seed=seed, reshuffle_each_iteration=True)
                .repeat()
-               .batch(cfg.batch_size, drop_remainder=True))
+               .batch(batch * num_workers, drop_remainder=True))
+    if num_workers > 1:
+        indices = indices.map(lambda rows: rows[worker_index * batch:(worker_index + 1) * batch])
     numbered = tf.data.Dataset.zip((indices, tf.data.Dataset.range(_BATCH_COUNTER_END)))
     return numbered.skip(start_batch) if start_batch else numbered
 
 
-def make_dataset(images, masks, weights, cfg, seed=None, start_batch=0):
+def make_dataset(images, masks, weights, cfg, seed=None, start_batch=0, worker_index=0, num_workers=1):
     """The training dataset of augmented batches.
 
     images, masks: uint8 [N, H, W] (masks {0, 1}); weights: float32 [N, H, W] or None; seed: None = cfg.seed.
@@ -82,7 +89,11 @@ def make_dataset(images, masks, weights, cfg, seed=None, start_batch=0):
     mask [B, h, w, 1] float32 {0, 1}) plus weight [B, h, w, 1] float32 when weights is not None;
     B = cfg.batch_size, h = w = cfg.crop_size. Batch k (counting from 0 in an uninterrupted run) is the same
     whatever start_batch is; a run resumed at step s passes start_batch=s and continues the stream.
+    worker_index, num_workers: this worker's share of each global batch of B*num_workers (see batch_indices);
+    its augmentation is the global batch's, restricted to its rows.
     """
+    if not 0 <= worker_index < num_workers:
+        raise ValueError("worker_index {} is not in [0, {})".format(worker_index, num_workers))
     images, masks, weights = _check_arrays(images, masks, weights)
     seed = cfg.seed if seed is None else seed
     out_size = (cfg.crop_size, cfg.crop_size)
@@ -98,7 +109,7 @@ def make_dataset(images, masks, weights, cfg, seed=None, start_batch=0):
         slices = [tf.gather(array, indices) for array in arrays]
         image, mask, weight = augment.augment_batch(
             slices[0], slices[1], slices[2] if has_weights else None, cfg, out_size,
-            augment.batch_seed(seed, batch_number), xla=xla)
+            augment.batch_seed(seed, batch_number), xla=xla, worker_index=worker_index, num_workers=num_workers)
         image = tf.cast(normalize(image, cfg.normalize), dtype)
         outputs = (image, mask) + ((weight,) if has_weights else ())
         for output in outputs:
@@ -106,7 +117,8 @@ def make_dataset(images, masks, weights, cfg, seed=None, start_batch=0):
         return outputs
 
     arrays = tf.data.Dataset.from_tensors(cached).repeat()  # held once in memory, never copied per element
-    dataset = tf.data.Dataset.zip((batch_indices(len(images), cfg, seed, start_batch), arrays))
+    dataset = tf.data.Dataset.zip((batch_indices(len(images), cfg, seed, start_batch, worker_index, num_workers),
+                                   arrays))
     dataset = dataset.map(augment_one_batch, num_parallel_calls=cfg.data_threads or AUTOTUNE)
     dataset = dataset.prefetch(cfg.prefetch)
     return dataset.with_options(_options(cfg))

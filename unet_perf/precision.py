@@ -63,15 +63,18 @@ class LossScaler(object):
                 "skipped_steps": self.skipped_steps_var.read_value(),
                 "scale_changes": self.scale_changes_var.read_value()}
 
-    def minimize(self, optimizer, loss, var_list, global_step):
+    def minimize(self, optimizer, loss, var_list, global_step, reduce_gradients=None):
         """(train_op, overflow) for one step: scaled gradients, finite check, conditional update, state update.
 
         `global_step` is advanced by one on every step (also on skipped ones). `overflow` is a bool scalar, True when
-        the update was skipped.
+        the update was skipped. `reduce_gradients` (list -> list, e.g. the mean over workers) is applied to the
+        unscaled gradients before the finite check: one worker's inf or nan reaches every worker's reduced
+        gradients, so all workers skip the same step and move the scale identically.
         """
         loss = tf.cast(loss, tf.float32)
+        reduce_gradients = reduce_gradients or (lambda grads: grads)
         if self.kind == "none":
-            grads = v1.gradients(loss, var_list)
+            grads = reduce_gradients(v1.gradients(loss, var_list))
             apply_op = optimizer.apply_gradients(_pairs(grads, var_list))
             with tf.control_dependencies([apply_op]):
                 step_op = global_step.assign_add(1)
@@ -80,7 +83,7 @@ class LossScaler(object):
         scale = self.scale_var.read_value()
         scaled_grads = v1.gradients(loss * scale, var_list)
         inverse = 1.0 / scale
-        grads = [None if g is None else g * tf.cast(inverse, g.dtype) for g in scaled_grads]
+        grads = reduce_gradients([None if g is None else g * tf.cast(inverse, g.dtype) for g in scaled_grads])
         finite = all_finite(grads)
 
         def apply_update():

@@ -23,7 +23,7 @@ import time
 import cv2
 import numpy as np
 
-from unet_perf import checkpoints, compat, graph
+from unet_perf import checkpoints, compat, distributed, graph
 from unet_perf.compat import v1
 from unet_perf.config import config_to_dict
 from unet_perf.errors import UserError
@@ -166,8 +166,13 @@ def train(cfg, out=None):
 
     started = time.time()
     cfg.validate()
+    team = distributed.join(cfg)
+    if not team.chief:
+        return distributed.follow(cfg, team)  # trains its share; prints and writes nothing
     console = Console(out if out is not None else sys.stdout)
     say = console.say
+    if team.size > 1:
+        say(team.describe(cfg))
     if not cfg.data_path:
         say("training on the built-in synthetic set ({} slices of {}x{}, seed {}); pass --data_path for real "
             "data".format(cfg.synthetic_count, cfg.synthetic_size, cfg.synthetic_size, cfg.seed))
@@ -183,6 +188,7 @@ def train(cfg, out=None):
         for path in checkpoints.remove_partial_files(model_dir):
             say("removed the partial file of an interrupted save: {}".format(path))
     prefix, start_step = _restorable(model_dir)
+    start_step = team.handshake(cfg, train_pairs, start_step)
     total = cfg.total_steps
     if prefix is not None and start_step >= total:
         say("{} already holds a checkpoint at step {} >= {} total steps: nothing to train (raise --max_steps to "
@@ -197,8 +203,10 @@ def train(cfg, out=None):
     if cfg.deterministic:
         compat.enable_op_determinism()
     probe_count = min(max(cfg.summary_images, cfg.batch_size), max(len(train_pairs.images), 1))
-    training = graph.build(cfg, graph.pipeline_source(cfg, train_pairs, weights, start_step),
-                           extras=inference_graphs(cfg, val_pairs, probe_count))
+    training = graph.build(team.run_config(cfg), graph.pipeline_source(cfg, train_pairs, weights, start_step,
+                                                                      *team.share),
+                           backend=team.backend, extras=inference_graphs(cfg, val_pairs, probe_count))
+    team.build_vote(training)
     if prefix is not None:
         checkpoints.check_compatible(prefix, training.variables, model_dir, cfg)
     checkpoints.make_model_dir(model_dir)
@@ -225,10 +233,11 @@ def train(cfg, out=None):
     log = SummaryLog(model_dir, say)
     sess = None
     try:
-        sess, fetches = graph.open_session(training, cfg, restore=recover_and_restore)
-        start_step = int(sess.run(training.global_step))
-        run = Run(cfg, sess, training, fetches, Checkpoints(writer, best), log, console, probe)
-        summary = run.loop(start_step, total)
+        with team.peer_errors("training"):
+            sess, fetches = graph.open_session(training, cfg, restore=recover_and_restore)
+            start_step = int(sess.run(training.global_step))
+            run = Run(cfg, sess, training, fetches, Checkpoints(writer, best), log, console, probe, team)
+            summary = run.loop(start_step, total)
     finally:
         log.close()
         if sess is not None:
@@ -236,7 +245,8 @@ def train(cfg, out=None):
     if summary["status"] == "interrupted":
         return summary
     summary.update({"duration_sec": time.time() - started, "config": config_to_dict(cfg),
-                    "backend": training.backend.name, "augmentation": engine})
+                    "backend": training.backend.name, "augmentation": engine, "workers": team.size,
+                    "global_batch_size": cfg.batch_size * team.size})
     summary.update(compat.describe())
     checkpoints.atomic_write_json(os.path.join(model_dir, SUMMARY_FILE), summary)
     say("Final Performance images/sec : {:.2f}".format(summary["images_per_sec"]))
@@ -282,9 +292,9 @@ class Checkpoints(object):
 class Run(object):
     """The loop of one process: Session.runs of K steps, logging, checkpoints, validation, stop handling."""
 
-    def __init__(self, cfg, sess, training, fetches, saved, log, console, probe):
+    def __init__(self, cfg, sess, training, fetches, saved, log, console, probe, team):
         self.cfg, self.sess, self.training, self.fetches = cfg, sess, training, fetches
-        self.saved, self.log, self.console, self.probe = saved, log, console, probe
+        self.saved, self.log, self.console, self.probe, self.team = saved, log, console, probe, team
         self.say = console.say
         self.history = []
         self.validation = None
@@ -321,8 +331,9 @@ class Run(object):
 
     def loop(self, start_step, total):
         cfg = self.cfg
-        images_per_run = cfg.batch_size * cfg.iterations_per_loop
-        progress = Progress(total, start_step, cfg.batch_size, cfg.steps_per_epoch, out=self.console.out)
+        global_batch = cfg.batch_size * self.team.size  # the rates are the whole job's
+        images_per_run = global_batch * cfg.iterations_per_loop
+        progress = Progress(total, start_step, global_batch, cfg.steps_per_epoch, out=self.console.out)
         self.console.progress = progress
         step = start_step
         steady_time = 0.0
@@ -331,7 +342,7 @@ class Run(object):
         values = None
         with StopRequest(self.say) as stop:
             try:
-                while step < total and not stop.requested:
+                while step < total and not self.team.agree_to_stop(self.sess, stop.requested):
                     tick = time.time()
                     values = self.sess.run(self.fetches)
                     elapsed = time.time() - tick
@@ -358,7 +369,7 @@ class Run(object):
             finally:
                 progress.close()
                 self.console.progress = None
-            if stop.requested and step < total:
+            if step < total:  # stopped early: this worker or another asked
                 path = self.save(step)
                 self.say("interrupted at step {} ({}); rerun the same command to resume".format(
                     step, "saved {}".format(path) if path else "checkpoint already saved"))

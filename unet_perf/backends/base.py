@@ -21,9 +21,18 @@ Arguments:
 
 Fetch keys every backend returns (scalar tensors; values after the K steps of one Session.run):
     FETCH_KEYS below.
+
+Several workers (data parallel): a backend built with `collectives` (an object like
+backends.collective.HostCollectives: cluster, device, configure, start, run_options, mean, broadcast_from_chief,
+peer_failure) all-reduces the gradients inside every step and reports the loss as the mean over workers.
+graph.build places the graph on `device()`; graph.open_session opens the session on `session_target()`, runs
+`sync_variables(sess)` right after the restore (so every worker holds the chief's values) and before the iterator
+initializer, and wraps the session so every run waits on peers at most the collective timeout.
 """
 
 import abc
+
+from unet_perf.cluster import SINGLE
 
 FETCH_KEYS = (
     "loss",           # float32, loss of the last step of the loop
@@ -40,6 +49,28 @@ class Backend(abc.ABC):
     """What every backend implements; see the module docstring. Each backend owns the meaning of its settings."""
 
     name = "abstract"
+    collectives = None  # None: one worker; else the engine of the all-reduce and broadcast (see the module doc)
+
+    @property
+    def cluster(self):
+        """This process's cluster.Cluster (rank, size, chief)."""
+        return self.collectives.cluster if self.collectives is not None else SINGLE
+
+    def device(self):
+        """Device scope for the whole training graph, or None."""
+        return self.collectives.device if self.collectives is not None else None
+
+    def session_target(self):
+        """The Session target: "" (in-process) for one worker, this worker's server with several."""
+        return self.collectives.start() if self.collectives is not None else ""
+
+    def mean_over_workers(self, tensors):
+        """Each tensor averaged over all workers (unchanged for one worker). Only inside the training step."""
+        return self.collectives.mean(tensors) if self.collectives is not None else list(tensors)
+
+    def sync_variables(self, sess):
+        """Called after init/restore, before the iterator initializer: give every worker the chief's variable
+        values. Default: nothing (one worker)."""
 
     @abc.abstractmethod
     def session_config(self, cfg, profiling_options=None):

@@ -12,6 +12,12 @@ Why the loop is sequential and not slower than K = 1 (measured with benchmarks/l
 - per step the loop executes fewer nodes than a Session.run of the plain step (the VarHandleOps and fetch
   plumbing run once per Session.run, not once per step), Conv2D+BiasAdd+Relu are still fused by grappler's
   remapper inside the loop body, and the Session.run overhead is paid once per K steps.
+
+Several workers (`collectives` given, see collective.py): each step all-reduces (mean) the unscaled gradients
+before the finite check and the update, so every worker applies the same update and skips the same overflowing
+steps; the fetched losses are means over the workers. Batch norm statistics stay per worker (the moving averages
+are computed from each worker's own share; they are not all-reduced), so with --batch_norm the workers' moving
+statistics differ and only the chief's are checkpointed.
 """
 import tensorflow as tf
 
@@ -24,9 +30,11 @@ from unet_perf.precision import LossScaler
 class HostBackend(Backend):
     name = "host"
 
-    def __init__(self, parallel_iterations=1, swap_memory=False):
+    def __init__(self, parallel_iterations=1, swap_memory=False, collectives=None):
         self.parallel_iterations = parallel_iterations
         self.swap_memory = swap_memory
+        self.collectives = collectives
+        self._sync_op = None
 
     def session_config(self, cfg, profiling_options=None):
         """ConfigProto for CPU/GPU: TensorFlow's default thread pools, soft placement, GPU memory on demand.
@@ -36,6 +44,8 @@ class HostBackend(Backend):
         """
         config = v1.ConfigProto(allow_soft_placement=True)
         config.gpu_options.allow_growth = True
+        if self.collectives is not None:
+            self.collectives.configure(config)
         return config
 
     def loss_scale_kind(self, cfg):
@@ -53,12 +63,17 @@ class HostBackend(Backend):
         steps = int(cfg.iterations_per_loop)
         first_step = global_step.read_value()
 
+        reduce_gradients = self.mean_over_workers if self.collectives is not None else None
+
         def one_step(step):
             update_ops_before = set(v1.get_collection(v1.GraphKeys.UPDATE_OPS))
             loss = tf.cast(loss_fn(next_batch(), step), tf.float32)
             # Batch-norm moving averages created by this step's model run as part of this step's train op.
             update_ops = [op for op in v1.get_collection(v1.GraphKeys.UPDATE_OPS) if op not in update_ops_before]
-            train_op, overflow = scaler.minimize(optimizer, loss, v1.trainable_variables(), global_step)
+            train_op, overflow = scaler.minimize(optimizer, loss, v1.trainable_variables(), global_step,
+                                                 reduce_gradients=reduce_gradients)
+            if self.collectives is not None:
+                loss = self.mean_over_workers([loss])[0]  # the global batch's loss, the same on every worker
             return loss, overflow, tf.group(train_op, *update_ops)
 
         if steps == 1:
@@ -66,7 +81,7 @@ class HostBackend(Backend):
             with tf.control_dependencies([train_op]):
                 loss = tf.identity(loss)
                 overflow = tf.identity(overflow)
-            return self._fetches(loss, loss, overflow, global_step, scaler)
+            return self._with_sync(self._fetches(loss, loss, overflow, global_step, scaler))
 
         def body(i, loss_sum, last_loss, last_overflow):
             loss, overflow, train_op = one_step(first_step + tf.cast(i, tf.int64))
@@ -78,7 +93,20 @@ class HostBackend(Backend):
             [tf.constant(0), tf.constant(0.0), tf.constant(0.0), tf.constant(False)],
             parallel_iterations=self.parallel_iterations, swap_memory=self.swap_memory,
             back_prop=False)
-        return self._fetches(loss, loss_sum / steps, overflow, global_step, scaler)
+        return self._with_sync(self._fetches(loss, loss_sum / steps, overflow, global_step, scaler))
+
+    def _with_sync(self, fetches):
+        # Every variable exists now (model, optimizer slots, loss-scale state, global step): the broadcast covers
+        # everything a checkpoint restores on the chief.
+        if self.collectives is not None:
+            self._sync_op = self.collectives.broadcast_from_chief(v1.global_variables())
+        return fetches
+
+    def sync_variables(self, sess):
+        """Run the broadcast of the chief's variables (built with the loop); no-op for one worker."""
+        if self._sync_op is not None:
+            with self.collectives.peer_errors("sharing the chief's variables"):
+                sess.run(self._sync_op)
 
     @staticmethod
     def _fetches(loss, mean_loss, overflow, global_step, scaler):

@@ -1,0 +1,220 @@
+"""Two workers on 127.0.0.1 against one: equivalence with the real pipeline, the chief's broadcast, and a
+non-finite gradient on one worker only.
+
+One pair of worker processes (this file run as a script, see `worker_main`) does every scenario in turn on one
+TensorFlow server each and writes what it saw to an .npz per scenario; rank 0 also trains the single-worker
+reference. The tests below only compare those files, so the whole module costs one process start-up per worker.
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HARD_TIMEOUT = 420  # seconds for the whole pair (a shared 2-core machine); a hang fails instead of blocking CI
+BATCH = 1  # per worker; the reference trains one worker with 2 x BATCH
+# --deterministic: tf.data keeps the order of batches (otherwise a worker may take its batches out of order).
+TINY = ["--depth", "2", "--base_filters", "4", "--crop_size", "32", "--synthetic_count", "6", "--synthetic_size",
+        "64", "--xla_augment", "off", "--dropout", "0.5", "--learning_rate", "0.01", "--precision", "fp32",
+        "--summary_images", "0", "--deterministic", "true"]
+# (name, iterations_per_loop, extra flags): fp32 with SGD-momentum and Adam at K=1 and K=4, dropout on; the last
+# one has the weight map (its normaliser is a global sum) and the Dice term.
+EQUIVALENCE = [
+    ("k1_momentum", 1, ["--optimizer", "momentum"]),
+    # Adam divides by sqrt(v): a gradient element near zero keeps its rounding noise at the size of a whole
+    # update, so its learning rate is lower to keep those elements inside rtol 1e-5.
+    ("k4_adam", 4, ["--optimizer", "adam", "--learning_rate", "0.001"]),
+    ("k4_momentum_weighted_dice", 4, ["--optimizer", "momentum", "--weight_map", "true", "--loss", "bce_dice"]),
+]
+RUNS = 2  # Session.runs per scenario: the second starts from the state the first left
+
+
+def free_addresses(count):
+    from unet_perf.launch import free_ports
+    return ["127.0.0.1:{}".format(port) for port in free_ports(count)]
+
+
+def worker_env(addresses, rank):
+    from unet_perf.launch import tf_config
+    env = dict(os.environ, TF_CONFIG=tf_config(addresses, rank), TF_CPP_MIN_LOG_LEVEL="2",
+               PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return env
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    """Run the worker pair once; {(scenario, rank): npz dict}."""
+    out_dir = str(tmp_path_factory.mktemp("distributed"))
+    addresses = free_addresses(2)
+    processes = [subprocess.Popen([sys.executable, os.path.abspath(__file__), out_dir], cwd=REPO,
+                                  env=worker_env(addresses, rank), stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, universal_newlines=True) for rank in range(2)]
+    deadline = time.time() + HARD_TIMEOUT
+    outputs = []
+    try:
+        for process in processes:
+            outputs.append(process.communicate(timeout=max(1.0, deadline - time.time()))[0])
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    for rank, process in enumerate(processes):
+        assert process.returncode == 0, "worker {} failed:\n{}".format(rank, outputs[rank][-3000:])
+    found = {}
+    for name in os.listdir(out_dir):
+        scenario, rank = name[:-len(".npz")].rsplit("_rank", 1)
+        with np.load(os.path.join(out_dir, name), allow_pickle=True) as data:
+            found[(scenario, rank)] = dict(data)
+    return found
+
+
+def _weights(data):
+    return dict((key[len("var:"):], value) for key, value in data.items() if key.startswith("var:"))
+
+
+@pytest.mark.parametrize("scenario", [name for name, _, _ in EQUIVALENCE])
+def test_two_workers_equal_one_worker_with_the_global_batch(results, scenario):
+    single = _weights(results[(scenario, "single")])
+    start = _weights(results[(scenario, "single_initial")])
+    for rank in ("0", "1"):
+        distributed = _weights(results[(scenario, rank)])
+        assert sorted(distributed) == sorted(single)
+        for name in single:
+            np.testing.assert_allclose(distributed[name], single[name], rtol=1e-5, atol=1e-7, err_msg=name)
+    # the comparison means something: training moved the weights well beyond the tolerance
+    moved = max(float(np.max(np.abs(single[name] - start[name]))) for name in single)
+    assert moved > 1e-3
+    np.testing.assert_allclose(results[(scenario, "0")]["mean_loss"], results[(scenario, "single")]["mean_loss"],
+                               rtol=1e-5)
+
+
+def test_workers_seeded_differently_hold_the_chiefs_weights(results):
+    chief_before = _weights(results[("broadcast", "0")]["before"].item())
+    other_before = _weights(results[("broadcast", "1")]["before"].item())
+    assert any(not np.array_equal(chief_before[name], other_before[name]) for name in chief_before)
+    for rank in ("0", "1"):
+        after_sync = _weights(results[("broadcast", rank)]["after_sync"].item())
+        for name in chief_before:
+            np.testing.assert_array_equal(after_sync[name], chief_before[name], err_msg=name)
+    first = _weights(results[("broadcast", "0")])
+    second = _weights(results[("broadcast", "1")])
+    for name in first:
+        np.testing.assert_array_equal(first[name], second[name], err_msg=name)
+
+
+def test_non_finite_gradient_on_one_worker_skips_the_step_everywhere(results):
+    chief, other = results[("overflow", "0")], results[("overflow", "1")]
+    for data in (chief, other):
+        assert int(data["skipped_steps"]) == 1
+        assert float(data["loss_scale"]) == 2.0 ** 9  # halved once from the initial 2^10
+    weights_chief, weights_other = _weights(chief), _weights(other)
+    for name in weights_chief:
+        np.testing.assert_array_equal(weights_chief[name], weights_other[name], err_msg=name)
+    # the other steps did train (a skipped step alone would leave the weights at their start)
+    start = _weights(chief["initial"].item())
+    assert any(not np.array_equal(weights_chief[name], start[name]) for name in start)
+
+
+# --- the worker side (this file run as a script) ------------------------------------------------------------------
+
+def worker_main(out_dir):
+    from unet_perf import cluster as cluster_lib
+    from unet_perf import compat, graph
+    from unet_perf.backends.collective import HostCollectives
+    from unet_perf.backends.host import HostBackend
+    from unet_perf.config import config_from_args
+    from unet_perf.data.loading import load_dataset
+
+    compat.enable_graph_mode()
+    cluster = cluster_lib.from_environment()
+    collectives = HostCollectives(cluster, timeout_sec=120)  # one server and one instance-key counter per process
+    collectives.start()
+    cluster_lib.wait_for_peers(cluster, 120)
+    rank = cluster.rank
+
+    def save(name, data):
+        np.savez(os.path.join(out_dir, "{}_rank{}.npz".format(name, rank)), **data)
+
+    for name, k, extra in EQUIVALENCE:
+        flags = TINY + extra + ["--iterations_per_loop", str(k), "--max_steps", str(k * RUNS)]
+        cfg = config_from_args(flags + ["--batch_size", str(BATCH)])
+        save(name, _train(cfg, HostBackend(collectives=collectives), load_dataset(cfg), cluster.rank, 2))
+        if rank == 0:
+            single_cfg = config_from_args(flags + ["--batch_size", str(2 * BATCH)])
+            data = _train(single_cfg, HostBackend(), load_dataset(single_cfg), 0, 1, keep_initial=True)
+            initial = dict(("var:" + key[len("initial:"):], value) for key, value in data.items()
+                           if key.startswith("initial:"))
+            np.savez(os.path.join(out_dir, "{}_ranksingle_initial.npz".format(name)), **initial)
+            np.savez(os.path.join(out_dir, "{}_ranksingle.npz".format(name)), **data)
+
+    # broadcast: seeds differ per worker, so the initial weights differ until the chief's are shared
+    cfg = config_from_args(TINY + ["--seed", str(7 + rank), "--iterations_per_loop", "2", "--batch_size", "1"])
+    save("broadcast", _train(cfg, HostBackend(collectives=collectives), load_dataset(cfg), rank, 2, inspect=True))
+
+    # overflow: worker 1's images are non-finite in the second step of a 4-step loop (dynamic loss scaling)
+    cfg = config_from_args(TINY + ["--iterations_per_loop", "4", "--batch_size", "1", "--loss_scale", "dynamic",
+                                   "--loss_scale_init", "1024"])
+    backend = HostBackend(collectives=collectives)
+    save("overflow", _train(cfg, backend, None, rank, 2, keep_initial=True,
+                            source=_poisoned_source(cfg, poisoned=(rank == 1), bad_batch=1)))
+
+
+def _poisoned_source(cfg, poisoned, bad_batch):
+    import tensorflow as tf
+
+    from unet_perf import graph
+
+    base = graph.cached_batch_source(cfg)
+
+    def source():
+        numbered = tf.data.Dataset.zip((base(), tf.data.Dataset.range(1 << 40)))
+
+        def poison(batch, number):
+            factor = tf.where(tf.logical_and(tf.constant(poisoned), tf.equal(number, bad_batch)),
+                              tf.constant(float("inf")), tf.constant(1.0))
+            return (batch[0] * factor,) + tuple(batch[1:])
+        return numbered.map(poison)
+    return source
+
+
+def _train(cfg, backend, loaded, rank, size, keep_initial=False, inspect=False, source=None):
+    """Build cfg's graph for this worker, open it like graph.open_session, run RUNS Session.runs; a dict of the
+    final trainable variables ("var:<name>") and fetches (plus "initial:<name>" / "before"/"after_sync")."""
+    from unet_perf import graph
+    from unet_perf.compat import v1
+
+    if source is None:
+        train, _, weights = loaded
+        source = graph.pipeline_source(cfg, train, weights, 0, rank, size)
+    training = graph.build(cfg, source, backend=backend)
+    with training.graph.as_default():
+        trainable = v1.trainable_variables()
+    read = lambda sess: dict(("var:" + v.op.name, value) for v, value in zip(trainable, sess.run(trainable)))
+    data = {}
+    config = backend.session_config(cfg)
+    with v1.Session(backend.session_target(), graph=training.graph, config=config) as sess:
+        sess.run(training.init_ops)
+        if inspect:
+            data["before"] = np.array(read(sess), dtype=object)
+        if keep_initial:
+            data.update(("initial:" + key[4:], value) for key, value in read(sess).items())
+        backend.sync_variables(sess)
+        if inspect:
+            data["after_sync"] = np.array(read(sess), dtype=object)
+        if keep_initial and size > 1:  # the chief's values are the start of everyone
+            data["initial"] = np.array(read(sess), dtype=object)
+        sess.run(training.iterator.initializer)
+        for _ in range(RUNS):
+            values = sess.run(training.fetches)
+        data.update(read(sess))
+        data.update((key, np.asarray(value)) for key, value in values.items())
+    return data
+
+
+if __name__ == "__main__":
+    worker_main(sys.argv[1])

@@ -1,0 +1,192 @@
+"""What training does differently with several workers, kept out of trainer.py.
+
+    team = distributed.join(cfg)                      # from TF_CONFIG / the rank table; one worker otherwise
+    start = team.handshake(cfg, train_pairs, start)   # same config and data everywhere; the chief's start step
+    training = graph.build(team.run_config(cfg), graph.pipeline_source(cfg, ..., *team.share), team.backend)
+    while step < total and not team.agree_to_stop(sess, stop.requested): ...
+    distributed.follow(cfg, team)                     # the whole life of a non-chief worker
+
+Roles: the chief (rank 0) restores, broadcasts (graph.open_session), logs, validates and writes model_dir; the
+other workers only train and never touch model_dir. Every worker agrees before each Session.run whether to stop
+(one worker's SIGINT/SIGTERM stops all after the same step), and every wait on a peer is bounded by
+--collective_timeout.
+"""
+import hashlib
+import json
+import math
+import zlib
+
+import numpy as np
+
+from unet_perf import cluster as cluster_lib
+from unet_perf.config import config_to_dict
+from unet_perf.errors import UserError
+
+# Flags that may legitimately differ between machines (paths); everything else must agree.
+LOCAL_FLAGS = ("model_dir", "data_path")
+_HASH_BITS = 52  # exact in a float64, which the collective carries
+
+
+def join(cfg, env=None):
+    """The Team of this process: cluster from the environment, backend for cfg, and (with several workers) this
+    worker's TensorFlow server started (its port checked first)."""
+    from unet_perf.backends import get_backend
+
+    cluster = cluster_lib.from_environment(env)
+    backend = get_backend(cfg, cluster)
+    if cluster.distributed and backend.collectives is None:
+        raise UserError("{} describes {} workers but the {} backend trains on one; unset it or use --device host"
+                        .format(cluster.source, cluster.size, backend.name))
+    if cluster.distributed:
+        backend.session_target()  # start the server now: a taken port is an error before any data is loaded
+        cluster_lib.wait_for_peers(cluster, cfg.collective_timeout)
+    return Team(cluster, backend)
+
+
+class Team(object):
+    """This worker's view of the job (see the module docstring). `backend` is what graph.build should use."""
+
+    def __init__(self, cluster, backend):
+        self.cluster = cluster
+        self.backend = backend
+        self._vote = None
+
+    @property
+    def chief(self):
+        return self.cluster.chief
+
+    @property
+    def size(self):
+        return self.cluster.size
+
+    @property
+    def share(self):
+        """(worker_index, num_workers) for graph.pipeline_source."""
+        return self.cluster.rank, self.cluster.size
+
+    def run_config(self, cfg):
+        """cfg as the graph uses it: with --lr_scaling linear the learning rate times the number of workers."""
+        import dataclasses
+        if cfg.lr_scaling == "linear" and self.size > 1:
+            return dataclasses.replace(cfg, learning_rate=cfg.learning_rate * self.size)
+        return cfg
+
+    def describe(self, cfg):
+        """The start-up line: workers, global batch and learning-rate rule."""
+        return ("data parallel: {} workers ({}), batch {} per worker = global batch {}; learning rate {:g} "
+                "(--lr_scaling {}{})".format(
+                    self.size, self.cluster.source, cfg.batch_size, cfg.batch_size * self.size,
+                    self.run_config(cfg).learning_rate, cfg.lr_scaling,
+                    ": x{}".format(self.size) if cfg.lr_scaling == "linear" else ": as given"))
+
+    # --- agreement between workers ----------------------------------------------------------------------------
+
+    def handshake(self, cfg, train_pairs, start_step):
+        """Wait (bounded) for every worker; check they all run the same config on the same training data; return
+        the chief's start step (the chief passes the step of its checkpoint, the others anything).
+
+        Raises UserError when a worker does not arrive within --collective_timeout (naming it) or when the
+        config/data fingerprints differ.
+        """
+        if self.size == 1:
+            return start_step
+        fingerprint = float(config_fingerprint(cfg, train_pairs))
+        chief_step = float(start_step) if self.chief else -1.0
+        values = self._all_max([fingerprint, -fingerprint, chief_step], "waiting for every worker to start")
+        if values[0] != -values[1]:
+            raise UserError("the workers do not all run the same configuration and training data (their config "
+                            "fingerprints differ; {} has {:x}); start every worker with the same flags and data (only "
+                            "--model_dir and --data_path may differ)".format(
+                                self.cluster.describe(self.cluster.rank), int(fingerprint)))
+        return int(values[2])
+
+    def _all_max(self, values, doing):
+        from unet_perf.compat import v1
+
+        collectives = self.backend.collectives
+        graph = v1.Graph()
+        with graph.as_default(), v1.device(collectives.device):
+            reduced = collectives.all_reduce(v1.constant(values, v1.float64), merge_op="Max", final_op="Id",
+                                             group_key=1)
+        config = collectives.configure(v1.ConfigProto())
+        with v1.Session(self.backend.session_target(), graph=graph, config=config) as sess:
+            with collectives.peer_errors(doing):
+                return sess.run(reduced, options=collectives.run_options()).tolist()
+
+    def build_vote(self, training):
+        """Add the stop vote to the training graph (all workers, before opening the session)."""
+        if self.size == 1:
+            return
+        from unet_perf.backends.collective import GROUP_VOTE
+        from unet_perf.compat import v1
+
+        collectives = self.backend.collectives
+        with training.graph.as_default(), v1.device(collectives.device):
+            wish = v1.placeholder_with_default(v1.constant(0.0), [], name="stop_wish")
+            agreed = collectives.all_reduce(wish, merge_op="Max", final_op="Id", group_key=GROUP_VOTE)
+        self._vote = (wish, agreed)
+
+    def agree_to_stop(self, sess, requested):
+        """True when any worker asked to stop (every worker calls this once before each training Session.run)."""
+        if self._vote is None:
+            return bool(requested)
+        wish, agreed = self._vote
+        with self.backend.collectives.peer_errors("agreeing whether to stop"):
+            return float(sess.run(agreed, {wish: 1.0 if requested else 0.0})) > 0
+
+    def peer_errors(self, doing):
+        """Context turning a lost peer's TensorFlow error into a one-line UserError (no-op for one worker)."""
+        if self.backend.collectives is None:
+            import contextlib
+            return contextlib.suppress()
+        return self.backend.collectives.peer_errors(doing)
+
+
+def config_fingerprint(cfg, train_pairs):
+    """A 52-bit integer of the config (without LOCAL_FLAGS) and the training slices' shapes and bytes."""
+    settings = dict((key, value) for key, value in config_to_dict(cfg).items() if key not in LOCAL_FLAGS)
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode("utf-8"))
+    for array in (train_pairs.images, train_pairs.masks):
+        array = np.ascontiguousarray(array)
+        digest.update(str(array.shape).encode("utf-8"))
+        digest.update(str(zlib.crc32(array.tobytes())).encode("utf-8"))
+    return int(digest.hexdigest(), 16) % (2 ** _HASH_BITS)
+
+
+# --- a non-chief worker -------------------------------------------------------------------------------------------
+
+def follow(cfg, team):
+    """The life of a non-chief worker: same data and graph as the chief, its share of every batch, the chief's
+    variables (broadcast at session start), no output and nothing written. Returns a small summary dict."""
+    from unet_perf import compat, graph
+    from unet_perf.data.loading import load_dataset
+    from unet_perf.interrupts import StopRequest
+
+    train_pairs, _, weights = load_dataset(cfg)
+    start_step = team.handshake(cfg, train_pairs, 0)
+    total = cfg.total_steps
+    if start_step >= total:
+        return {"status": "already_done", "end_step": start_step, "total_steps": total}
+    if (total - start_step) % cfg.iterations_per_loop:
+        raise UserError("the chief resumes at step {}: the remaining {} steps are not a multiple of "
+                        "--iterations_per_loop {}".format(start_step, total - start_step, cfg.iterations_per_loop))
+    compat.enable_graph_mode()
+    if cfg.deterministic:
+        compat.enable_op_determinism()
+    training = graph.build(team.run_config(cfg), graph.pipeline_source(cfg, train_pairs, weights, start_step,
+                                                                      *team.share), backend=team.backend)
+    team.build_vote(training)
+    check_loss = team.backend.loss_scale_kind(cfg)[0] == "none"
+    sess, fetches = graph.open_session(training, cfg)
+    step = start_step
+    try:
+        with StopRequest(lambda message: None) as stop, team.peer_errors("training"):
+            while step < total and not team.agree_to_stop(sess, stop.requested):
+                values = sess.run(fetches)
+                step = int(values["global_step"])
+                if check_loss and not all(math.isfinite(float(values[key])) for key in ("loss", "mean_loss")):
+                    raise UserError("the loss became non-finite by step {} (no loss scaling); the chief stops "
+                                    "too and names its last good checkpoint".format(step))
+    finally:
+        sess.close()
+    return {"status": "finished" if step >= total else "interrupted", "end_step": step, "rank": team.cluster.rank}
