@@ -39,7 +39,7 @@ def join(cfg, env=None):
                         .format(cluster.source, cluster.size, backend.name))
     if cluster.distributed:
         backend.session_target()  # start the server now: a taken port is an error before any data is loaded
-        cluster_lib.wait_for_peers(cluster, cfg.collective_timeout)
+        backend.collectives.wait_for_peers(cfg.collective_timeout)
     return Team(cluster, backend)
 
 

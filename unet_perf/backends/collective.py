@@ -85,6 +85,10 @@ class HostCollectives(object):
                     self.cluster.describe(self.cluster.rank), str(err).strip().splitlines()[0][:200]))
         return self._server.target
 
+    def wait_for_peers(self, timeout_sec):
+        """Block until every peer's server accepts connections (cluster.wait_for_peers)."""
+        cluster_lib.wait_for_peers(self.cluster, timeout_sec)
+
     def run_options(self):
         return v1.RunOptions(timeout_in_ms=int(self.timeout_sec * 1000))
 
