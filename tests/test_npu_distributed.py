@@ -289,3 +289,57 @@ def _train(cfg, backend, source, size, keep_initial=False, inspect=False):
 
 if __name__ == "__main__":
     worker_main(sys.argv[1])
+
+
+# --- in-process: the environment checks and the rank table (no peers needed) ----------------------------------
+
+def _two_server_table(path):
+    table = {"server_count": "2", "server_list": [
+        {"server_id": "10.0.0.{}".format(server), "device": [
+            {"device_id": str(device), "device_ip": "192.168.100.10{}".format(device),
+             "rank_id": str(server * 2 + device)} for device in range(2)]} for server in range(2)],
+        "status": "completed", "version": "1.0"}
+    path.write_text(json.dumps(table))
+    return str(path)
+
+
+def test_ranks_are_global_and_devices_local_on_several_servers(tmp_path):
+    from unet_perf import rank_table
+    table = _two_server_table(tmp_path / "table.json")
+    assert rank_table.server_ranks(table, 4, server_index=1) == [(2, 0), (3, 1)]
+    assert rank_table.device_of_rank(table, 3) == ("10.0.0.1", 1)
+    with pytest.raises(Exception, match="server_index 2 is out of range"):
+        rank_table.server_ranks(table, 4, server_index=2)
+
+
+def test_environment_errors_are_one_line_and_name_the_variable(tmp_path):
+    from unet_perf import cluster as cluster_lib
+    from unet_perf.backends.hccl import NpuCollectives
+    from unet_perf.errors import UserError
+
+    table = _two_server_table(tmp_path / "table.json")
+    cluster = cluster_lib.from_rank_table(table, 3, 4)
+    env = {"RANK_TABLE_FILE": table, "ASCEND_DEVICE_ID": "1", "JOB_ID": "job"}
+    assert NpuCollectives(cluster, 60, env=env).device_id == 1
+    for change, needle in [({"JOB_ID": ""}, "JOB_ID"), ({"ASCEND_DEVICE_ID": "0"}, "RANK_ID=3 is device 1"),
+                           ({"ASCEND_DEVICE_ID": ""}, "ASCEND_DEVICE_ID")]:
+        with pytest.raises(UserError) as info:
+            NpuCollectives(cluster, 60, env=dict(env, **change))
+        assert needle in str(info.value) and "\n" not in str(info.value)
+    # DEVICE_ID is the fallback the ModelZoo scripts also export
+    assert NpuCollectives(cluster, 60, env=dict(env, ASCEND_DEVICE_ID="", DEVICE_ID="1")).device_id == 1
+
+
+def test_collectives_config_adds_hcom_parallel_and_the_timeouts(tmp_path):
+    from unet_perf import cluster as cluster_lib
+    from unet_perf.backends.hccl import NpuCollectives
+    from unet_perf.compat import v1
+
+    table = write_rank_table(str(tmp_path / "table.json"), 2)
+    collectives = NpuCollectives(cluster_lib.from_rank_table(table, 0, 2), 30,
+                                 env={"RANK_TABLE_FILE": table, "DEVICE_ID": "0", "JOB_ID": "job"})
+    config = collectives.configure(v1.ConfigProto())
+    (custom_op,) = config.graph_options.rewrite_options.custom_optimizers
+    assert custom_op.name == "NpuOptimizer" and custom_op.parameter_map["hcom_parallel"].b
+    assert custom_op.parameter_map["hccl_timeout"].i == 68  # the device's minimum
+    assert config.operation_timeout_in_ms == 30000
