@@ -343,3 +343,54 @@ def test_collectives_config_adds_hcom_parallel_and_the_timeouts(tmp_path):
     assert custom_op.name == "NpuOptimizer" and custom_op.parameter_map["hcom_parallel"].b
     assert custom_op.parameter_map["hccl_timeout"].i == 68  # the device's minimum
     assert config.operation_timeout_in_ms == 30000
+
+
+API_LISTING = os.path.join(REPO, "..", "shared", "compat", "npu_bridge_api.txt")
+
+
+@pytest.mark.skipif(not os.path.exists(API_LISTING), reason="../shared/compat/npu_bridge_api.txt not present")
+def test_hccl_module_and_stand_in_follow_the_listed_api():
+    """Every npu_bridge name unet_perf/backends/hccl.py imports is listed (a signature or an npu_init re-export),
+    and the stand-in's functions have the listed parameters."""
+    import ast
+    import importlib
+    import inspect
+    import re
+
+    listed, reexports = {}, set()
+    with open(API_LISTING) as handle:
+        for line in handle:
+            line = line.strip()
+            reexport = re.match(r"^([\w.]+)\s+<-\s+from\s+[\w.]+\s+import\s+(\w+)$", line)
+            if reexport:
+                reexports.add(reexport.group(1) + "." + reexport.group(2))
+            match = re.match(r"^(npu_bridge[\w.]*)\((.*)\)$", line)
+            if match:
+                listed[match.group(1)] = [part.strip().split("=")[0].strip() for part in match.group(2).split(",")
+                                          if part.strip()]
+    with open(os.path.join(REPO, "unet_perf", "backends", "hccl.py")) as handle:
+        tree = ast.parse(handle.read())
+    imports = [(node.module, alias.name) for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+               and (node.module or "").startswith("npu_bridge") for alias in node.names]
+    assert len(imports) >= 4
+    sys.path.insert(0, STUB_DIR)
+    try:
+        for module, name in imports:
+            dotted = module + "." + name
+            assert dotted in reexports or any(key == dotted or key.startswith(dotted + ".") for key in listed), dotted
+            obj = getattr(importlib.import_module(module), name)
+        for dotted in ("npu_bridge.hccl.hccl_ops.allreduce", "npu_bridge.hccl.hccl_ops.broadcast",
+                       "npu_bridge.estimator.npu_ops.initialize_system",
+                       "npu_bridge.estimator.npu_ops.shutdown_system",
+                       "npu_bridge.estimator.npu.npu_optimizer.npu_distributed_optimizer_wrapper",
+                       "npu_bridge.estimator.npu.npu_optimizer.npu_allreduce",
+                       "npu_bridge.estimator.npu.npu_optimizer.allreduce",
+                       "npu_bridge.estimator.npu.util.get_ranksize"):
+            module, name = dotted.rsplit(".", 1)
+            obj = getattr(importlib.import_module(module), name)
+            assert list(inspect.signature(obj).parameters) == listed[dotted], dotted
+    finally:
+        sys.path.remove(STUB_DIR)
+        for name in list(sys.modules):
+            if name.split(".")[0] in ("npu_bridge", "hccl"):
+                del sys.modules[name]
