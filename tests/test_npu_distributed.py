@@ -21,7 +21,9 @@ from unet_perf.compat import npu_bridge_available
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 STUB_DIR = os.path.join(HERE, "npu_stub")
-HARD_TIMEOUT = 300  # seconds for the whole pair on a shared 2-core machine: a hang fails instead of blocking CI
+# Seconds for the whole pair: a hang fails instead of blocking CI. About 1-2 minutes here; the margin is for a
+# 2-core machine shared with other jobs.
+HARD_TIMEOUT = 600
 BATCH = 1  # per rank; the reference trains one rank with 2 x BATCH
 K = 4  # iterations_per_loop: the stand-in device runs the graph K times per Session.run
 RUNS = 2
@@ -101,16 +103,13 @@ def test_two_ranks_equal_one_rank_with_the_global_batch_in_sink_mode(results):
 
 
 def test_ranks_seeded_differently_hold_rank_0s_weights(results):
-    chief_before = _weights(results[("broadcast", "0")]["before"].item())
-    other_before = _weights(results[("broadcast", "1")]["before"].item())
+    chief_before = _weights(results[("overflow", "0")]["before"].item())
+    other_before = _weights(results[("overflow", "1")]["before"].item())
     assert any(not np.array_equal(chief_before[name], other_before[name]) for name in chief_before)
     for rank in ("0", "1"):
-        after_sync = _weights(results[("broadcast", rank)]["after_sync"].item())
+        after_sync = _weights(results[("overflow", rank)]["after_sync"].item())
         for name in chief_before:
             np.testing.assert_array_equal(after_sync[name], chief_before[name], err_msg=name)
-    first, second = _weights(results[("broadcast", "0")]), _weights(results[("broadcast", "1")])
-    for name in first:
-        np.testing.assert_array_equal(first[name], second[name], err_msg=name)
 
 
 def test_an_overflow_on_one_rank_skips_the_step_on_every_rank(results):
@@ -136,7 +135,7 @@ def test_without_the_status_all_reduce_the_ranks_would_diverge(results):
 def test_the_wiring_uses_the_adapter_names(results):
     for rank in ("0", "1"):
         calls = json.loads(str(results[("calls", rank)]["calls"]))
-        assert calls["NPUDistributedOptimizer"] == 4  # one per two-rank graph; never for the one-rank reference
+        assert calls["NPUDistributedOptimizer"] == 3  # one per two-rank graph; never for the one-rank reference
         # rank 0 also built the one-rank reference, without is_distributed
         assert calls["is_distributed"] == ([False, True] if rank == "0" else [True])
         assert calls["initialize_system_before_rank_query"]
@@ -154,7 +153,6 @@ def worker_main(out_dir):
     from unet_perf import compat
     from unet_perf.backends.hccl import NpuCollectives
     from unet_perf.backends.npu import NpuBackend
-    from unet_perf import graph
     from unet_perf.config import config_from_args
 
     compat.enable_graph_mode()
@@ -182,14 +180,11 @@ def worker_main(out_dir):
                         if key.startswith("initial:")))
         np.savez(os.path.join(out_dir, "equivalence_ranksingle.npz"), **data)
 
+    # Seeds differ per rank (so do the initial weights until rank 0's are broadcast), and rank 1's images are
+    # non-finite in the second step of the first K-step run.
     cfg = config_from_args(TINY + ["--seed", str(7 + rank), "--batch_size", "1", "--max_steps", str(K * RUNS)])
-    save("broadcast", _train(cfg, NpuBackend(collectives=collectives), graph.cached_batch_source(cfg, seed=0), 2,
-                             inspect=True))
-
-    # rank 1's images are non-finite in the second step of the first K-step run
-    cfg = config_from_args(TINY + ["--batch_size", "1", "--max_steps", str(K * RUNS)])
     poisoned = _poisoned_source(cfg, poisoned=(rank == 1), bad_batch=1)
-    save("overflow", _train(cfg, NpuBackend(collectives=collectives), poisoned, 2, keep_initial=True))
+    save("overflow", _train(cfg, NpuBackend(collectives=collectives), poisoned, 2, keep_initial=True, inspect=True))
     npu_loss_scale_optimizer.REDUCES_STATUS = False
     try:
         save("overflow_control", _train(cfg, NpuBackend(collectives=collectives), poisoned, 2))
