@@ -2,6 +2,7 @@
 loss file, and the ModelZoo path rules (run from the model root or its test/ folder)."""
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -98,3 +99,66 @@ def test_bad_data_path_fails_with_the_trainers_message(tmp_path):
     assert proc.returncode == 2
     assert "error:" in proc.stderr and "training failed (exit 2)" in proc.stderr
     assert not list((tmp_path / "test" / "output" / "1").glob("*_perf.log"))
+
+
+# --- 8p scripts: one process per device, here 2 ranks of the stand-in npu_bridge on the CPU --------------------
+
+STUB_DIR = os.path.join(REPO, "tests", "npu_stub")
+HARD_TIMEOUT_8P = 480  # seconds: two ranks start, build and train on a shared 2-core machine
+ONE_RUN = ["--max_steps=2", "--iterations_per_loop=2", "--save_checkpoints_steps=2", "--depth=2",
+           "--base_filters=4", "--crop_size=32", "--synthetic_count=4", "--synthetic_size=64"]
+
+
+def _run_8p(script, args, cwd, ranks, extra_env=None):
+    from unet_perf.launch import free_ports
+    addresses = ",".join("127.0.0.1:{}".format(port) for port in free_ports(ranks))
+    env = dict(os.environ, PYTHON=sys.executable, RANK_SIZE=str(ranks), NPU_STUB_HCCL_ADDRESSES=addresses,
+               TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=os.pathsep.join([STUB_DIR, os.environ.get("PYTHONPATH", "")]))
+    for name in ("TF_CONFIG", "RANK_TABLE_FILE", "RANK_ID", "JOB_ID", "ASCEND_DEVICE_ID", "DEVICE_ID"):
+        env.pop(name, None)
+    env.update(extra_env or {})
+    # Its own process group: on a hang the script's background rank processes are killed with it, nothing else.
+    proc = subprocess.Popen(["bash", os.path.join(REPO, "tools", script)] + args, cwd=str(cwd), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=HARD_TIMEOUT_8P)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+def test_8p_performance_script_runs_one_process_per_rank_and_writes_the_key_file(tmp_path):
+    from unet_perf.compat import npu_bridge_available
+    if npu_bridge_available():
+        pytest.skip("a real npu_bridge is installed; this runs the stand-in")
+    proc = _run_8p("train_performance_8p.sh", ["--batch_size=2"] + ONE_RUN, tmp_path, 2)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    out = tmp_path / "test" / "output"
+    table = json.loads((out / "rank_table_2p.json").read_text())  # generated: no --rank_table given
+    assert [device["rank_id"] for device in table["server_list"][0]["device"]] == ["0", "1"]
+    chief_log = (out / "0" / "train_0.log").read_text()
+    other_log = (out / "1" / "train_1.log").read_text()
+    assert "data parallel: 2 workers (RANK_TABLE_FILE)" in chief_log
+    assert "Final Performance images/sec" in chief_log and "Final Performance" not in other_log
+    assert not (out / "1" / "model_dir").exists()  # only the chief writes
+    key = _key_file(out / "0" / "{}_bs2_2p_perf.log".format(NETWORK))
+    assert key["RankSize"] == "2" and key["CaseName"] == "{}_bs2_2p_perf".format(NETWORK)
+    fps = _final(proc.stdout, "Final Performance images/sec")
+    assert float(key["ActualFPS"]) == pytest.approx(fps) and fps > 0
+    losses = (out / "0" / "train_{}_bs2_2p_perf_loss.txt".format(NETWORK)).read_text().splitlines()
+    assert losses == _progress_losses(chief_log) and len(losses) == 1
+    assert [(out / str(rank) / "exit_code").read_text().strip() for rank in (0, 1)] == ["0", "0"]
+
+
+def test_8p_rank_size_that_disagrees_with_the_rank_table_is_a_one_line_error(tmp_path):
+    from unet_perf import rank_table
+    table = tmp_path / "table.json"
+    table.write_text(json.dumps(rank_table.generate(2, device_ip=rank_table.conventional_device_ip)))
+    proc = _run_8p("train_performance_8p.sh", ["--rank_table={}".format(table)] + ONE_RUN, tmp_path, 8)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and "RANK_SIZE=8 disagrees" in errors[0] and "set RANK_SIZE=2" in errors[0]
+    assert not list((tmp_path / "test" / "output").glob("*/train_*.log"))  # nothing started

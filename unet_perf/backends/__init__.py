@@ -7,7 +7,8 @@ def get_backend(cfg, cluster=None):
     """The backend for cfg.device: "host", "npu", or "auto" (npu when npu_bridge imports, else host).
 
     cluster: this process's cluster.Cluster (default: one worker). With several workers the host backend trains
-    data-parallel over TensorFlow's collective ops (backends/collective.py).
+    data-parallel over TensorFlow's collective ops (backends/collective.py), the NPU backend over HCCL
+    (backends/hccl.py).
     """
     device = cfg.device
     if device == "auto":
@@ -23,5 +24,8 @@ def get_backend(cfg, cluster=None):
         if not compat.npu_bridge_available():
             raise UserError("--device npu needs CANN's npu_bridge, which does not import here; use --device host")
         from unet_perf.backends.npu import NpuBackend  # imported lazily: it imports npu_bridge
+        if cluster is not None and cluster.distributed:
+            from unet_perf.backends.hccl import NpuCollectives
+            return NpuBackend(collectives=NpuCollectives(cluster, cfg.collective_timeout))
         return NpuBackend()
     raise UserError("--device must be auto, host or npu, got {!r}".format(cfg.device))

@@ -30,6 +30,14 @@ from the host backend:
 - `mean_loss` is the mean since the last multiple of K, kept in a variable (`loss_sum`): with runs starting at
   multiples of K (checkpoints are), that is the mean over the K device iterations of one Session.run.
 
+Several NPUs (`collectives` = backends.hccl.NpuCollectives, one process per device): the optimizer is wrapped in
+npu_bridge's NPUDistributedOptimizer, which all-reduces (mean) the gradients inside `compute_gradients`, under
+NPULossScaleOptimizer(..., is_distributed=True), which sums the float status over the ranks (every rank skips the
+same overflowing step, the scale moves identically). The wrapper fits the loss-scaling path unchanged: the
+loss-scale optimizer calls it with the scaled loss and unscales the averaged gradients. The reported loss is the
+mean over ranks; `sync_variables` broadcasts rank 0's variables after init/restore; the session config adds
+`hcom_parallel` and the HCCL timeout. Batch-norm statistics stay per rank.
+
 npu_bridge is imported lazily, so this module imports on machines without it.
 """
 import inspect
@@ -101,14 +109,20 @@ class NpuBackend(Backend):
 
     name = "npu"
 
-    def __init__(self, decr_every_n_nan_or_inf=2):
+    def __init__(self, decr_every_n_nan_or_inf=2, collectives=None):
         if not npu_bridge_available():
             raise UserError("--device npu needs CANN's npu_bridge (the TF 1.15 Ascend stack), which does not "
                             "import here; use --device host")
         rank_size = os.environ.get("RANK_SIZE", "1").strip() or "1"
-        if rank_size != "1":
-            # Without an allreduce the devices would train unsynchronised copies.
-            raise UserError("RANK_SIZE={}: unet_perf trains on one NPU; set RANK_SIZE=1".format(rank_size))
+        # The adapter's distributed optimizer decides from RANK_SIZE itself, so it must agree with the cluster.
+        expected = str(collectives.cluster.size) if collectives is not None else "1"
+        if rank_size != expected:
+            if collectives is None:
+                raise UserError("RANK_SIZE={} but no RANK_TABLE_FILE: set RANK_TABLE_FILE, RANK_ID and JOB_ID for "
+                                "several NPUs (tools/train_full_8p.sh does), or RANK_SIZE=1".format(rank_size))
+            raise UserError("RANK_SIZE={} but the rank table has {} ranks; set RANK_SIZE={}".format(
+                rank_size, expected, expected))
+        self.collectives = collectives
         self.decr_every_n_nan_or_inf = decr_every_n_nan_or_inf
         # Where the `overflow` fetch comes from (one of the OVERFLOW_* strings); set by build_train_loop.
         self.overflow_source = None
@@ -116,6 +130,7 @@ class NpuBackend(Backend):
         self._iterations_per_loop = None
         self._session_iterations_per_loop = None
         self._iteration = None  # (graph, weak reference to the session, IterationOp) of the last K > 1 prepare
+        self._sync_op = None  # several ranks: the broadcast of rank 0's variables
 
     def loss_scale_kind(self, cfg):
         """('none'|'dynamic'|'fixed', value) this backend uses for cfg: see `npu_loss_scale_kind`."""
@@ -137,6 +152,8 @@ class NpuBackend(Backend):
         # The migration guide turns these two grappler passes off for the NPU and keeps the others.
         config.graph_options.rewrite_options.remapping = RewriterConfig.OFF
         config.graph_options.rewrite_options.memory_optimization = RewriterConfig.OFF
+        if self.collectives is not None:
+            self.collectives.configure(config)  # hcom_parallel, HCCL and session timeouts
         self._session_iterations_per_loop = cfg.iterations_per_loop
         return config
 
@@ -150,9 +167,17 @@ class NpuBackend(Backend):
         # Built before any control_dependencies block (the manager's variables must not inherit one).
         manager = self._loss_scale_manager(cfg, kind, fixed_value)
         optimizer = _make_optimizer(cfg)
+        distributed = self.collectives is not None
+        if distributed:
+            # Averages the (scaled) gradients with an HCCL all-reduce inside compute_gradients: part of the step,
+            # so the device loop runs it on every iteration. The ModelZoo U-Net's chain: optimizer ->
+            # NPUDistributedOptimizer -> NPULossScaleOptimizer.
+            from npu_bridge.estimator.npu.npu_optimizer import NPUDistributedOptimizer
+            optimizer = NPUDistributedOptimizer(optimizer)
         if manager is not None:
             from npu_bridge.estimator.npu.npu_loss_scale_optimizer import NPULossScaleOptimizer
-            optimizer = NPULossScaleOptimizer(optimizer, manager, is_distributed=False)
+            # is_distributed: the float status is summed over the ranks, so every rank skips the same steps.
+            optimizer = NPULossScaleOptimizer(optimizer, manager, is_distributed=distributed)
         initial_scale = {"dynamic": cfg.loss_scale_init, "fixed": fixed_value}.get(kind, 1.0)
         state = _train_state(initial_scale)
 
@@ -161,8 +186,11 @@ class NpuBackend(Backend):
         loss = loss_fn(next_batch(), step)
         # Batch-norm moving averages created by this step's model: run every device iteration with the update.
         update_ops = [op for op in v1.get_collection(v1.GraphKeys.UPDATE_OPS) if op not in update_ops_before]
+        # The reported loss is the global batch's (the mean over ranks), the same on every rank.
+        reported_loss = self.mean_over_workers([loss])[0]
         position = v1.math.floormod(step, k)  # index of this step inside the device loop
-        loss_sum = v1.where(v1.math.equal(position, 0), loss, state["loss_sum"].read_value() + loss)
+        loss_sum = v1.where(v1.math.equal(position, 0), reported_loss,
+                            state["loss_sum"].read_value() + reported_loss)
         mean_loss = loss_sum / v1.cast(position + 1, v1.float32)
 
         graph = v1.get_default_graph()
@@ -190,9 +218,13 @@ class NpuBackend(Backend):
         self._train_op = train_op
         self._iterations_per_loop = k
 
+        if distributed:
+            # Every variable exists now (model, optimizer slots, loss-scale and train state, global step).
+            self._sync_op = self.collectives.broadcast_from_chief(v1.global_variables())
+
         with v1.control_dependencies([train_op]):
             return {
-                "loss": v1.identity(loss),
+                "loss": v1.identity(reported_loss),
                 "mean_loss": v1.identity(mean_loss),
                 "global_step": global_step.read_value(),
                 "loss_scale": v1.identity(scale),
@@ -200,6 +232,12 @@ class NpuBackend(Backend):
                 "skipped_steps": state["skipped_steps"].read_value(),
                 "scale_changes": state["scale_changes"].read_value(),
             }
+
+    def sync_variables(self, sess):
+        """Several ranks: run the broadcast of rank 0's variables (after init/restore, before the device loop)."""
+        if self._sync_op is not None:
+            with self.collectives.peer_errors("sharing rank 0's variables"):
+                sess.run(self._sync_op)
 
     def prepare_session(self, sess, fetches):
         """For K > 1: `util.set_iteration_per_loop` after variables are initialised/restored.

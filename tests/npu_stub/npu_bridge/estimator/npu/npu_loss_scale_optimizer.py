@@ -11,6 +11,10 @@ is at least as strict as the real optimizer's:
   NAMES_OVERFLOW_STATUS is False (adapters before early 2021 did not name it).
 - INF/NaN mode: like the real fallback (tf.contrib's LossScaleOptimizer), is_finite over every gradient, failing
   on a None gradient.
+- is_distributed=True (saturation mode): like the real one, the local status is summed over the ranks with
+  hccl_ops.allreduce before the decision, so every rank skips a step any rank overflowed in. The stand-in's
+  interconnect saturates what it carries (hccl/loopback.py), so without this a rank does not see another rank's
+  overflow; REDUCES_STATUS = False makes the stand-in ignore is_distributed (tests use it as a negative control).
 """
 import tensorflow as tf
 
@@ -21,6 +25,9 @@ v1 = tf.compat.v1
 
 # False = an adapter from before early 2021 that leaves the float-status result unnamed. Tests flip it.
 NAMES_OVERFLOW_STATUS = True
+
+# False = ignore is_distributed (a negative control for tests; no real adapter does this).
+REDUCES_STATUS = True
 
 # Ops whose outputs live in another control-flow frame (or may be dead): the status walk stops there.
 _CONTROL_FLOW_OPS = {"Enter", "Exit", "Merge", "Switch", "NextIteration", "LoopCond", "RefEnter", "RefExit",
@@ -35,6 +42,7 @@ class NPULossScaleOptimizer(v1.train.Optimizer):
         super(NPULossScaleOptimizer, self).__init__(use_locking=False, name="NPULossScaleOptimizer")
         self._opt = opt
         self._loss_scale_manager = loss_scale_manager
+        self._is_distributed = is_distributed
         self._scaled_loss = None  # of the last compute_gradients: its inputs are part of the step, too
 
     def compute_gradients(self, loss, var_list=None, gate_gradients=v1.train.Optimizer.GATE_OP,
@@ -56,7 +64,8 @@ class NPULossScaleOptimizer(v1.train.Optimizer):
         elif self._overflow_check_enabled():
             is_overall_finite = _float_status_ok(
                 [grad for grad, _ in grads_and_vars if grad is not None], self._scaled_loss,
-                "overflow_status_reduce_all" if NAMES_OVERFLOW_STATUS else None)
+                "overflow_status_reduce_all" if NAMES_OVERFLOW_STATUS else None,
+                self._is_distributed and REDUCES_STATUS)
         else:
             is_overall_finite = tf.constant(True)
 
@@ -106,9 +115,15 @@ def _step_float_tensors(roots):
     return [unique[key] for key in sorted(unique)]
 
 
-def _float_status_ok(grads, scaled_loss, name):
-    """True when no tensor of the step overflowed; evaluated after every gradient, like the float status."""
+def _float_status_ok(grads, scaled_loss, name, distributed=False):
+    """True when no tensor of the step overflowed (on any rank when `distributed`); evaluated after every gradient,
+    like the float status."""
     roots = grads + ([scaled_loss] if scaled_loss is not None else [])
     with tf.control_dependencies(grads):
         finite = [tf.reduce_all(tf.math.is_finite(tensor)) for tensor in _step_float_tensors(roots)]
-    return tf.reduce_all(tf.stack(finite), name=name)
+    if not distributed:
+        return tf.reduce_all(tf.stack(finite), name=name)
+    from npu_bridge.hccl import hccl_ops
+    local_status = tf.reduce_sum(tf.cast(tf.logical_not(tf.stack(finite)), tf.float32))  # overflowing tensors
+    aggregated = hccl_ops.allreduce([local_status], "sum", fusion=0)
+    return tf.reduce_all(tf.equal(aggregated, 0.0), name=name)

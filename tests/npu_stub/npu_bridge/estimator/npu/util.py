@@ -106,3 +106,11 @@ def _reaches(ops, name):
         pending.extend(tensor.op for tensor in op.inputs)
         pending.extend(op.control_inputs)
     return False
+
+
+def get_ranksize():
+    """RANK_SIZE (or CM_WORKER_SIZE) as a string, "1" when neither is set, like the adapter."""
+    import os
+    if os.getenv("CM_WORKER_SIZE") is not None and os.getenv("RANK_SIZE") is not None:
+        raise ValueError("RANK_SIZE and CM_WORK_SIZE cannot be configured at the same time")
+    return os.getenv("RANK_SIZE") if os.getenv("RANK_SIZE") is not None else os.getenv("CM_WORKER_SIZE", "1")

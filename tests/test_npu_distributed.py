@@ -1,0 +1,391 @@
+"""The NPU backend on two ranks through HCCL, against the stand-in npu_bridge (tests/npu_stub), whose hccl_ops run
+TensorFlow collective ops between two processes on 127.0.0.1.
+
+What runs for real here: NPUDistributedOptimizer's gradient all-reduce inside the step, the stand-in device loop
+executing the graph K times per Session.run (sink mode), NPULossScaleOptimizer(is_distributed=True) summing the
+float status over the ranks, the broadcast of rank 0's variables, initialize_system before the rank queries.
+One pair of rank processes (this file run as a script, see `worker_main`) does every scenario and writes an .npz per
+scenario and rank; rank 0 also trains the one-rank reference. The in-process tests at the end need no peers.
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from unet_perf.compat import npu_bridge_available
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+STUB_DIR = os.path.join(HERE, "npu_stub")
+# Seconds for the whole pair: a hang fails instead of blocking CI. About 1-2 minutes here; the margin is for a
+# 2-core machine shared with other jobs.
+HARD_TIMEOUT = 600
+BATCH = 1  # per rank; the reference trains one rank with 2 x BATCH
+K = 4  # iterations_per_loop: the stand-in device runs the graph K times per Session.run
+RUNS = 2
+TINY = ["--depth", "2", "--base_filters", "4", "--crop_size", "32", "--synthetic_count", "6", "--synthetic_size",
+        "64", "--xla_augment", "off", "--dropout", "0.5", "--precision", "fp32", "--summary_images", "0",
+        "--deterministic", "true", "--precision_mode", "allow_mix_precision", "--loss_scale", "dynamic",
+        "--loss_scale_init", "1024", "--iterations_per_loop", str(K)]
+
+pytestmark = pytest.mark.skipif(npu_bridge_available(), reason="a real npu_bridge is installed; this uses the stand-in")
+
+
+def rank_env(addresses, rank, table_path):
+    env = dict(os.environ, RANK_TABLE_FILE=table_path, RANK_ID=str(rank), RANK_SIZE=str(len(addresses)),
+               ASCEND_DEVICE_ID=str(rank), JOB_ID="unet-perf-test", NPU_STUB_HCCL_ADDRESSES=",".join(addresses),
+               TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=os.pathsep.join([REPO, STUB_DIR, os.environ.get("PYTHONPATH", "")]))
+    env.pop("TF_CONFIG", None)
+    return env
+
+
+def write_rank_table(path, devices):
+    from unet_perf import rank_table
+    with open(path, "w") as handle:
+        json.dump(rank_table.generate(devices, device_ip=rank_table.conventional_device_ip), handle)
+    return path
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    """Run the rank pair once; {(scenario, rank): npz dict}."""
+    from unet_perf.launch import free_ports
+
+    out_dir = str(tmp_path_factory.mktemp("npu_distributed"))
+    table = write_rank_table(os.path.join(out_dir, "rank_table.json"), 2)
+    addresses = ["127.0.0.1:{}".format(port) for port in free_ports(2)]
+    processes = [subprocess.Popen([sys.executable, os.path.abspath(__file__), out_dir], cwd=REPO,
+                                  env=rank_env(addresses, rank, table), stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, universal_newlines=True) for rank in range(2)]
+    deadline = time.time() + HARD_TIMEOUT
+    outputs = []
+    try:
+        for process in processes:
+            outputs.append(process.communicate(timeout=max(1.0, deadline - time.time()))[0])
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    for rank, process in enumerate(processes):
+        assert process.returncode == 0, "rank {} failed:\n{}".format(rank, outputs[rank][-3000:])
+    found = {}
+    for name in os.listdir(out_dir):
+        if name.endswith(".npz"):
+            scenario, rank = name[:-len(".npz")].rsplit("_rank", 1)
+            with np.load(os.path.join(out_dir, name), allow_pickle=True) as data:
+                found[(scenario, rank)] = dict(data)
+    return found
+
+
+def _weights(data):
+    return dict((key[len("var:"):], value) for key, value in data.items() if key.startswith("var:"))
+
+
+def test_two_ranks_equal_one_rank_with_the_global_batch_in_sink_mode(results):
+    single = _weights(results[("equivalence", "single")])
+    start = _weights(results[("equivalence", "single_initial")])
+    for rank in ("0", "1"):
+        data = results[("equivalence", rank)]
+        assert int(data["global_step"]) == K * RUNS  # the device loop ran K steps per Session.run
+        distributed = _weights(data)
+        assert sorted(distributed) == sorted(single)
+        for name in single:
+            np.testing.assert_allclose(distributed[name], single[name], rtol=1e-5, atol=1e-7, err_msg=name)
+        # the reported loss is the global batch's, the same on both ranks and equal to the one-rank loss
+        np.testing.assert_allclose(data["mean_loss"], results[("equivalence", "single")]["mean_loss"], rtol=1e-5)
+    moved = max(float(np.max(np.abs(single[name] - start[name]))) for name in single)
+    assert moved > 1e-3  # training moved the weights well beyond the tolerance
+
+
+def test_ranks_seeded_differently_hold_rank_0s_weights(results):
+    chief_before = _weights(results[("overflow", "0")]["before"].item())
+    other_before = _weights(results[("overflow", "1")]["before"].item())
+    assert any(not np.array_equal(chief_before[name], other_before[name]) for name in chief_before)
+    for rank in ("0", "1"):
+        after_sync = _weights(results[("overflow", rank)]["after_sync"].item())
+        for name in chief_before:
+            np.testing.assert_array_equal(after_sync[name], chief_before[name], err_msg=name)
+
+
+def test_an_overflow_on_one_rank_skips_the_step_on_every_rank(results):
+    chief, other = results[("overflow", "0")], results[("overflow", "1")]
+    for data in (chief, other):
+        assert int(data["skipped_steps"]) == 1
+    weights_chief, weights_other = _weights(chief), _weights(other)
+    for name in weights_chief:
+        np.testing.assert_array_equal(weights_chief[name], weights_other[name], err_msg=name)
+    start = _weights(chief["initial"].item())
+    assert any(not np.array_equal(weights_chief[name], start[name]) for name in start)
+
+
+def test_without_the_status_all_reduce_the_ranks_would_diverge(results):
+    """Negative control: the stand-in's interconnect saturates like Ascend 910, so rank 0 sees rank 1's overflow
+    only through is_distributed's status all-reduce; with it ignored, rank 0 applies the step and the ranks part."""
+    chief, other = results[("overflow_control", "0")], results[("overflow_control", "1")]
+    assert int(other["skipped_steps"]) >= 1 and int(chief["skipped_steps"]) < int(other["skipped_steps"])
+    weights_chief, weights_other = _weights(chief), _weights(other)
+    assert any(not np.array_equal(weights_chief[name], weights_other[name]) for name in weights_chief)
+
+
+def test_the_wiring_uses_the_adapter_names(results):
+    for rank in ("0", "1"):
+        calls = json.loads(str(results[("calls", rank)]["calls"]))
+        assert calls["NPUDistributedOptimizer"] == 3  # one per two-rank graph; never for the one-rank reference
+        # rank 0 also built the one-rank reference, without is_distributed
+        assert calls["is_distributed"] == ([False, True] if rank == "0" else [True])
+        assert calls["initialize_system_before_rank_query"]
+        assert calls["broadcast_roots"] == [0]
+        assert calls["hcom_parallel"] and calls["set_iteration_per_loop"] == [K]
+
+
+# --- the rank side (this file run as a script) -------------------------------------------------------------------
+
+def worker_main(out_dir):
+    from npu_bridge import stub_log
+    from npu_bridge.estimator.npu import npu_loss_scale_optimizer
+
+    from unet_perf import cluster as cluster_lib
+    from unet_perf import compat
+    from unet_perf.backends.hccl import NpuCollectives
+    from unet_perf.backends.npu import NpuBackend
+    from unet_perf.config import config_from_args
+
+    compat.enable_graph_mode()
+    cluster = cluster_lib.from_environment()
+    assert cluster.source == "RANK_TABLE_FILE" and cluster.size == 2
+    collectives = NpuCollectives(cluster, timeout_sec=120)
+    collectives.start()  # initialize_system in its own session, then HCCL's rank and size are checked
+    rank = cluster.rank
+
+    def save(name, data):
+        np.savez(os.path.join(out_dir, "{}_rank{}.npz".format(name, rank)), **data)
+
+    flags = TINY + ["--optimizer", "momentum", "--learning_rate", "0.01", "--max_steps", str(K * RUNS)]
+    cfg = config_from_args(flags + ["--batch_size", str(BATCH)])
+    save("equivalence", _train(cfg, NpuBackend(collectives=collectives), _share_source(cfg, rank, 2), 2))
+    if rank == 0:
+        single_cfg = config_from_args(flags + ["--batch_size", str(2 * BATCH)])
+        os.environ["RANK_SIZE"] = "1"  # one device: the adapter's optimizers read RANK_SIZE themselves
+        try:
+            data = _train(single_cfg, NpuBackend(), _share_source(single_cfg, 0, 1), 1, keep_initial=True)
+        finally:
+            os.environ["RANK_SIZE"] = "2"
+        np.savez(os.path.join(out_dir, "equivalence_ranksingle_initial.npz"),
+                 **dict(("var:" + key[len("initial:"):], value) for key, value in data.items()
+                        if key.startswith("initial:")))
+        np.savez(os.path.join(out_dir, "equivalence_ranksingle.npz"), **data)
+
+    # Seeds differ per rank (so do the initial weights until rank 0's are broadcast), and rank 1's images are
+    # non-finite in the second step of the first K-step run.
+    cfg = config_from_args(TINY + ["--seed", str(7 + rank), "--batch_size", "1", "--max_steps", str(K * RUNS)])
+    poisoned = _poisoned_source(cfg, poisoned=(rank == 1), bad_batch=1)
+    save("overflow", _train(cfg, NpuBackend(collectives=collectives), poisoned, 2, keep_initial=True, inspect=True))
+    npu_loss_scale_optimizer.REDUCES_STATUS = False
+    try:
+        save("overflow_control", _train(cfg, NpuBackend(collectives=collectives), poisoned, 2))
+    finally:
+        npu_loss_scale_optimizer.REDUCES_STATUS = True
+
+    save("calls", {"calls": json.dumps(_summarise_calls(stub_log))})
+
+
+def _summarise_calls(stub_log):
+    names = [name for name, _ in stub_log.CALLS]
+    first_init = names.index("npu_ops.initialize_system")
+    config = stub_log.calls_named("session_config")
+    return {
+        "NPUDistributedOptimizer": names.count("NPUDistributedOptimizer"),
+        "is_distributed": sorted(set(call["is_distributed"] for call in stub_log.calls_named("NPULossScaleOptimizer"))),
+        "initialize_system_before_rank_query": first_init < names.index("training"),
+        "broadcast_roots": sorted(set(call["root_rank"] for call in stub_log.calls_named("hccl_ops.broadcast"))),
+        "hcom_parallel": all(call["hcom_parallel"] for call in config) and bool(config),
+        "set_iteration_per_loop": sorted(set(call["iterations_per_loop"]
+                                             for call in stub_log.calls_named("set_iteration_per_loop"))),
+    }
+
+
+def _share_source(cfg, rank, size, batches=3):
+    """This rank's rows of `batches` fixed global batches of size x cfg.batch_size, repeated: what the pipeline's
+    per-worker share gives, without building the augmentation graph."""
+    import tensorflow as tf
+
+    global_batch = size * cfg.batch_size
+    rng = np.random.RandomState(11)
+    shape = [batches, global_batch, cfg.crop_size, cfg.crop_size, 1]
+    images = rng.uniform(0, 1, shape).astype(np.float32)
+    masks = (rng.uniform(0, 1, shape) > 0.3).astype(np.float32)
+    rows = slice(rank * cfg.batch_size, (rank + 1) * cfg.batch_size)
+
+    def source():
+        return tf.data.Dataset.from_tensor_slices((images[:, rows], masks[:, rows])).repeat()
+    return source
+
+
+def _poisoned_source(cfg, poisoned, bad_batch):
+    import tensorflow as tf
+
+    from unet_perf import graph
+
+    base = graph.cached_batch_source(cfg)
+
+    def source():
+        numbered = tf.data.Dataset.zip((base(), tf.data.Dataset.range(1 << 40)))
+
+        def poison(batch, number):
+            factor = tf.where(tf.logical_and(tf.constant(poisoned), tf.equal(number, bad_batch)),
+                              tf.constant(float("inf")), tf.constant(1.0))
+            return (batch[0] * factor,) + tuple(batch[1:])
+        return numbered.map(poison)
+    return source
+
+
+def _train(cfg, backend, source, size, keep_initial=False, inspect=False):
+    """Build cfg's graph for this rank and open it in graph.open_session's order (init, sync, iterator,
+    prepare_session); RUNS Session.runs. A dict of the final trainable variables ("var:<name>") and fetches."""
+    from npu_bridge.stub_log import record
+
+    from unet_perf import graph
+    from unet_perf.compat import v1
+
+    training = graph.build(cfg, source, backend=backend)
+    with training.graph.as_default():
+        trainable = v1.trainable_variables()
+    read = lambda sess: dict(("var:" + v.op.name, value) for v, value in zip(trainable, sess.run(trainable)))
+    data = {}
+    config = backend.session_config(cfg)
+    if size > 1:
+        params = config.graph_options.rewrite_options.custom_optimizers[0].parameter_map
+        record("session_config", hcom_parallel=params["hcom_parallel"].b)
+    with v1.Session(backend.session_target(), graph=training.graph, config=config) as sess:
+        record("training")
+        sess.run(training.init_ops)
+        if inspect:
+            data["before"] = np.array(read(sess), dtype=object)
+        if keep_initial:
+            data.update(("initial:" + key[4:], value) for key, value in read(sess).items())
+        backend.sync_variables(sess)
+        if inspect:
+            data["after_sync"] = np.array(read(sess), dtype=object)
+        if keep_initial and size > 1:
+            data["initial"] = np.array(read(sess), dtype=object)
+        sess.run(training.iterator.initializer)
+        fetches = backend.prepare_session(sess, training.fetches)
+        for _ in range(RUNS):
+            values = sess.run(fetches)
+        data.update(read(sess))
+        data.update((key, np.asarray(value)) for key, value in values.items())
+    return data
+
+
+if __name__ == "__main__":
+    worker_main(sys.argv[1])
+
+
+# --- in-process: the environment checks and the rank table (no peers needed) ----------------------------------
+
+def _two_server_table(path):
+    table = {"server_count": "2", "server_list": [
+        {"server_id": "10.0.0.{}".format(server), "device": [
+            {"device_id": str(device), "device_ip": "192.168.100.10{}".format(device),
+             "rank_id": str(server * 2 + device)} for device in range(2)]} for server in range(2)],
+        "status": "completed", "version": "1.0"}
+    path.write_text(json.dumps(table))
+    return str(path)
+
+
+def test_ranks_are_global_and_devices_local_on_several_servers(tmp_path):
+    from unet_perf import rank_table
+    table = _two_server_table(tmp_path / "table.json")
+    assert rank_table.server_ranks(table, 4, server_index=1) == [(2, 0), (3, 1)]
+    assert rank_table.device_of_rank(table, 3) == ("10.0.0.1", 1)
+    with pytest.raises(Exception, match="server_index 2 is out of range"):
+        rank_table.server_ranks(table, 4, server_index=2)
+
+
+def test_environment_errors_are_one_line_and_name_the_variable(tmp_path):
+    from unet_perf import cluster as cluster_lib
+    from unet_perf.backends.hccl import NpuCollectives
+    from unet_perf.errors import UserError
+
+    table = _two_server_table(tmp_path / "table.json")
+    cluster = cluster_lib.from_rank_table(table, 3, 4)
+    env = {"RANK_TABLE_FILE": table, "ASCEND_DEVICE_ID": "1", "JOB_ID": "job"}
+    assert NpuCollectives(cluster, 60, env=env).device_id == 1
+    for change, needle in [({"JOB_ID": ""}, "JOB_ID"), ({"ASCEND_DEVICE_ID": "0"}, "RANK_ID=3 is device 1"),
+                           ({"ASCEND_DEVICE_ID": ""}, "ASCEND_DEVICE_ID")]:
+        with pytest.raises(UserError) as info:
+            NpuCollectives(cluster, 60, env=dict(env, **change))
+        assert needle in str(info.value) and "\n" not in str(info.value)
+    # DEVICE_ID is the fallback the ModelZoo scripts also export
+    assert NpuCollectives(cluster, 60, env=dict(env, ASCEND_DEVICE_ID="", DEVICE_ID="1")).device_id == 1
+
+
+def test_collectives_config_adds_hcom_parallel_and_the_timeouts(tmp_path):
+    from unet_perf import cluster as cluster_lib
+    from unet_perf.backends.hccl import NpuCollectives
+    from unet_perf.compat import v1
+
+    table = write_rank_table(str(tmp_path / "table.json"), 2)
+    collectives = NpuCollectives(cluster_lib.from_rank_table(table, 0, 2), 30,
+                                 env={"RANK_TABLE_FILE": table, "DEVICE_ID": "0", "JOB_ID": "job"})
+    config = collectives.configure(v1.ConfigProto())
+    (custom_op,) = config.graph_options.rewrite_options.custom_optimizers
+    assert custom_op.name == "NpuOptimizer" and custom_op.parameter_map["hcom_parallel"].b
+    assert custom_op.parameter_map["hccl_timeout"].i == 68  # the device's minimum
+    assert config.operation_timeout_in_ms == 30000
+
+
+API_LISTING = os.path.join(REPO, "..", "shared", "compat", "npu_bridge_api.txt")
+
+
+@pytest.mark.skipif(not os.path.exists(API_LISTING), reason="../shared/compat/npu_bridge_api.txt not present")
+def test_hccl_module_and_stand_in_follow_the_listed_api():
+    """Every npu_bridge name unet_perf/backends/hccl.py imports is listed (a signature or an npu_init re-export),
+    and the stand-in's functions have the listed parameters."""
+    import ast
+    import importlib
+    import inspect
+    import re
+
+    listed, reexports = {}, set()
+    with open(API_LISTING) as handle:
+        for line in handle:
+            line = line.strip()
+            reexport = re.match(r"^([\w.]+)\s+<-\s+from\s+[\w.]+\s+import\s+(\w+)$", line)
+            if reexport:
+                reexports.add(reexport.group(1) + "." + reexport.group(2))
+            match = re.match(r"^(npu_bridge[\w.]*)\((.*)\)$", line)
+            if match:
+                listed[match.group(1)] = [part.strip().split("=")[0].strip() for part in match.group(2).split(",")
+                                          if part.strip()]
+    with open(os.path.join(REPO, "unet_perf", "backends", "hccl.py")) as handle:
+        tree = ast.parse(handle.read())
+    imports = [(node.module, alias.name) for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+               and (node.module or "").startswith("npu_bridge") for alias in node.names]
+    assert len(imports) >= 4
+    sys.path.insert(0, STUB_DIR)
+    try:
+        for module, name in imports:
+            dotted = module + "." + name
+            assert dotted in reexports or any(key == dotted or key.startswith(dotted + ".") for key in listed), dotted
+            obj = getattr(importlib.import_module(module), name)
+        for dotted in ("npu_bridge.hccl.hccl_ops.allreduce", "npu_bridge.hccl.hccl_ops.broadcast",
+                       "npu_bridge.estimator.npu_ops.initialize_system",
+                       "npu_bridge.estimator.npu_ops.shutdown_system",
+                       "npu_bridge.estimator.npu.npu_optimizer.npu_distributed_optimizer_wrapper",
+                       "npu_bridge.estimator.npu.npu_optimizer.npu_allreduce",
+                       "npu_bridge.estimator.npu.npu_optimizer.allreduce",
+                       "npu_bridge.estimator.npu.util.get_ranksize"):
+            module, name = dotted.rsplit(".", 1)
+            obj = getattr(importlib.import_module(module), name)
+            assert list(inspect.signature(obj).parameters) == listed[dotted], dotted
+    finally:
+        sys.path.remove(STUB_DIR)
+        for name in list(sys.modules):
+            if name.split(".")[0] in ("npu_bridge", "hccl"):
+                del sys.modules[name]

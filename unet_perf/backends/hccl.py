@@ -1,0 +1,191 @@
+"""HCCL through npu_bridge: the Ascend engine for several ranks, with the interface of collective.HostCollectives.
+
+One process per device, as the ModelZoo 8p scripts run them: RANK_TABLE_FILE, RANK_SIZE, RANK_ID (global; on
+several servers rank = server_index * devices_per_server + i), ASCEND_DEVICE_ID or DEVICE_ID (the local device) and
+JOB_ID (the adapter's allreduce reads the rank count through it) come from the environment. There is no server to
+start and no device scope: a session whose config carries the NpuOptimizer pass runs on the device, and HCCL
+reaches the other ranks. `start()` initialises collective communication once per process in a session of its own
+(npu_ops.initialize_system, which rank queries before the first training session need) and checks HCCL's rank and
+size against RANK_ID/RANK_SIZE; shutdown_system runs in that session when the process exits, as the adapter's
+docs ask.
+
+Ops: all_reduce = hccl_ops.allreduce ("sum"/"max"/"min") then a division for the mean; broadcast_from_chief =
+hccl_ops.broadcast(tensor=[variable], root_rank=0) + assign for every variable. HCCL on Ascend 910 has no float64
+all-reduce, so float64 values (Team's config fingerprints and steps, integers below 2**52) travel as int64.
+Every wait on a peer is bounded twice: `hccl_timeout` in the session config (HCCL's own execution timeout, rounded
+by the device to multiples of 68 s) and `operation_timeout_in_ms` / RunOptions like the host engine.
+"""
+import atexit
+import contextlib
+import os
+
+from unet_perf import rank_table
+from unet_perf.compat import v1
+from unet_perf.errors import UserError
+
+ROOT_RANK = 0
+# Errors that mean "a peer is gone or silent" rather than a bug in the graph (as in collective.py).
+PEER_ERRORS = (v1.errors.DeadlineExceededError, v1.errors.UnavailableError, v1.errors.AbortedError,
+               v1.errors.CancelledError, v1.errors.InternalError, v1.errors.UnknownError)
+_REDUCTIONS = {"Add": "sum", "Max": "max", "Min": "min"}
+_MIN_HCCL_TIMEOUT = 68  # seconds: the device's granularity on Atlas training products
+
+
+def local_device_id(env=None):
+    """The local device from ASCEND_DEVICE_ID (else DEVICE_ID); UserError when neither is an integer."""
+    env = os.environ if env is None else env
+    for name in ("ASCEND_DEVICE_ID", "DEVICE_ID"):
+        text = env.get(name, "").strip()
+        if text:
+            try:
+                return int(text)
+            except ValueError:
+                raise UserError("environment variable {}={!r} must be the device number (0..7)".format(name, text))
+    raise UserError("set ASCEND_DEVICE_ID (or DEVICE_ID) to this rank's local device number: HCCL needs it with "
+                    "RANK_TABLE_FILE")
+
+
+class NpuCollectives(object):
+    """HCCL collectives for one rank of `cluster` (a cluster.Cluster from the rank table, size > 1).
+
+    Args:
+        cluster: this process's cluster.Cluster (source RANK_TABLE_FILE).
+        timeout_sec: bound of every wait on a peer (--collective_timeout).
+        env: the environment to read (default os.environ).
+    """
+
+    device = None  # the graph stays unplaced: the NpuOptimizer pass puts it on this process's device
+
+    def __init__(self, cluster, timeout_sec, env=None):
+        env = os.environ if env is None else env
+        if cluster.size < 2:
+            raise ValueError("NpuCollectives needs at least two ranks")
+        if not env.get("JOB_ID", "").strip():
+            raise UserError("JOB_ID is not set: npu_bridge's all-reduce reads the rank count through it (NPUBasics); "
+                            "export JOB_ID=<any job name> for every rank, as the ModelZoo 8p scripts do")
+        self.cluster = cluster
+        self.timeout_sec = float(timeout_sec)
+        self.device_id = local_device_id(env)
+        table = env.get("RANK_TABLE_FILE", "")
+        if table:
+            server_id, table_device = rank_table.device_of_rank(table, cluster.rank)
+            if table_device != self.device_id:
+                raise UserError("RANK_ID={} is device {} of server {} in RANK_TABLE_FILE {}, but this process has "
+                                "device {} (ASCEND_DEVICE_ID/DEVICE_ID); give each process the rank_id of its own "
+                                "device".format(cluster.rank, table_device, server_id, table, self.device_id))
+        self._system = None  # (session, shutdown op) once collective communication is initialised
+
+    # --- process-level set-up ---------------------------------------------------------------------------------
+
+    def configure(self, config):
+        """Add the HCCL settings to a ConfigProto (in place; the NpuOptimizer pass is added when missing) and
+        return it: hcom_parallel (all-reduces overlap the backward pass), hccl_timeout and the session's
+        operation_timeout_in_ms."""
+        custom_op = None
+        for candidate in config.graph_options.rewrite_options.custom_optimizers:
+            if candidate.name == "NpuOptimizer":
+                custom_op = candidate
+        if custom_op is None:
+            from tensorflow.core.protobuf.rewriter_config_pb2 import RewriterConfig
+            custom_op = config.graph_options.rewrite_options.custom_optimizers.add()
+            custom_op.name = "NpuOptimizer"
+            custom_op.parameter_map["use_off_line"].b = True
+            config.graph_options.rewrite_options.remapping = RewriterConfig.OFF
+            config.graph_options.rewrite_options.memory_optimization = RewriterConfig.OFF
+        custom_op.parameter_map["hcom_parallel"].b = True
+        custom_op.parameter_map["hccl_timeout"].i = max(_MIN_HCCL_TIMEOUT, int(self.timeout_sec))
+        config.operation_timeout_in_ms = int(self.timeout_sec * 1000)
+        return config
+
+    def start(self):
+        """Initialise collective communication once (its own session, shut down at exit) and check HCCL's view
+        of this rank against RANK_ID/RANK_SIZE. Returns the session target: "" (the device is in-process)."""
+        if self._system is None:
+            from npu_bridge.estimator import npu_ops
+            graph = v1.Graph()
+            with graph.as_default():
+                init_op = npu_ops.initialize_system()
+                shutdown_op = npu_ops.shutdown_system()
+            sess = v1.Session("", graph=graph, config=self.configure(v1.ConfigProto()))
+            with self.peer_errors("initialising HCCL (npu_ops.initialize_system)"):
+                sess.run(init_op, options=self.run_options())
+            self._system = (sess, shutdown_op)
+            atexit.register(self.shutdown)
+            self._check_ranks()
+        return ""
+
+    def _check_ranks(self):
+        from npu_bridge.npu_init import get_rank_id, get_rank_size
+        hccl_rank, hccl_size = int(get_rank_id()), int(get_rank_size())
+        if (hccl_rank, hccl_size) != (self.cluster.rank, self.cluster.size):
+            raise UserError("HCCL reports rank {} of {} for this process but RANK_ID={} RANK_SIZE={}; make RANK_ID "
+                            "the rank_id of device {} in RANK_TABLE_FILE".format(
+                                hccl_rank, hccl_size, self.cluster.rank, self.cluster.size, self.device_id))
+
+    def shutdown(self):
+        """npu_ops.shutdown_system in the initialisation session, then close it (idempotent)."""
+        if self._system is None:
+            return
+        sess, shutdown_op = self._system
+        self._system = None
+        try:
+            sess.run(shutdown_op)
+        finally:
+            sess.close()
+
+    def run_options(self):
+        return v1.RunOptions(timeout_in_ms=int(self.timeout_sec * 1000))
+
+    @contextlib.contextmanager
+    def peer_errors(self, doing):
+        """Inside: an OpError of the kinds a lost peer causes becomes peer_failure(err, doing)."""
+        try:
+            yield
+        except PEER_ERRORS as err:
+            raise self.peer_failure(err, doing)
+
+    # --- graph building ---------------------------------------------------------------------------------------
+
+    def all_reduce(self, tensor, merge_op="Add", final_op="Div", group_key=None):
+        """One HCCL all-reduce over all ranks: Add+Div = mean, Add+Id = sum, Max+Id = maximum, Min+Id = minimum.
+        group_key is accepted for the common interface (HCCL has one world group)."""
+        from npu_bridge.hccl import hccl_ops
+        del group_key
+        if merge_op not in _REDUCTIONS or final_op not in ("Div", "Id"):
+            raise ValueError("all_reduce supports merge_op Add/Max/Min and final_op Div/Id, got {}/{}".format(
+                merge_op, final_op))
+        value = tensor
+        if value.dtype == v1.float64:  # no float64 all-reduce on Ascend 910; callers send integers below 2**52
+            value = v1.cast(v1.round(value), v1.int64)
+        reduced = hccl_ops.allreduce(value, _REDUCTIONS[merge_op])
+        if value.dtype != tensor.dtype:
+            reduced = v1.cast(reduced, tensor.dtype)
+        if final_op == "Div":
+            reduced = reduced / v1.cast(self.cluster.size, tensor.dtype)
+        return reduced
+
+    def mean(self, tensors):
+        """Mean over ranks of each tensor (None passes through): HCCL sum, then division by the rank count."""
+        return [None if tensor is None else self.all_reduce(tensor) for tensor in tensors]
+
+    def broadcast_from_chief(self, variables):
+        """An op assigning rank 0's value of every variable to every rank's copy (hccl_ops.broadcast + assign, the
+        adapter's sess.run recipe)."""
+        from npu_bridge.hccl import hccl_ops
+        assigns = []
+        for variable in variables:
+            received = hccl_ops.broadcast(tensor=[variable], root_rank=ROOT_RANK)[0]
+            assigns.append(v1.assign(variable, received))
+        return v1.group(*assigns)
+
+    # --- errors -----------------------------------------------------------------------------------------------
+
+    def peer_failure(self, err, doing):
+        """A one-line UserError for an OpError raised while `doing`. HCCL does not say which rank is missing, so
+        the message points at every rank's log."""
+        reason = type(err).__name__.replace("Error", "")
+        return UserError("rank {} (device {}) while {}: an HCCL collective failed or timed out [{} after up to {:.0f} "
+                         "s, --collective_timeout]: another of the {} ranks stopped, was killed or never started "
+                         "(see each rank's log); the last checkpoint is intact, restart every rank with the same "
+                         "command to resume".format(self.cluster.rank, self.device_id, doing, reason,
+                                                    self.timeout_sec, self.cluster.size))
