@@ -6,7 +6,7 @@ import pytest
 from unet_perf import augment, compat
 from unet_perf.config import Config
 from unet_perf.errors import UserError
-from unet_perf.trainer import BEST_METRICS, Checkpoints
+from unet_perf.run_checkpoints import BEST_METRICS, RunCheckpoints
 
 
 class _Writer(object):
@@ -39,7 +39,7 @@ def test_unreadable_best_score_is_an_error_not_a_reset(tmp_path, content):
     best.mkdir()
     (best / BEST_METRICS).write_text(content)
     with pytest.raises(UserError) as err:
-        Checkpoints(_Writer(str(tmp_path)), _Writer(str(best)))
+        RunCheckpoints(_Writer(str(tmp_path)), _Writer(str(best)))
     message = str(err.value)
     assert os.path.join(str(best), BEST_METRICS) in message and "delete" in message and "\n" not in message
 
@@ -48,9 +48,9 @@ def test_best_score_survives_and_only_a_better_one_replaces_it(tmp_path):
     best = tmp_path / "best"
     best.mkdir()
     (best / BEST_METRICS).write_text('{"v_rand": 0.9, "step": 100}')
-    saved = Checkpoints(_Writer(str(tmp_path)), _Writer(str(best)))
+    saved = RunCheckpoints(_Writer(str(tmp_path)), _Writer(str(best)))
     assert saved.best_v_rand == 0.9
     assert saved.offer_best(sess=None, step=200, metrics={"v_rand": 0.85}) is False
     assert saved.best_v_rand == 0.9
-    fresh = Checkpoints(_Writer(str(tmp_path)), _Writer(str(tmp_path / "missing")))
+    fresh = RunCheckpoints(_Writer(str(tmp_path)), _Writer(str(tmp_path / "missing")))
     assert fresh.best_v_rand is None

@@ -2,7 +2,9 @@
 on stdout, so logs and CI output stay grep-able. No TensorFlow here.
 
 - `Progress`: training, one line (or bar update) per Session.run of K steps, with loss, rate and ETA;
-- `ItemProgress`: one line (or bar update) per image, for predict and evaluate.
+- `ItemProgress`: one line (or bar update) per image, for predict and evaluate;
+- `Console`: message lines that go through the bar while one is shown;
+- `RateMeter`: the steady-state images/sec of a run (its first, graph-optimising Session.run excluded).
 """
 import sys
 import time
@@ -140,3 +142,45 @@ class ItemProgress(object):
 
     def close(self):
         self._report.close()
+
+
+class Console(object):
+    """Message lines for the user; while a progress bar is shown they go through it, so the bar stays intact."""
+
+    def __init__(self, out):
+        self.out = out
+        self.progress = None
+
+    def say(self, message):
+        if self.progress is not None:
+            self.progress.write(message)
+        else:
+            print(message, file=self.out)
+            self.out.flush()
+
+
+class RateMeter(object):
+    """Images/sec over the timed Session.runs of a run, without the first one (graph optimisation)."""
+
+    def __init__(self, images_per_run):
+        self.images_per_run = images_per_run
+        self.first_time = None
+        self.steady_time = 0.0
+        self.steady_images = 0
+
+    def add(self, seconds):
+        """Record one Session.run; returns its own rate."""
+        if self.first_time is None:
+            self.first_time = seconds
+        else:
+            self.steady_time += seconds
+            self.steady_images += self.images_per_run
+        return self.images_per_run / seconds if seconds > 0 else 0.0
+
+    def result(self):
+        """(images/sec, note saying what it covers)."""
+        if self.steady_images:
+            return self.steady_images / self.steady_time, "steady state: first Session.run excluded"
+        if self.first_time:
+            return self.images_per_run / self.first_time, "single Session.run: includes graph optimisation"
+        return 0.0, "no training step run"

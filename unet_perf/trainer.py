@@ -22,66 +22,18 @@ import time
 
 from unet_perf import checkpoints, compat, distributed, graph
 from unet_perf.cluster import SINGLE
-from unet_perf.compat import v1
 from unet_perf.config import config_to_dict
 from unet_perf.errors import UserError
 from unet_perf.interrupts import StopRequest
 from unet_perf.panels import prediction_panels
 from unet_perf.probe import pixel_accuracy, probe_tiles
-from unet_perf.progress import Progress
+from unet_perf.progress import Console, Progress, RateMeter
+from unet_perf.run_checkpoints import RunCheckpoints, newest_restorable
 from unet_perf.summaries import SummaryLog
+from unet_perf.validation import inference_graphs
 
 CONFIG_FILE = "config.json"
 SUMMARY_FILE = "summary.json"
-BEST_DIR = "best"
-BEST_METRICS = "metrics.json"
-
-
-class InferenceGraphs(object):
-    """What the trainer adds to the training graph: the probe predictor and the validator (or None)."""
-
-    def __init__(self, probe_input, probe_prob, validator):
-        self.probe_input = probe_input
-        self.probe_prob = probe_prob
-        self.validator = validator
-
-
-def inference_graphs(cfg, val, probe_count):
-    """A builder for graph.build(extras=...): the probe predictor (fixed training tiles in inference mode, for the
-    train accuracy and the summary images; run in its own cheap Session.run) and the validator."""
-    from unet_perf.inference import build_predictor
-
-    def build():
-        probe_input, probe_prob = build_predictor(cfg, probe_count, input_name="probe_input",
-                                                  output_name="probe_probability")
-        return InferenceGraphs(probe_input, probe_prob, make_validator(cfg, val))
-    return build
-
-
-def make_validator(cfg, val):
-    """A Validator for the held-out slices, or None when there are none."""
-    if val is None or len(val.images) == 0:
-        return None
-    from unet_perf.validation import Validator
-    return Validator(cfg, val)
-
-
-def _restorable(model_dir):
-    """(prefix, step) of the newest complete checkpoint in model_dir, or (None, 0)."""
-    prefix = checkpoints.latest_checkpoint(model_dir)
-    if prefix is None:
-        return None, 0
-    return prefix, checkpoints.checkpoint_step(prefix)
-
-
-def restore(writer, sess, prefix):
-    """Restore `prefix`; a damaged checkpoint (truncated or edited by hand) is a UserError naming its files."""
-    try:
-        writer.restore(sess, prefix)
-    except v1.errors.OpError as err:
-        raise UserError("checkpoint {} is damaged ({}); delete its files ({}.*) to resume from the previous "
-                        "checkpoint, or use a new --model_dir".format(
-                            prefix, checkpoints.op_error_reason(err), os.path.basename(prefix)))
 
 
 def _finite(*values):
@@ -90,21 +42,6 @@ def _finite(*values):
 
 def _crossed(previous_step, step, interval):
     return interval > 0 and step // interval > previous_step // interval
-
-
-class Console(object):
-    """Message lines for the user; while a progress bar is shown they go through it, so the bar stays intact."""
-
-    def __init__(self, out):
-        self.out = out
-        self.progress = None
-
-    def say(self, message):
-        if self.progress is not None:
-            self.progress.write(message)
-        else:
-            print(message, file=self.out)
-            self.out.flush()
 
 
 def train(cfg, out=None):
@@ -135,7 +72,7 @@ def train(cfg, out=None):
     if os.path.isdir(model_dir):
         for path in checkpoints.remove_partial_files(model_dir):
             say("removed the partial file of an interrupted save: {}".format(path))
-    prefix, start_step = _restorable(model_dir)
+    prefix, start_step = newest_restorable(model_dir)
     start_step = team.handshake(cfg, train_pairs, start_step)
     total = cfg.total_steps
     if prefix is not None and start_step >= total:
@@ -161,20 +98,13 @@ def train(cfg, out=None):
     checkpoints.atomic_write_json(os.path.join(model_dir, CONFIG_FILE), config_to_dict(cfg))
 
     with training.graph.as_default():
-        writer = checkpoints.CheckpointWriter(model_dir, training.variables, cfg.keep_checkpoints)
-        best = None
-        if training.extras.validator is not None:
-            checkpoints.make_model_dir(os.path.join(model_dir, BEST_DIR))
-            best = checkpoints.CheckpointWriter(os.path.join(model_dir, BEST_DIR), training.variables, 1)
+        saved = RunCheckpoints.create(model_dir, training.variables, cfg.keep_checkpoints,
+                                      with_best=training.extras.validator is not None)
     probe = probe_tiles(cfg, train_pairs, probe_count)
 
     def recover_and_restore(sess):
-        writer.recover()
-        if best is not None:
-            checkpoints.remove_partial_files(best.directory)
-            best.recover()
+        saved.recover_and_restore(sess, prefix)
         if prefix is not None:
-            restore(writer, sess, prefix)
             say("resumed from {} at step {} (continuing to step {})".format(
                 prefix, int(sess.run(training.global_step)), total))
 
@@ -184,7 +114,7 @@ def train(cfg, out=None):
         with team.peer_errors("training"):
             sess, fetches = graph.open_session(training, cfg, restore=recover_and_restore)
             start_step = int(sess.run(training.global_step))
-            run = Run(cfg, sess, training, fetches, Checkpoints(writer, best), log, console, probe, team)
+            run = Run(cfg, sess, training, fetches, saved, log, console, probe, team)
             summary = run.loop(start_step, total)
     finally:
         log.close()
@@ -201,40 +131,6 @@ def train(cfg, out=None):
     say("E2E Training Duration sec : {:.2f}".format(summary["duration_sec"]))
     say("Final Train Accuracy : {:.4f}".format(summary["train_accuracy"]))
     return summary
-
-
-class Checkpoints(object):
-    """The run's checkpoint writers: `latest` (every interval, resume) and `best` (by V_rand; None without
-    validation). The best score so far survives restarts in best/metrics.json, written after its checkpoint."""
-
-    def __init__(self, latest, best):
-        self.latest = latest
-        self.best = best
-        self.best_v_rand = self._saved_best_v_rand()
-
-    def _saved_best_v_rand(self):
-        if self.best is None:
-            return None
-        path = os.path.join(self.best.directory, BEST_METRICS)
-        if not os.path.exists(path):
-            return None
-        saved = checkpoints.read_json(path)
-        if not isinstance(saved, dict) or not isinstance(saved.get("v_rand"), (int, float)):
-            # Starting from "no best" would let a worse checkpoint overwrite best/.
-            raise UserError("{} is unreadable or has no v_rand; restore it, or delete {} to start a new best "
-                            "checkpoint".format(path, self.best.directory))
-        return float(saved["v_rand"])
-
-    def offer_best(self, sess, step, metrics):
-        """Save `step` to best/ when its V_rand beats the best so far; True when it was saved."""
-        v_rand = metrics.get("v_rand")
-        if v_rand is None or (self.best_v_rand is not None and v_rand <= self.best_v_rand):
-            return False
-        self.best_v_rand = v_rand
-        if self.best is None or not self.best.save(sess, step):
-            return False
-        checkpoints.atomic_write_json(os.path.join(self.best.directory, BEST_METRICS), dict(metrics, step=step))
-        return True
 
 
 class Run(object):
@@ -285,24 +181,16 @@ class Run(object):
         progress = Progress(total, start_step, global_batch, cfg.steps_per_epoch, out=self.console.out)
         self.console.progress = progress
         step = start_step
-        steady_time = 0.0
-        steady_images = 0
-        first_time = None
+        meter = RateMeter(images_per_run)
         values = None
         with StopRequest(self.say) as stop:
             try:
                 while step < total and not self.team.agree_to_stop(self.sess, stop.requested):
                     tick = time.time()
                     values = self.sess.run(self.fetches)
-                    elapsed = time.time() - tick
+                    rate = meter.add(time.time() - tick)
                     previous, step = step, int(values["global_step"])
-                    if first_time is None:
-                        first_time = elapsed
-                    else:
-                        steady_time += elapsed
-                        steady_images += images_per_run
                     self.check_finite(values, step)
-                    rate = images_per_run / elapsed if elapsed > 0 else 0.0
                     self.history.append({"step": step, "loss": float(values["loss"]),
                                          "mean_loss": float(values["mean_loss"])})
                     progress.update(step, values["loss"], values["mean_loss"], values["loss_scale"],
@@ -326,12 +214,7 @@ class Run(object):
         self.save(step)
         accuracy = self.run_probe(step)
         self.validate(step)
-        if steady_images:
-            images_per_sec, note = steady_images / steady_time, "steady state: first Session.run excluded"
-        elif first_time:
-            images_per_sec, note = images_per_run / first_time, "single Session.run: includes graph optimisation"
-        else:
-            images_per_sec, note = 0.0, "no training step run"
+        images_per_sec, note = meter.result()
         last = values or {}
         return {
             "status": "finished", "start_step": start_step, "end_step": step, "total_steps": total,

@@ -3,6 +3,8 @@
     validator = Validator(cfg, val_pairs)   # while the trainer builds its graph (adds the predictor graph)
     ...
     metrics = validator.run(sess)           # {"v_rand", "v_info", "dice", "iou", "pixel_error", thresholds}
+
+`inference_graphs` builds everything the trainer evaluates inside the training graph: the validator and the probe.
 """
 import numpy as np
 
@@ -42,3 +44,24 @@ class Validator(object):
         v_rand_threshold, v_info_threshold."""
         scores = evaluate_slices(self.predict(sess), self.masks)
         return {key: float(scores[key]) for key in METRIC_KEYS + THRESHOLD_KEYS}
+
+
+class InferenceGraphs(object):
+    """What the trainer adds to the training graph: the probe predictor and the validator (or None)."""
+
+    def __init__(self, probe_input, probe_prob, validator):
+        self.probe_input = probe_input
+        self.probe_prob = probe_prob
+        self.validator = validator
+
+
+def inference_graphs(cfg, val, probe_count):
+    """A builder for graph.build(extras=...): the probe predictor (fixed training tiles in inference mode, for the
+    train accuracy and the summary images; run in its own cheap Session.run) and the validator of the held-out
+    slices `val` (None when there are none)."""
+    def build():
+        probe_input, probe_prob = build_predictor(cfg, probe_count, input_name="probe_input",
+                                                  output_name="probe_probability")
+        validator = Validator(cfg, val) if val is not None and len(val.images) else None
+        return InferenceGraphs(probe_input, probe_prob, validator)
+    return build

@@ -1,0 +1,86 @@
+"""The checkpoints of one training run: `latest` (every interval, for resume) and `best/` (by validation V_rand).
+
+    saved = RunCheckpoints.create(model_dir, variables, keep, with_best)   # inside the training graph
+    prefix, step = newest_restorable(model_dir)                            # before building the graph
+    saved.recover_and_restore(sess, prefix)                                # right after the initialisers
+    saved.latest.save(sess, step); saved.offer_best(sess, step, metrics)
+
+The best score so far survives restarts in best/metrics.json, written after its checkpoint.
+"""
+import os
+
+from unet_perf import checkpoints
+from unet_perf.compat import v1
+from unet_perf.errors import UserError
+
+BEST_DIR = "best"
+BEST_METRICS = "metrics.json"
+
+
+def newest_restorable(model_dir):
+    """(prefix, step) of the newest complete checkpoint in model_dir, or (None, 0)."""
+    prefix = checkpoints.latest_checkpoint(model_dir)
+    if prefix is None:
+        return None, 0
+    return prefix, checkpoints.checkpoint_step(prefix)
+
+
+class RunCheckpoints(object):
+    """The run's checkpoint writers: `latest` and `best` (None without validation), and the best V_rand so far."""
+
+    def __init__(self, latest, best):
+        self.latest = latest
+        self.best = best
+        self.best_v_rand = self._saved_best_v_rand()
+
+    @classmethod
+    def create(cls, model_dir, variables, keep, with_best):
+        """Writers for `variables` in model_dir (keeping `keep`) and, with_best, in model_dir/best (keeping 1).
+        Call inside the training graph (they hold Savers)."""
+        latest = checkpoints.CheckpointWriter(model_dir, variables, keep)
+        best = None
+        if with_best:
+            best_dir = os.path.join(model_dir, BEST_DIR)
+            checkpoints.make_model_dir(best_dir)
+            best = checkpoints.CheckpointWriter(best_dir, variables, 1)
+        return cls(latest, best)
+
+    def _saved_best_v_rand(self):
+        if self.best is None:
+            return None
+        path = os.path.join(self.best.directory, BEST_METRICS)
+        if not os.path.exists(path):
+            return None
+        saved = checkpoints.read_json(path)
+        if not isinstance(saved, dict) or not isinstance(saved.get("v_rand"), (int, float)):
+            # Starting from "no best" would let a worse checkpoint overwrite best/.
+            raise UserError("{} is unreadable or has no v_rand; restore it, or delete {} to start a new best "
+                            "checkpoint".format(path, self.best.directory))
+        return float(saved["v_rand"])
+
+    def recover_and_restore(self, sess, prefix):
+        """Take over the checkpoints of earlier runs (and drop partial saves of best/), then restore `prefix`
+        (None: nothing to restore). A damaged checkpoint is a UserError naming its files."""
+        self.latest.recover()
+        if self.best is not None:
+            checkpoints.remove_partial_files(self.best.directory)
+            self.best.recover()
+        if prefix is None:
+            return
+        try:
+            self.latest.restore(sess, prefix)
+        except v1.errors.OpError as err:
+            raise UserError("checkpoint {} is damaged ({}); delete its files ({}.*) to resume from the previous "
+                            "checkpoint, or use a new --model_dir".format(
+                                prefix, checkpoints.op_error_reason(err), os.path.basename(prefix)))
+
+    def offer_best(self, sess, step, metrics):
+        """Save `step` to best/ when its V_rand beats the best so far; True when it was saved."""
+        v_rand = metrics.get("v_rand")
+        if v_rand is None or (self.best_v_rand is not None and v_rand <= self.best_v_rand):
+            return False
+        self.best_v_rand = v_rand
+        if self.best is None or not self.best.save(sess, step):
+            return False
+        checkpoints.atomic_write_json(os.path.join(self.best.directory, BEST_METRICS), dict(metrics, step=step))
+        return True
