@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HARD_TIMEOUT = 420  # seconds for the whole pair (a shared 2-core machine); a hang fails instead of blocking CI
+HARD_TIMEOUT = 900  # seconds for the whole pair (TensorFlow start-up alone took minutes on a busy machine); a hang fails instead of blocking CI
 BATCH = 1  # per worker; the reference trains one worker with 2 x BATCH
 # --deterministic: tf.data keeps the order of batches (otherwise a worker may take its batches out of order).
 TINY = ["--depth", "2", "--base_filters", "4", "--crop_size", "32", "--synthetic_count", "6", "--synthetic_size",
@@ -146,7 +146,8 @@ def test_pipeline_shares_are_the_global_batch_rows():
     for step in range(2):
         for part in range(3):  # image, mask, weight map
             joined = np.concatenate([shares[0][step][part], shares[1][step][part]])
-            np.testing.assert_array_equal(joined, whole[step][part])
+            # same samples and draws; float maths on 2 vs 4 rows may round differently in the last bit
+            np.testing.assert_allclose(joined, whole[step][part], rtol=1e-6, atol=1e-6)
         assert not np.array_equal(shares[0][step][0], shares[1][step][0])
 
 

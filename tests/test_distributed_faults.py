@@ -15,13 +15,13 @@ from unet_perf import checkpoints
 from unet_perf.launch import free_ports, tf_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TIMEOUT = 20  # --collective_timeout of the workers
+TIMEOUT = 30  # --collective_timeout of the workers (also bounds the start-up wait for the peer)
 TOTAL = 200
 ARGS = ["--depth", "2", "--base_filters", "4", "--crop_size", "32", "--synthetic_count", "4", "--synthetic_size",
         "64", "--iterations_per_loop", "2", "--save_checkpoints_steps", "4", "--summary_images", "0",
         "--max_steps", str(TOTAL), "--augment", "false", "--batch_size", "1",
         "--collective_timeout", str(TIMEOUT)]
-START_LIMIT = 240  # seconds for TensorFlow start-up and graph building on a busy 2-core machine
+START_LIMIT = 600  # seconds for TensorFlow start-up and graph building on a busy 2-core machine
 
 
 class Worker(object):
