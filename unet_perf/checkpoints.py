@@ -26,7 +26,9 @@ from unet_perf.errors import UserError
 PREFIX = "model.ckpt"
 PARTIAL_PATTERN = "*.tempstate*"
 # Config fields that change the variables of the graph (names/shapes), for the architecture error message.
-ARCHITECTURE_FLAGS = ("depth", "base_filters", "batch_norm", "optimizer", "precision", "loss_scale", "weight_map")
+# ema: resuming with --ema on from a checkpoint without shadow variables cannot restore them.
+ARCHITECTURE_FLAGS = ("depth", "base_filters", "batch_norm", "optimizer", "precision", "loss_scale", "weight_map",
+                      "ema")
 
 
 def atomic_write_text(path, text):

@@ -35,6 +35,9 @@ def add_inference_flags(parser):
                         help="compute precision (default: the one the model was trained with)")
     parser.add_argument("--rgb", default="convert", choices=("convert", "refuse"),
                         help="colour input: convert to gray with a warning, or refuse")
+    parser.add_argument("--weights", default="ema", choices=("ema", "raw"),
+                        help="ema: the checkpoint's moving average of the weights when it has one (--ema in "
+                             "training), else the trained weights; raw: always the trained weights")
     parser.add_argument("--threshold", type=float, default=0.5,
                         help="P(interior) above it is interior in the masks and overlays (V_rand/V_info sweep "
                              "0.0-1.0 themselves; pixel metrics use 0.5)")
@@ -54,7 +57,8 @@ def open_predictor(args):
     from unet_perf.inference import Predictor  # TensorFlow is imported only once the flags are valid
 
     predictor = Predictor.from_model_dir(args.model_dir, checkpoint=args.checkpoint, precision=args.precision,
-                                         batch_size=args.batch_size, overlap=args.overlap, tta=args.tta)
+                                         batch_size=args.batch_size, overlap=args.overlap, tta=args.tta,
+                                         weights=args.weights)
     if args.overlap is not None and args.overlap >= predictor.cfg.crop_size:
         predictor.close()
         raise UserError("--overlap {} must be smaller than the tile (--crop_size {} of the model)".format(
@@ -163,8 +167,9 @@ def main(argv=None):
         raise UserError("cannot create --output {} ({}); choose a writable folder".format(args.output, err))
     predictor = open_predictor(args)
     try:
-        print("predicting {} file(s) with {} ({}, tile {}, tta {})".format(
-            len(files), predictor.checkpoint, predictor.cfg.precision, predictor.cfg.crop_size, args.tta),
+        print("predicting {} file(s) with {} ({} weights, {}, tile {}, tta {})".format(
+            len(files), predictor.checkpoint, predictor.weights, predictor.cfg.precision, predictor.cfg.crop_size,
+            args.tta),
             flush=True)
         written = predict_files(predictor, files, args.output, args.threshold, os.path.isfile(args.input),
                                 args.rgb)

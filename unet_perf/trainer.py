@@ -49,12 +49,14 @@ class InferenceGraphs(object):
 def inference_graphs(cfg, val, probe_count):
     """A builder for graph.build(extras=...): the probe predictor (fixed training tiles in inference mode, for the
     train accuracy and the summary images; run in its own cheap Session.run) and the validator."""
+    from unet_perf.ema import reading_average
     from unet_perf.inference import build_predictor
 
     def build():
-        probe_input, probe_prob = build_predictor(cfg, probe_count, input_name="probe_input",
-                                                  output_name="probe_probability")
-        return InferenceGraphs(probe_input, probe_prob, make_validator(cfg, val))
+        with reading_average(cfg):  # with --ema, validation and best/ judge the averaged weights
+            probe_input, probe_prob = build_predictor(cfg, probe_count, input_name="probe_input",
+                                                      output_name="probe_probability")
+            return InferenceGraphs(probe_input, probe_prob, make_validator(cfg, val))
     return build
 
 
