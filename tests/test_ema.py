@@ -15,6 +15,7 @@ from unet_perf.optim import EmaOptimizer, make_optimizer
 from unet_perf.trainer import train
 
 from test_host_loop import _arrays, _assert_same_weights, _cfg, _Run
+from test_npu_backend import _build as _npu_build, _cfg as _npu_cfg, npu  # noqa: F401 (npu is a fixture)
 
 KERNEL = "unet/down0/conv1/kernel"
 DECAY = 0.9
@@ -51,6 +52,19 @@ def test_skipped_overflow_step_skips_the_average():
     np.testing.assert_array_equal(_shadow_of(run.weights()), _shadow_of(before))
     run.run()
     assert not np.array_equal(_shadow_of(run.weights()), _shadow_of(before))
+
+
+def test_npu_step_updates_the_average_and_overflow_skips_it(npu):
+    cfg = _npu_cfg(ema=DECAY, loss_scale="dynamic", loss_scale_init=256.0)
+    sess, fetches, nan_factor = _npu_build(cfg)
+    variable = v1.trainable_variables()[0]
+    shadow = [var for var in v1.global_variables() if var.op.name == ema.shadow_name(variable.op.name)][0]
+    expected = sess.run(variable)
+    sess.run(fetches)
+    expected = expected - (1.0 - min(DECAY, 1.0 / 10.0)) * (expected - sess.run(variable))  # step 0
+    np.testing.assert_allclose(sess.run(shadow), expected, rtol=1e-6)
+    assert sess.run(fetches, {nan_factor: float("nan")})["overflow"]
+    np.testing.assert_array_equal(sess.run(shadow), expected)
 
 
 def test_make_optimizer_wraps_only_with_ema():

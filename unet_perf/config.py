@@ -112,8 +112,8 @@ class Config:
             if getattr(self, name) <= 0:
                 raise UserError("--{} must be positive, got {}".format(name, getattr(self, name)))
         for name in ("max_steps", "train_epochs", "val_every", "shuffle_buffer", "data_threads", "data_intra_op",
-                     "summary_images", "warmup_steps", "rotate_deg", "scale_range", "shear", "translate", "brightness",
-                     "contrast", "gamma", "noise", "elastic_sigma"):
+                     "summary_images", "warmup_steps", "rotate_deg", "scale_range", "shear", "translate",
+                     "brightness", "contrast", "gamma", "noise", "elastic_sigma"):
             if getattr(self, name) < 0:
                 raise UserError("--{} must not be negative, got {}".format(name, getattr(self, name)))
         if self.learning_rate <= 0:

@@ -34,7 +34,8 @@ def export_model(model_dir, output, height=None, width=None, batch=1, checkpoint
                  weights="ema"):
     """Write the frozen graph, the SavedModel and export.json; returns the export.json dict.
 
-    weights: "ema" bakes in the checkpoint's EMA weights when it has them, "raw" the trained weights."""
+    weights: "ema" bakes in the checkpoint's EMA weights when it has them, "raw" the trained weights.
+    """
     from unet_perf.compat import v1
     from unet_perf.inference import load_config, with_precision
 
@@ -78,7 +79,8 @@ def _export(cfg, model_dir, output, height, width, batch, checkpoint, weights):
             signature_def_map={v1.saved_model.signature_constants.DEFAULT_SERVING_SIGNATURE_DEF_KEY: signature})
         builder.save()
     info = {
-        "checkpoint": prefix, "weights": loaded, "frozen_graph": os.path.join(output, FROZEN_NAME), "saved_model": saved_model_dir,
+        "checkpoint": prefix, "weights": loaded, "frozen_graph": os.path.join(output, FROZEN_NAME),
+        "saved_model": saved_model_dir,
         "input": INPUT_NAME + ":0", "output": OUTPUT_NAME + ":0", "shape": [batch, height, width, 1],
         "dtype": "float32", "normalize": cfg.normalize, "input_scale": cfg.input_scale, "precision": cfg.precision,
         "signature": "serving_default", "signature_input": SIGNATURE_INPUT, "signature_output": OUTPUT_NAME,
