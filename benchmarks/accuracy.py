@@ -217,7 +217,8 @@ def main(argv=None):
         os.makedirs(output, exist_ok=True)
     except OSError as err:
         raise UserError("--output {} cannot be created ({}); pass a writable folder".format(output, err.strerror))
-    import bench_lib  # imports TensorFlow
+    from unet_perf import compat  # noqa: F401 -- before TensorFlow loads: it quiets TensorFlow's C++ logging
+    import bench_lib
 
     load_before = os.getloadavg()
     results = []
