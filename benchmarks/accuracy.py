@@ -12,6 +12,9 @@ slices 0-19, validation slices 20-23. Every train flag can be overridden; `--dat
 synthetic set (smoke tests). Output: <output>/accuracy.json, <output>/v_rand_vs_step.png (when matplotlib is
 installed), one model dir per seed (<output>/seed_<n>) and its training log (<output>/seed_<n>.log).
 Scores are on held-out training slices, not the challenge's test set: they are not leaderboard numbers.
+
+`--merge a/accuracy.json b/accuracy.json ...` combines runs of the same config with different seeds (e.g. seeds
+trained in parallel processes) into one report in --output, recomputing the summary and the goals.
 """
 import dataclasses
 import json
@@ -32,7 +35,7 @@ RECIPE = {
     "data_path": DEFAULT_DATA, "val_split": "20-23", "depth": 4, "base_filters": 16, "crop_size": 128,
     "input_scale": 1.0, "batch_size": 4, "optimizer": "adam", "learning_rate": 1e-3, "lr_schedule": "cosine",
     "warmup_steps": 100, "ema": 0.995, "max_steps": 2000, "iterations_per_loop": 10,
-    "save_checkpoints_steps": 250, "val_every": 250, "summary_images": 0,
+    "weight_map": True, "save_checkpoints_steps": 250, "val_every": 250, "summary_images": 0,
 }
 CHECKPOINTS = ("best", "last")
 GOALS = {"mean_last_v_rand": 0.97, "std_last_v_rand": 0.01, "last_minus_best": 0.01, "mean_last_v_rand_tta": 0.98}
@@ -47,6 +50,9 @@ def build_arg_parser():
                         help="folder of accuracy.json, the plot and one model dir per seed (must not hold a "
                              "previous run's seed folders)")
     parser.add_argument("--eval_batch_size", type=int, default=4, help="tiles per Session.run when scoring")
+    parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                        help="instead of training: combine these accuracy.json files (same config, different "
+                             "seeds) into <output>/accuracy.json")
     return parser
 
 
@@ -209,14 +215,73 @@ def format_table(results, summary):
     return "\n".join(lines)
 
 
+def load_reports(paths):
+    """The accuracy.json reports at `paths`; UserError unless they share one config and no seed repeats."""
+    reports = []
+    for path in paths:
+        try:
+            with open(path) as handle:
+                report = json.load(handle)
+        except (OSError, ValueError) as err:
+            raise UserError("--merge {} is not a readable accuracy.json ({})".format(path, err))
+        if report.get("schema") != SCHEMA:
+            raise UserError("--merge {} is not an accuracy.json of schema {}".format(path, SCHEMA))
+        reports.append(report)
+    for path, report in zip(paths[1:], reports[1:]):
+        differing = sorted(key for key in report["config"] if report["config"][key] != reports[0]["config"].get(key))
+        if differing:
+            raise UserError("--merge {} was trained with other settings than {} ({}); merge runs of one "
+                            "config only".format(path, paths[0], ", ".join(differing)))
+    seeds = [seed for report in reports for seed in report["seeds"]]
+    if len(set(seeds)) != len(seeds):
+        raise UserError("--merge: seed(s) {} appear in more than one file".format(
+            sorted(set(s for s in seeds if seeds.count(s) > 1))))
+    return reports
+
+
+def write_report(output, base_config, seeds, results, machine, extra):
+    """accuracy.json + the plot in `output`; prints the table and the goals. Returns the report."""
+    summary, goals = aggregate(results)
+    title = "{} | seeds {} | {}".format(os.path.basename(base_config["data_path"].rstrip("/")) or "synthetic",
+                                        ",".join(map(str, seeds)), machine["cpu"])
+    plot = plot_curves(results, os.path.join(output, "v_rand_vs_step.png"), title)
+    report = {
+        "schema": SCHEMA, "config": base_config, "seeds": seeds, "results": results, "summary": summary,
+        "goals": goals, "goal_thresholds": GOALS, "plot": plot, "machine": machine,
+        "note": "V_rand/V_info on held-out training slices ({}), not the challenge test set; std is the sample "
+                "std over seeds; train_sec is the trainer's E2E duration including validations".format(
+                    base_config["val_split"]),
+    }
+    report.update(extra)
+    path = os.path.join(output, "accuracy.json")
+    with open(path, "w") as handle:
+        json.dump(report, handle, indent=1)
+    print(format_table(results, summary))
+    print("goals: " + "  ".join("{} {}".format(k, "met" if v else "NOT met") for k, v in sorted(goals.items())))
+    print("wrote {}{}".format(path, " and {}".format(plot) if plot else ""))
+    return report
+
+
+def merge(paths, output):
+    reports = load_reports(paths)
+    results = sorted((r for report in reports for r in report["results"]), key=lambda r: r["seed"])
+    write_report(output, reports[0]["config"], [r["seed"] for r in results], results, reports[0]["machine"],
+                 {"merged_from": [os.path.abspath(p) for p in paths],
+                  "load_average": [report.get("load_average") for report in reports]})
+    return 0
+
+
 def main(argv=None):
     args, base, seeds = parse_args(argv)
     output = os.path.abspath(args.output)
-    check_output(output, seeds)
+    if not args.merge:
+        check_output(output, seeds)
     try:
         os.makedirs(output, exist_ok=True)
     except OSError as err:
         raise UserError("--output {} cannot be created ({}); pass a writable folder".format(output, err.strerror))
+    if args.merge:
+        return merge(args.merge, output)
     from unet_perf import compat  # noqa: F401 -- before TensorFlow loads: it quiets TensorFlow's C++ logging
     import bench_lib
 
@@ -230,26 +295,9 @@ def main(argv=None):
         print("seed {}: {:.0f} s, V_rand best {:.4f} (step {}) last {:.4f}, with TTA last {:.4f}".format(
             seed, r["train_sec"], r["best"]["v_rand"], r["best_step"], r["last"]["v_rand"],
             r["last_tta"]["v_rand"]), flush=True)
-    summary, goals = aggregate(results)
-    machine = bench_lib.machine_description()
-    title = "{} | seeds {} | {}".format(os.path.basename(base.data_path.rstrip("/")) or "synthetic",
-                                        ",".join(map(str, seeds)), machine["cpu"])
-    plot = plot_curves(results, os.path.join(output, "v_rand_vs_step.png"), title)
-    report = {
-        "schema": SCHEMA, "command": [os.path.basename(sys.argv[0])] + list(sys.argv[1:] if argv is None else argv),
-        "config": dataclasses.asdict(base), "seeds": seeds, "results": results, "summary": summary,
-        "goals": goals, "goal_thresholds": GOALS, "plot": plot, "machine": machine,
-        "load_average": {"before": list(load_before), "after": list(os.getloadavg())},
-        "note": "V_rand/V_info on held-out training slices ({}), not the challenge test set; std is the sample "
-                "std over seeds; train_sec is the trainer's E2E duration including validations".format(
-                    base.val_split),
-    }
-    path = os.path.join(output, "accuracy.json")
-    with open(path, "w") as handle:
-        json.dump(report, handle, indent=1)
-    print(format_table(results, summary))
-    print("goals: " + "  ".join("{} {}".format(k, "met" if v else "NOT met") for k, v in sorted(goals.items())))
-    print("wrote {}{}".format(path, " and {}".format(plot) if plot else ""))
+    write_report(output, dataclasses.asdict(base), seeds, results, bench_lib.machine_description(), {
+        "command": [os.path.basename(sys.argv[0])] + list(sys.argv[1:] if argv is None else argv),
+        "load_average": {"before": list(load_before), "after": list(os.getloadavg())}})
     return 0
 
 

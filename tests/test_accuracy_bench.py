@@ -61,6 +61,33 @@ def test_tiny_two_seed_run_writes_consistent_json(tmp_path):
     # A second run into the same folder would mix runs: refused.
     again = _run(TINY + ["--seeds", "3", "--output", str(tmp_path)])
     assert again.returncode == 2 and "seed_3 exists" in again.stderr
+    _check_merge(report, tmp_path)
+
+
+def _check_merge(report, tmp_path):
+    """Splitting the two-seed report into one file per seed and merging them gives back the same summary."""
+    paths = []
+    for result in report["results"]:
+        part = dict(report, seeds=[result["seed"]], results=[result])
+        path = tmp_path / "part_{}.json".format(result["seed"])
+        path.write_text(json.dumps(part))
+        paths.append(str(path))
+    merged_dir = tmp_path / "merged"
+    assert accuracy.main(["--merge"] + paths[::-1] + ["--output", str(merged_dir)]) == 0
+    merged = json.loads((merged_dir / "accuracy.json").read_text())
+    assert merged["seeds"] == [3, 4]
+    for key, figure in report["summary"].items():
+        for stat in ("mean", "std", "min", "max"):
+            assert merged["summary"][key][stat] == pytest.approx(figure[stat]), (key, stat)
+    assert merged["goals"] == report["goals"]
+    other = dict(json.loads(open(paths[1]).read()))
+    other["config"] = dict(other["config"], ema=0.0)
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    from unet_perf.errors import UserError
+    with pytest.raises(UserError, match="other settings .*ema"):
+        accuracy.main(["--merge", paths[0], str(tmp_path / "other.json"), "--output", str(tmp_path / "bad")])
+    with pytest.raises(UserError, match="seed"):
+        accuracy.main(["--merge", paths[0], paths[0], "--output", str(tmp_path / "bad")])
 
 
 @pytest.mark.parametrize("flags, message", [
