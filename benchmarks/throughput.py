@@ -33,6 +33,9 @@ from unet_perf.errors import UserError, run_cli
 SCHEMA = "unet_perf.throughput/1"
 MODES = ("pipeline", "model", "e2e", "loss_scale")
 SWEEPS = {"iterations_per_loop": int, "precision": str, "batch_size": int, "crop_size": int, "base_filters": int}
+# Config fields that are not passed through: the sweeps, and --warmup_steps, which here means the untimed warm-up
+# steps (the learning-rate warm-up does not change the speed of a step).
+NOT_CONFIG = set(SWEEPS) | {"warmup_steps"}
 # Values of the sweep flags and of a few Config fields per preset; explicit flags always win.
 PRESETS = {
     "default": {"precision": "auto", "iterations_per_loop": "1,10", "batch_size": "2", "crop_size": "128",
@@ -49,7 +52,7 @@ PRESETS = {
 
 def build_arg_parser():
     parser = build_parser("Benchmark unet_perf training throughput",
-                          fields=[f.name for f in dataclasses.fields(Config) if f.name not in SWEEPS])
+                          fields=[f.name for f in dataclasses.fields(Config) if f.name not in NOT_CONFIG])
     for name in SWEEPS:
         parser.add_argument("--" + name, default=None, help="comma list to sweep (see the preset for the default)")
     parser.add_argument("--mode", default="pipeline,model,e2e",
@@ -118,7 +121,7 @@ def make_plan(argv):
     for name in ("steps", "repeats", "warmup_steps", "matmul_size", "pipeline_batches", "loss_scale_steps"):
         if getattr(args, name) <= 0 and not (name == "warmup_steps" and getattr(args, name) == 0):
             raise UserError("--{} must be positive, got {}".format(name, getattr(args, name)))
-    fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config) if f.name not in SWEEPS}
+    fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config) if f.name not in NOT_CONFIG}
     base = Config(**fields)
     return args, base, sweeps, modes
 

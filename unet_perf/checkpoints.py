@@ -31,7 +31,9 @@ STATE_FILE = "checkpoint"
 # Temp files of interrupted writes: TF bundles and our staging prefix (*.tempstate*), atomic_write_text (*.tmp<pid>).
 PARTIAL_PATTERNS = ("*.tempstate*", "*.tmp[0-9]*")
 # Config fields that change the variables of the graph (names/shapes), for the architecture error message.
-ARCHITECTURE_FLAGS = ("depth", "base_filters", "batch_norm", "optimizer", "precision", "loss_scale", "weight_map")
+# ema: resuming with --ema on from a checkpoint without shadow variables cannot restore them.
+ARCHITECTURE_FLAGS = ("depth", "base_filters", "batch_norm", "optimizer", "precision", "loss_scale", "weight_map",
+                      "ema")
 
 
 def atomic_write_text(path, text):

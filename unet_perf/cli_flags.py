@@ -11,11 +11,14 @@ from unet_perf.errors import UserError
 
 def add_model_flags(parser, precision_default=None,
                     precision_help="compute precision (default: the one the model was trained with)"):
-    """--model_dir, --checkpoint and --precision: which trained model to load and how to compute with it."""
+    """--model_dir, --checkpoint, --weights and --precision: which trained model to load and how to compute."""
     parser.add_argument("--model_dir", required=True, help="directory written by python -m unet_perf.train")
     parser.add_argument("--checkpoint", default=None,
                         help="best, latest, a directory or a checkpoint prefix (default: best/ if present, else "
                              "the latest checkpoint)")
+    parser.add_argument("--weights", default="ema", choices=("ema", "raw"),
+                        help="ema: the checkpoint's moving average of the weights when it has one (--ema in "
+                             "training), else the trained weights; raw: always the trained weights")
     parser.add_argument("--precision", default=precision_default, choices=PRECISIONS, help=precision_help)
     return parser
 
@@ -51,7 +54,8 @@ def open_predictor(args):
     from unet_perf.inference import Predictor  # TensorFlow is imported only once the flags are valid
 
     predictor = Predictor.from_model_dir(args.model_dir, checkpoint=args.checkpoint, precision=args.precision,
-                                         batch_size=args.batch_size, overlap=args.overlap, tta=args.tta)
+                                         batch_size=args.batch_size, overlap=args.overlap, tta=args.tta,
+                                         weights=args.weights)
     if args.overlap is not None and args.overlap >= predictor.cfg.crop_size:
         predictor.close()
         raise UserError("--overlap {} must be smaller than the tile (--crop_size {} of the model)".format(

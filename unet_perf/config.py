@@ -80,6 +80,14 @@ class Config:
     learning_rate: float = _field(1e-4, "optimizer learning rate")
     optimizer: str = _field("adam", "optimizer", ("adam", "momentum"))
     momentum: float = _field(0.9, "momentum for --optimizer momentum")
+    lr_schedule: str = _field(
+        "constant", "learning-rate schedule after the warm-up: constant, cosine or poly decay to 0 at the last step",
+        ("constant", "cosine", "poly"))
+    warmup_steps: int = _field(0, "linear learning-rate warm-up over the first N steps (0 = none)")
+    ema: float = _field(0.0, "decay of an exponential moving average of the weights kept in the checkpoint "
+                             "(e.g. 0.999; 0 = off)")
+    weights: str = _field("ema", "weights validation and best/ use: ema (the average, when --ema > 0) or raw",
+                          ("ema", "raw"))
     loss: str = _field("bce", "loss function", ("bce", "dice", "bce_dice"))
     train_epochs: int = _field(1, "epochs of --steps_per_epoch steps (ignored when --max_steps is set)")
     steps_per_epoch: int = _field(300, "steps per epoch (the ModelZoo uses 300)")
@@ -121,8 +129,8 @@ class Config:
             if getattr(self, name) <= 0:
                 raise UserError("--{} must be positive, got {}".format(name, getattr(self, name)))
         for name in ("max_steps", "train_epochs", "val_every", "shuffle_buffer", "data_threads", "data_intra_op",
-                     "summary_images", "rotate_deg", "scale_range", "shear", "translate", "brightness",
-                     "contrast", "gamma", "noise", "elastic_sigma"):
+                     "summary_images", "warmup_steps", "rotate_deg", "scale_range", "shear", "translate",
+                     "brightness", "contrast", "gamma", "noise", "elastic_sigma"):
             if getattr(self, name) < 0:
                 raise UserError("--{} must not be negative, got {}".format(name, getattr(self, name)))
         if self.collective_timeout <= 0:
@@ -131,10 +139,15 @@ class Config:
             raise UserError("--learning_rate must be positive, got {}".format(self.learning_rate))
         if not 0 <= self.dropout < 1:
             raise UserError("--dropout must be in [0, 1), got {}".format(self.dropout))
+        if not 0 <= self.ema < 1:
+            raise UserError("--ema must be in [0, 1) (e.g. 0.999; 0 = off), got {}".format(self.ema))
         if self.input_scale <= 0:
             raise UserError("--input_scale must be positive, got {}".format(self.input_scale))
         if self.total_steps <= 0:
             raise UserError("nothing to train: set --max_steps or --train_epochs to a positive number")
+        if self.warmup_steps > self.total_steps:
+            raise UserError("--warmup_steps {} exceeds the {} training steps; lower it".format(
+                self.warmup_steps, self.total_steps))
         multiple = 2 ** self.depth
         if self.crop_size % multiple:
             raise UserError("--crop_size {} must be divisible by 2^depth = {} (try {})".format(

@@ -99,7 +99,8 @@ def main(argv=None):
     predictor = open_predictor(args)
     names = [safe_name(name) for name in pairs.names]
     try:
-        print("evaluating {} slice(s) of {} with {}".format(len(names), source, predictor.checkpoint), flush=True)
+        print("evaluating {} slice(s) of {} with {} ({} weights)".format(
+            len(names), source, predictor.checkpoint, predictor.weights), flush=True)
         progress = ItemProgress(len(names))
         probs = []
         for name, image, mask in zip(names, pairs.images, pairs.masks):
@@ -118,6 +119,7 @@ def main(argv=None):
                                                                scores["v_info_threshold"]))
     write_reports(output, names, scores, {"source": source, "checkpoint": predictor.checkpoint,
                                           "precision": predictor.cfg.precision, "tta": args.tta,
+                                          "weights": predictor.weights,
                                           "overlap": args.overlap})
     print("wrote metrics.json, metrics.csv and {} overlay(s) to {}".format(len(names), output))
     return 0

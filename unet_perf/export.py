@@ -31,8 +31,12 @@ SAVED_MODEL_DIR = "saved_model"
 SIGNATURE_INPUT = "images"
 
 
-def export_model(model_dir, output, height=None, width=None, batch=1, checkpoint=None, precision="fp32"):
-    """Write the frozen graph, the SavedModel and export.json; returns the export.json dict."""
+def export_model(model_dir, output, height=None, width=None, batch=1, checkpoint=None, precision="fp32",
+                 weights="ema"):
+    """Write the frozen graph, the SavedModel and export.json; returns the export.json dict.
+
+    weights: "ema" bakes in the checkpoint's EMA weights when it has them, "raw" the trained weights.
+    """
     from unet_perf.compat import v1
     from unet_perf.inference import load_config, with_precision
 
@@ -40,12 +44,12 @@ def export_model(model_dir, output, height=None, width=None, batch=1, checkpoint
     verbosity = v1.logging.get_verbosity()
     v1.logging.set_verbosity(v1.logging.ERROR)  # the v1 freeze/SavedModel APIs log deprecation notices on 2.x
     try:
-        return _export(cfg, model_dir, output, height, width, batch, checkpoint)
+        return _export(cfg, model_dir, output, height, width, batch, checkpoint, weights)
     finally:
         v1.logging.set_verbosity(verbosity)
 
 
-def _export(cfg, model_dir, output, height, width, batch, checkpoint):
+def _export(cfg, model_dir, output, height, width, batch, checkpoint, weights):
     from unet_perf.compat import v1
     from unet_perf.inference import build_predictor, resolve_checkpoint, restore
 
@@ -64,7 +68,7 @@ def _export(cfg, model_dir, output, height, width, batch, checkpoint):
     graph = v1.Graph()
     with graph.as_default(), v1.Session(graph=graph) as sess:
         images, probability = build_predictor(cfg, batch, height, width, INPUT_NAME, OUTPUT_NAME)
-        restore(sess, prefix, model_dir, cfg)
+        loaded = restore(sess, prefix, model_dir, cfg, weights)
         frozen = v1.graph_util.convert_variables_to_constants(sess, graph.as_graph_def(), [OUTPUT_NAME])
         with open(os.path.join(output, FROZEN_NAME), "wb") as handle:
             handle.write(frozen.SerializeToString())
@@ -76,7 +80,8 @@ def _export(cfg, model_dir, output, height, width, batch, checkpoint):
             signature_def_map={v1.saved_model.signature_constants.DEFAULT_SERVING_SIGNATURE_DEF_KEY: signature})
         builder.save()
     info = {
-        "checkpoint": prefix, "frozen_graph": os.path.join(output, FROZEN_NAME), "saved_model": saved_model_dir,
+        "checkpoint": prefix, "weights": loaded, "frozen_graph": os.path.join(output, FROZEN_NAME),
+        "saved_model": saved_model_dir,
         "input": INPUT_NAME + ":0", "output": OUTPUT_NAME + ":0", "shape": [batch, height, width, 1],
         "dtype": "float32", "normalize": cfg.normalize, "input_scale": cfg.input_scale, "precision": cfg.precision,
         "signature": "serving_default", "signature_input": SIGNATURE_INPUT, "signature_output": OUTPUT_NAME,
@@ -107,7 +112,7 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=1, help="fixed batch size of the input")
     args = parser.parse_args(argv)
     info = export_model(args.model_dir, args.output, args.height, args.width, args.batch, args.checkpoint,
-                        args.precision)
+                        args.precision, args.weights)
     print("frozen graph  {}  ({} -> {}, shape {})".format(info["frozen_graph"], info["input"], info["output"],
                                                          info["shape"]))
     print("saved model   {}  (signature serving_default: {} -> {})".format(info["saved_model"], SIGNATURE_INPUT,

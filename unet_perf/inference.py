@@ -218,11 +218,19 @@ def with_precision(cfg, precision):
     return dataclasses.replace(cfg, precision=precision)
 
 
-def restore(sess, prefix, model_dir, cfg):
-    """Restore the graph's variables from `prefix`; a checkpoint of another architecture is a UserError."""
+def restore(sess, prefix, model_dir, cfg, weights="ema"):
+    """Restore the graph's variables from `prefix`; a checkpoint of another architecture is a UserError.
+
+    weights "ema" loads the checkpoint's EMA weights into the model when it has them (see unet_perf.ema), "raw" the
+    trained weights. Returns the weights actually loaded: "ema" or "raw".
+    """
+    from unet_perf.ema import restore_map
+
     variables = v1.global_variables()
     check_compatible(prefix, variables, model_dir, cfg)
-    v1.train.Saver(var_list=variables).restore(sess, prefix)
+    var_list, used_average = restore_map(variables, prefix, weights)
+    v1.train.Saver(var_list=var_list).restore(sess, prefix)
+    return "ema" if used_average else "raw"
 
 
 class Predictor(object):
@@ -239,16 +247,17 @@ class Predictor(object):
 
     @classmethod
     def from_model_dir(cls, model_dir, checkpoint=None, precision=None, batch_size=4, overlap=None, tta=False,
-                       session_config=None):
+                       session_config=None, weights="ema"):
         cfg = with_precision(load_config(model_dir), precision)
         prefix = resolve_checkpoint(model_dir, checkpoint)
         graph = v1.Graph()
         with graph.as_default():
             images, probability = build_predictor(cfg, batch_size)
             sess = v1.Session(graph=graph, config=session_config)
-            restore(sess, prefix, model_dir, cfg)
+            loaded = restore(sess, prefix, model_dir, cfg, weights)
         predictor = cls(sess, cfg, images, probability, overlap, tta)
         predictor.checkpoint = prefix
+        predictor.weights = loaded
         return predictor
 
     def predict_batch(self, batch):

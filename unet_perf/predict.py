@@ -85,8 +85,9 @@ def main(argv=None):
     make_output_dir(args.output)
     predictor = open_predictor(args)
     try:
-        print("predicting {} file(s) with {} ({}, tile {}, tta {})".format(
-            len(files), predictor.checkpoint, predictor.cfg.precision, predictor.cfg.crop_size, args.tta),
+        print("predicting {} file(s) with {} ({} weights, {}, tile {}, tta {})".format(
+            len(files), predictor.checkpoint, predictor.weights, predictor.cfg.precision, predictor.cfg.crop_size,
+            args.tta),
             flush=True)
         written = predict_files(predictor, files, args.output, args.threshold, os.path.isfile(args.input),
                                 args.rgb)

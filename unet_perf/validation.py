@@ -59,9 +59,12 @@ def inference_graphs(cfg, val, probe_count):
     """A builder for graph.build(extras=...): the probe predictor (fixed training tiles in inference mode, for the
     train accuracy and the summary images; run in its own cheap Session.run) and the validator of the held-out
     slices `val` (None when there are none)."""
+    from unet_perf.ema import reading_average
+
     def build():
-        probe_input, probe_prob = build_predictor(cfg, probe_count, input_name="probe_input",
-                                                  output_name="probe_probability")
-        validator = Validator(cfg, val) if val is not None and len(val.images) else None
+        with reading_average(cfg):  # with --ema, validation and best/ judge the averaged weights
+            probe_input, probe_prob = build_predictor(cfg, probe_count, input_name="probe_input",
+                                                      output_name="probe_probability")
+            validator = Validator(cfg, val) if val is not None and len(val.images) else None
         return InferenceGraphs(probe_input, probe_prob, validator)
     return build
