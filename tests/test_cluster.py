@@ -117,7 +117,8 @@ def test_startup_wait_is_bounded_and_names_the_absent_worker():
     absent = "127.0.0.1:{}".format(closed.getsockname()[1])
     closed.close()
     try:
-        me = cluster.Cluster(0, 3, ["127.0.0.1:1", "127.0.0.1:{}".format(listener.getsockname()[1]), absent], "TF_CONFIG")
+        up = "127.0.0.1:{}".format(listener.getsockname()[1])
+        me = cluster.Cluster(0, 3, ["127.0.0.1:1", up, absent], "TF_CONFIG")
         with pytest.raises(UserError) as info:
             cluster.wait_for_peers(me, timeout_sec=0.5, poll_sec=0.1)
     finally:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HARD_TIMEOUT = 900  # seconds for the whole pair (TensorFlow start-up alone took minutes on a busy machine); a hang fails instead of blocking CI
+HARD_TIMEOUT = 900  # seconds for the pair (start-up alone took minutes on a busy machine); a hang fails, never blocks
 BATCH = 1  # per worker; the reference trains one worker with 2 x BATCH
 # --deterministic: tf.data keeps the order of batches (otherwise a worker may take its batches out of order).
 TINY = ["--depth", "2", "--base_filters", "4", "--crop_size", "32", "--synthetic_count", "6", "--synthetic_size",

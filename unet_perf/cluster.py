@@ -81,9 +81,9 @@ def from_tf_config(text):
     try:
         spec = json.loads(text)
     except ValueError as err:
-        raise UserError("TF_CONFIG is not valid JSON ({}); expected {{\"cluster\": {{\"worker\": [\"host:port\", ...]}}, "
-                        "\"task\": {{\"type\": \"worker\", \"index\": i}}}}".format(err))
-    if not isinstance(spec, dict) or not isinstance(spec.get("cluster"), dict) or not isinstance(spec.get("task"), dict):
+        raise UserError("TF_CONFIG is not valid JSON ({}); expected {{\"cluster\": {{\"worker\": [\"host:port\", "
+                        "...]}}, \"task\": {{\"type\": \"worker\", \"index\": i}}}}".format(err))
+    if not isinstance(spec, dict) or not all(isinstance(spec.get(key), dict) for key in ("cluster", "task")):
         raise UserError("TF_CONFIG needs a \"cluster\" object and a \"task\" object, got {}".format(text[:200]))
     jobs = spec["cluster"]
     unsupported = sorted(set(jobs) - {"worker", "chief"})
