@@ -39,7 +39,3 @@ def fresh_graph():
     """Every test builds into its own default graph, so graphs and variable names never leak between tests."""
     with compat.v1.Graph().as_default() as graph:
         yield graph
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: takes more than about 20 s (deselect with -m 'not slow')")

@@ -14,7 +14,8 @@ from unet_perf.inference import Predictor, build_predictor
 from unet_perf.optim import EmaOptimizer, make_optimizer
 from unet_perf.trainer import train
 
-from test_host_loop import _arrays, _assert_same_weights, _cfg, _Run
+from conftest import make_tiny_config
+from test_host_loop import LOOP, _arrays, _assert_same_weights, _Run
 from test_npu_backend import _build as _npu_build, _cfg as _npu_cfg, npu  # noqa: F401 (npu is a fixture)
 
 KERNEL = "unet/down0/conv1/kernel"
@@ -27,8 +28,8 @@ def _shadow_of(weights, name=KERNEL):
 
 def test_k_step_loop_updates_the_average_every_step():
     k = 4
-    looped = _Run(_cfg(iterations_per_loop=k, ema=DECAY, optimizer="momentum", learning_rate=0.05))
-    single = _Run(_cfg(iterations_per_loop=1, ema=DECAY, optimizer="momentum", learning_rate=0.05))
+    looped = _Run(make_tiny_config(LOOP, iterations_per_loop=k, ema=DECAY, optimizer="momentum", learning_rate=0.05))
+    single = _Run(make_tiny_config(LOOP, iterations_per_loop=1, ema=DECAY, optimizer="momentum", learning_rate=0.05))
     assert ema.shadow_name(KERNEL) + ":0" in looped.names
     expected = single.weights()[KERNEL + ":0"]
     np.testing.assert_array_equal(_shadow_of(single.weights()), expected)  # shadows start at the initial weights
@@ -44,7 +45,8 @@ def test_k_step_loop_updates_the_average_every_step():
 
 
 def test_skipped_overflow_step_skips_the_average():
-    cfg = _cfg(ema=DECAY, loss_scale="dynamic", loss_scale_init=1024.0, loss_scale_growth_interval=100)
+    cfg = make_tiny_config(LOOP, ema=DECAY, loss_scale="dynamic", loss_scale_init=1024.0,
+                           loss_scale_growth_interval=100)
     run = _Run(cfg, _arrays(nan_index=2))  # the second batch is poisoned
     run.run()
     before = run.weights()
@@ -68,10 +70,10 @@ def test_npu_step_updates_the_average_and_overflow_skips_it(npu):
 
 
 def test_make_optimizer_wraps_only_with_ema():
-    assert not isinstance(make_optimizer(_cfg()), EmaOptimizer)
-    assert isinstance(make_optimizer(_cfg(ema=0.99)), EmaOptimizer)
+    assert not isinstance(make_optimizer(make_tiny_config(LOOP)), EmaOptimizer)
+    assert isinstance(make_optimizer(make_tiny_config(LOOP, ema=0.99)), EmaOptimizer)
     with pytest.raises(UserError, match="--ema"):
-        _cfg(ema=1.0).validate()
+        make_tiny_config(LOOP, ema=1.0).validate()
 
 
 # --- through the trainer ------------------------------------------------------------------------------------------

@@ -9,7 +9,8 @@ from unet_perf.config import Config
 from unet_perf.errors import UserError
 from unet_perf.optim import make_optimizer
 
-from test_host_loop import _assert_same_weights, _cfg, _Run
+from conftest import make_tiny_config
+from test_host_loop import LOOP, _assert_same_weights, _Run
 
 
 @pytest.mark.parametrize("kind", schedule.SCHEDULES)
@@ -58,9 +59,10 @@ def test_scheduled_k_step_loop_equals_k_single_steps(kind):
     # A large rate with a short schedule: a loop reading a stale step would end with visibly different weights.
     k = 4
     settings = dict(learning_rate=0.05, lr_schedule=kind, warmup_steps=2, max_steps=8, optimizer="momentum")
-    looped = _Run(_cfg(iterations_per_loop=k, **settings))
-    single = _Run(_cfg(iterations_per_loop=1, **settings))
-    constant = _Run(_cfg(iterations_per_loop=k, learning_rate=0.05, max_steps=8, optimizer="momentum"))
+    looped = _Run(make_tiny_config(LOOP, iterations_per_loop=k, **settings))
+    single = _Run(make_tiny_config(LOOP, iterations_per_loop=1, **settings))
+    constant = _Run(make_tiny_config(LOOP, iterations_per_loop=k, learning_rate=0.05, max_steps=8,
+                                     optimizer="momentum"))
     for _ in range(2):
         out = looped.run()
         for _ in range(k):
