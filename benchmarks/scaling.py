@@ -13,7 +13,6 @@ import subprocess
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 RESULT_PREFIX = "scaling-result "
 
 
@@ -158,6 +157,5 @@ def worker_main(spec_text):
                                       "allreduce_bytes_per_step": allreduce_bytes}), flush=True)
 
 
-if __name__ == "__main__":
-    sys.path.insert(0, HERE)
+if __name__ == "__main__":  # a worker process; `python benchmarks/scaling.py` has benchmarks/ on sys.path
     worker_main(sys.argv[1])

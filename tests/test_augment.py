@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from unet_perf import augment
+from unet_perf import augment, sampling
 from unet_perf.compat import v1
 from unet_perf.config import Config
 
@@ -159,9 +159,9 @@ def test_cubic_weights_interpolate_the_control_points():
 
 def test_border_folding():
     coords = tf.constant([-3.0, -0.5, 0.0, 5.0, 9.0, 10.5, 12.0])
-    reflect, _ = augment._fold_border(coords, 10, "reflect")
-    nearest, _ = augment._fold_border(coords, 10, "nearest")
-    constant, fade = augment._fold_border(coords, 10, "constant")
+    reflect, _ = sampling.fold_border(coords, 10, "reflect")
+    nearest, _ = sampling.fold_border(coords, 10, "nearest")
+    constant, fade = sampling.fold_border(coords, 10, "constant")
     with v1.Session() as sess:
         reflect, nearest, constant, fade = sess.run([reflect, nearest, constant, fade])
     np.testing.assert_allclose(reflect, [3.0, 0.5, 0.0, 5.0, 9.0, 7.5, 6.0])

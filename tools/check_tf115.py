@@ -6,7 +6,7 @@ tf115check package next to this file (see its docstring).
 """
 import sys
 
-from tf115check import main  # `python tools/check_tf115.py` puts tools/ first on sys.path
+from tf115check import main  # tools/tf115check sits beside this script, so Python finds it first
 
 if __name__ == "__main__":
     sys.exit(main())

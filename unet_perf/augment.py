@@ -24,8 +24,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from unet_perf import compat
-from unet_perf.compat import v1
+from unet_perf import compat, sampling
 
 # Columns of the per-sample uniform draws (one stateless call per batch).
 (_DIHEDRAL, _ANGLE, _ZOOM, _SHEAR, _SHIFT_X, _SHIFT_Y, _CROP_X, _CROP_Y,
@@ -260,50 +259,14 @@ def coordinate_map(cfg, in_size, out_size, draws):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Sampling
-
-
-def _fold_border(coord, length, border):
-    """Bring coordinates into [0, length-1]. Returns (coord, fade): fade is None except for the constant border,
-    where it fades the image to zero exactly like bilinear sampling of a zero-padded image."""
-    last = float(length - 1)
-    if border == "reflect":
-        # mirror about the edge pixels (no repeated edge); exact for coordinates within one tile of the image,
-        # clamped beyond (abs instead of floormod: half the cost)
-        return tf.clip_by_value(last - tf.abs(last - tf.abs(coord)), 0.0, last), None
-    clipped = tf.clip_by_value(coord, 0.0, last)
-    if border == "nearest":
-        return clipped, None
-    return clipped, tf.clip_by_value(1.0 - tf.abs(coord - clipped), 0.0, 1.0)
-
-
-def _split(coord, length):
-    """Integer corner (<= length-2, so its +1 neighbour exists) as int32, and the fraction in [0, 1]."""
-    corner = tf.minimum(tf.floor(coord), float(length - 2))
-    return tf.cast(corner, tf.int32), coord - corner
-
-
-def _lerp(low, high, fraction):
-    # this form is exact at fraction 0 and 1 (identity maps stay bit-exact, also on the last row/column)
-    return low * (1.0 - fraction) + high * fraction
-
-
-def _bilinear(corners, fx, fy):
-    top_left, top_right, bottom_left, bottom_right = corners
-    return _lerp(_lerp(top_left, top_right, fx), _lerp(bottom_left, bottom_right, fx), fy)
-
-
-def unit_table():
-    """[256] float32 table of k / 255, divided in numpy: XLA would turn a division into a multiplication by the
-    reciprocal, which is off by one ulp for half the values and would break the bit-exact identity."""
-    return tf.constant(np.arange(256, dtype=np.float32) / np.float32(255.0))
+# Intensity and noise (per-sample parameters from the draws)
 
 
 def intensity_table(uniforms, cfg):
     """Per-sample table [B*256] of uint8 value -> image value in [0, 1]: /255, gamma, contrast about mid-grey,
     brightness, clip. Applied to the gathered corner bytes, so intensity costs one small lookup per corner."""
     batch = uniforms.shape[0]
-    values = tf.tile(unit_table()[None, :], [batch, 1])  # [B, 256]
+    values = tf.tile(sampling.unit_table()[None, :], [batch, 1])  # [B, 256]
     if cfg.augment:
         per_sample = lambda column, low, high: _uniform(uniforms, column, low, high)[:, None]
         if cfg.gamma > 0:
@@ -326,56 +289,6 @@ def _shifted_noise(noise, uniforms, batch):
     return tf.gather(tf.reshape(noise, [-1]), rows[:, :, None] * width + cols[:, None, :])
 
 
-def sampling_positions(x, y, in_size, border):
-    """Border handling and bilinear set-up: (index, fx, fy, fade) of [B, h, w] tensors.
-
-    index (int32) is the flat position of each output pixel's top-left source neighbour in the [B*H*W] batch,
-    fx/fy the fractions towards its right/bottom neighbours; fade is None except for the constant border.
-    """
-    height, width = in_size
-    batch = x.shape[0]
-    x, fade_x = _fold_border(x, width, border)
-    y, fade_y = _fold_border(y, height, border)
-    x0, fx = _split(x, width)
-    y0, fy = _split(y, height)
-    index = tf.reshape(tf.range(batch) * (height * width), [batch, 1, 1]) + y0 * width + x0
-    fade = fade_x * fade_y if fade_x is not None else None
-    return index, fx, fy, fade
-
-
-def sample(images, masks, weights, index, fx, fy, fade, mask_interp="nearest", table=None):
-    """Sample image (bilinear), mask (nearest, or bilinear then >= 0.5) and optional weights (bilinear).
-
-    images, masks: uint8 [B, H, W]; weights: float32 [B, H, W] or None; index, fx, fy, fade: from
-    sampling_positions; table: [B*256] intensity table (see intensity_table) or None for plain /255.
-    Returns image float32 in [0, 1], mask float32 {0, 1}, weights float32 or None, all [B, h, w].
-    """
-    batch, _, width = images.shape.as_list()
-    shifts = (0, 1, width, width + 1)
-    flat_images = tf.reshape(images, [-1])
-    corner_bytes = [tf.cast(tf.gather(flat_images, index + shift), tf.int32) for shift in shifts]
-    if table is None:
-        corners = [tf.gather(unit_table(), value) for value in corner_bytes]
-    else:
-        table_offset = tf.reshape(tf.range(batch) * 256, [batch, 1, 1])
-        corners = [tf.gather(table, table_offset + value) for value in corner_bytes]
-    image = _bilinear(corners, fx, fy)
-    flat_masks = tf.reshape(masks, [-1])
-    if mask_interp == "nearest":
-        nearest = index + tf.cast(fy >= 0.5, tf.int32) * width + tf.cast(fx >= 0.5, tf.int32)
-        mask = tf.cast(tf.gather(flat_masks, nearest), tf.float32)
-    else:
-        mask_corners = [tf.cast(tf.gather(flat_masks, index + shift), tf.float32) for shift in shifts]
-        mask = tf.cast(_bilinear(mask_corners, fx, fy) >= 0.5, tf.float32)
-    if fade is not None:
-        image *= fade
-        mask *= tf.cast(fade >= 0.5, tf.float32)
-    if weights is not None:
-        flat_weights = tf.reshape(weights, [-1])
-        weights = _bilinear([tf.gather(flat_weights, index + shift) for shift in shifts], fx, fy)
-    return image, mask, weights
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Entry point
 
@@ -383,7 +296,7 @@ def sample(images, masks, weights, index, fx, fy, fade, mask_interp="nearest", t
 def _positions_stage(cfg, in_size, out_size):
     def stage(draws):
         x, y = coordinate_map(cfg, in_size, out_size, draws)
-        index, fx, fy, fade = sampling_positions(x, y, in_size, cfg.border)
+        index, fx, fy, fade = sampling.sampling_positions(x, y, in_size, cfg.border)
         # the intensity table is built here so that it is materialised once, not recomputed per lookup
         intensity_on = cfg.augment and (cfg.gamma > 0 or cfg.contrast > 0 or cfg.brightness > 0)
         table = intensity_table(draws["uniforms"], cfg) if intensity_on else None
@@ -394,7 +307,7 @@ def _positions_stage(cfg, in_size, out_size):
 def _sampling_stage(cfg):
     def stage(inputs):
         draws = inputs["draws"]
-        image, mask, weights = sample(inputs["images"], inputs["masks"], inputs["weights"], inputs["index"],
+        image, mask, weights = sampling.sample(inputs["images"], inputs["masks"], inputs["weights"], inputs["index"],
                                       inputs["fx"], inputs["fy"], inputs["fade"], cfg.mask_interp, inputs["table"])
         if draws["noise"] is not None:
             batch = image.shape[0]
@@ -463,46 +376,6 @@ def worker_rows(draws, worker_index, batch):
     return rows
 
 
-def _opencv_stage(cfg, in_size, out_size, has_weights):
-    """inputs (images, masks, weights, draws) -> outputs like _sampling_stage, sampled by unet_perf.augment_cv
-    in one tf.numpy_function; the per-sample parameters come from the same TensorFlow code as the graph map."""
-    from unet_perf import augment_cv
-
-    def stage(inputs):
-        draws = inputs["draws"]
-        uniforms = draws["uniforms"]
-        batch = uniforms.shape[0]
-        a, b, c, d = linear_part(uniforms, cfg)
-        centre_x, centre_y = tile_centre(uniforms, cfg, in_size, out_size, draws.get("crop_centres"))
-        intensity_on = cfg.augment and (cfg.gamma > 0 or cfg.contrast > 0 or cfg.brightness > 0)
-        noise_params = None
-        if draws["noise"] is not None:
-            noise_params = tf.stack([_uniform(uniforms, _NOISE, 0.0, cfg.noise),
-                                     tf.floor(uniforms[:, _NOISE_X] * out_size[1]),
-                                     tf.floor(uniforms[:, _NOISE_Y] * out_size[0])], axis=1)
-        table = tf.reshape(intensity_table(uniforms, cfg), [batch, 256]) if intensity_on else None
-        affine = tf.stack([a, b, c, d, centre_x, centre_y], axis=1)
-        arguments = [inputs["images"], inputs["masks"], inputs["weights"], affine, draws["elastic"], table,
-                     draws["noise"], noise_params]
-        present = [argument is not None for argument in arguments]
-
-        def run(*arrays):
-            arrays = iter(arrays)
-            values = [next(arrays) if there else None for there in present]
-            image, mask, weights = augment_cv.sample_batch(*values, out_size=out_size, border=cfg.border,
-                                                           mask_interp=cfg.mask_interp)
-            return [image, mask] + ([weights] if has_weights else [])
-
-        outputs = v1.numpy_function(run, [argument for argument in arguments if argument is not None],
-                                    [tf.float32, tf.uint8] + ([tf.float32] if has_weights else []),
-                                    name="augment_opencv")
-        for output in outputs:
-            output.set_shape([batch, out_size[0], out_size[1]])
-        return {"image": outputs[0][..., None], "mask": tf.cast(outputs[1], tf.float32)[..., None],
-                "weights": outputs[2][..., None] if has_weights else None}
-    return stage
-
-
 def augment_batch(images, masks, weights, cfg, out_size, seed, xla=None, engine=None, crop_centres=None,
                   worker_index=0, num_workers=1):
     """Augment one batch with one fused coordinate map and one sampling pass.
@@ -536,7 +409,8 @@ def augment_batch(images, masks, weights, cfg, out_size, seed, xla=None, engine=
     if crop_centres is not None:
         draws["crop_centres"] = tf.convert_to_tensor(crop_centres, tf.float32)
     if engine == "opencv":
-        outputs = _opencv_stage(cfg, (height, width), out_size, weights is not None)(
+        from unet_perf import augment_cv  # the OpenCV engine (imports augment itself)
+        outputs = augment_cv.opencv_stage(cfg, (height, width), out_size, weights is not None)(
             {"images": images, "masks": masks, "weights": weights, "draws": draws})
     else:
         xla = engine == "xla"

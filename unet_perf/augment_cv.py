@@ -18,8 +18,10 @@ import functools
 
 import cv2
 import numpy as np
+import tensorflow as tf
 
 from unet_perf import augment
+from unet_perf.compat import v1
 
 _BORDERS = {"reflect": cv2.BORDER_REFLECT_101, "nearest": cv2.BORDER_REPLICATE, "constant": cv2.BORDER_CONSTANT}
 _UNIT_TABLE = np.arange(256, dtype=np.float32) / np.float32(255.0)
@@ -107,3 +109,41 @@ def sample_batch(images, masks, weights, affine, offsets, tables, noise, noise_p
     if noise is not None:
         np.clip(out_images, 0.0, 1.0, out=out_images)
     return out_images, out_masks, out_weights
+
+
+def opencv_stage(cfg, in_size, out_size, has_weights):
+    """inputs (images, masks, weights, draws) -> outputs like _sampling_stage, sampled by unet_perf.augment_cv
+    in one tf.numpy_function; the per-sample parameters come from the same TensorFlow code as the graph map."""
+    def stage(inputs):
+        draws = inputs["draws"]
+        uniforms = draws["uniforms"]
+        batch = uniforms.shape[0]
+        a, b, c, d = augment.linear_part(uniforms, cfg)
+        centre_x, centre_y = augment.tile_centre(uniforms, cfg, in_size, out_size, draws.get("crop_centres"))
+        intensity_on = cfg.augment and (cfg.gamma > 0 or cfg.contrast > 0 or cfg.brightness > 0)
+        noise_params = None
+        if draws["noise"] is not None:
+            noise_params = tf.stack([augment._uniform(uniforms, augment._NOISE, 0.0, cfg.noise),
+                                     tf.floor(uniforms[:, augment._NOISE_X] * out_size[1]),
+                                     tf.floor(uniforms[:, augment._NOISE_Y] * out_size[0])], axis=1)
+        table = tf.reshape(augment.intensity_table(uniforms, cfg), [batch, 256]) if intensity_on else None
+        affine = tf.stack([a, b, c, d, centre_x, centre_y], axis=1)
+        arguments = [inputs["images"], inputs["masks"], inputs["weights"], affine, draws["elastic"], table,
+                     draws["noise"], noise_params]
+        present = [argument is not None for argument in arguments]
+
+        def run(*arrays):
+            arrays = iter(arrays)
+            values = [next(arrays) if there else None for there in present]
+            image, mask, weights = sample_batch(*values, out_size=out_size, border=cfg.border,
+                                                           mask_interp=cfg.mask_interp)
+            return [image, mask] + ([weights] if has_weights else [])
+
+        outputs = v1.numpy_function(run, [argument for argument in arguments if argument is not None],
+                                    [tf.float32, tf.uint8] + ([tf.float32] if has_weights else []),
+                                    name="augment_opencv")
+        for output in outputs:
+            output.set_shape([batch, out_size[0], out_size[1]])
+        return {"image": outputs[0][..., None], "mask": tf.cast(outputs[1], tf.float32)[..., None],
+                "weights": outputs[2][..., None] if has_weights else None}
+    return stage
