@@ -37,7 +37,28 @@ def gpu_visible():
     return bool(lister and lister("GPU"))
 
 
-class HostCollectives(object):
+class BoundedPeerWaits(object):
+    """What every collectives engine shares: runs bounded by `timeout_sec`, and lost peers turned into one-line
+    errors by the engine's `peer_failure(err, doing)`."""
+
+    timeout_sec = None
+
+    def run_options(self):
+        return v1.RunOptions(timeout_in_ms=int(self.timeout_sec * 1000))
+
+    @contextlib.contextmanager
+    def peer_errors(self, doing):
+        """Inside: an OpError of the kinds a lost peer causes becomes peer_failure(err, doing)."""
+        try:
+            yield
+        except PEER_ERRORS as err:
+            raise self.peer_failure(err, doing)
+
+    def peer_failure(self, err, doing):
+        raise NotImplementedError
+
+
+class HostCollectives(BoundedPeerWaits):
     """Collective ops for one worker of `cluster` (a cluster.Cluster with size > 1).
 
     Args:
@@ -86,17 +107,6 @@ class HostCollectives(object):
                     self.cluster.describe(self.cluster.rank), str(err).strip().splitlines()[0][:200]))
             cluster_lib.wait_for_peers(self.cluster, self.timeout_sec)
         return self._server.target
-
-    def run_options(self):
-        return v1.RunOptions(timeout_in_ms=int(self.timeout_sec * 1000))
-
-    @contextlib.contextmanager
-    def peer_errors(self, doing):
-        """Inside: an OpError of the kinds a lost peer causes becomes peer_failure(err, doing)."""
-        try:
-            yield
-        except PEER_ERRORS as err:
-            raise self.peer_failure(err, doing)
 
     # --- graph building ---------------------------------------------------------------------------------------
 

@@ -16,17 +16,14 @@ Every wait on a peer is bounded twice: `hccl_timeout` in the session config (HCC
 by the device to multiples of 68 s) and `operation_timeout_in_ms` / RunOptions like the host engine.
 """
 import atexit
-import contextlib
 import os
 
 from unet_perf import rank_table
+from unet_perf.backends.collective import BoundedPeerWaits
 from unet_perf.compat import v1
 from unet_perf.errors import UserError
 
 ROOT_RANK = 0
-# Errors that mean "a peer is gone or silent" rather than a bug in the graph (as in collective.py).
-PEER_ERRORS = (v1.errors.DeadlineExceededError, v1.errors.UnavailableError, v1.errors.AbortedError,
-               v1.errors.CancelledError, v1.errors.InternalError, v1.errors.UnknownError)
 _REDUCTIONS = {"Add": "sum", "Max": "max", "Min": "min"}
 _MIN_HCCL_TIMEOUT = 68  # seconds: the device's granularity on Atlas training products
 
@@ -45,7 +42,7 @@ def local_device_id(env=None):
                     "RANK_TABLE_FILE")
 
 
-class NpuCollectives(object):
+class NpuCollectives(BoundedPeerWaits):
     """HCCL collectives for one rank of `cluster` (a cluster.Cluster from the rank table, size > 1).
 
     Args:
@@ -132,17 +129,6 @@ class NpuCollectives(object):
             sess.run(shutdown_op)
         finally:
             sess.close()
-
-    def run_options(self):
-        return v1.RunOptions(timeout_in_ms=int(self.timeout_sec * 1000))
-
-    @contextlib.contextmanager
-    def peer_errors(self, doing):
-        """Inside: an OpError of the kinds a lost peer causes becomes peer_failure(err, doing)."""
-        try:
-            yield
-        except PEER_ERRORS as err:
-            raise self.peer_failure(err, doing)
 
     # --- graph building ---------------------------------------------------------------------------------------
 
