@@ -61,14 +61,6 @@ def _backend():
     return NpuBackend()
 
 
-def _require_optimizer_factory():
-    try:
-        from unet_perf.optim import make_optimizer  # noqa: F401
-    except ImportError as err:  # written by another helper
-        pytest.fail("unet_perf.optim.make_optimizer is missing ({}); the NPU backend builds its optimizer "
-                    "with it".format(err))
-
-
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
@@ -107,7 +99,6 @@ def _tiny_problem(seed=0, unused_variable=False):
 
 
 def _build(cfg, backend=None, **problem):
-    _require_optimizer_factory()
     backend = backend if backend is not None else _backend()
     config = backend.session_config(cfg)
     next_batch, loss_fn, nan_factor = _tiny_problem(**problem)
@@ -227,7 +218,6 @@ def test_sink_mode_wraps_the_train_op_and_loads_k(npu):
 
 
 def test_session_and_loop_must_agree_on_k(npu):
-    _require_optimizer_factory()
     backend = _backend()
     backend.session_config(_cfg(iterations_per_loop=2))
     next_batch, loss_fn, _ = _tiny_problem()
@@ -396,7 +386,6 @@ def test_prepare_session_twice_reuses_the_iteration_op(npu):
 def test_prepare_session_inside_a_name_scope_still_makes_iteration_op(npu):
     backend = _backend()
     cfg = _cfg(iterations_per_loop=2, max_steps=8, save_checkpoints_steps=4)
-    _require_optimizer_factory()
     next_batch, loss_fn, _ = _tiny_problem()
     fetches = backend.build_train_loop(cfg, next_batch, loss_fn, v1.train.get_or_create_global_step())
     sess = v1.Session(config=backend.session_config(cfg))
@@ -464,7 +453,6 @@ def _assert_same_training(npu_result, host_result, k, runs):
 
 def test_k_steps_per_run_match_the_host_loop_on_the_same_batches(npu):
     from unet_perf.backends.host import HostBackend
-    _require_optimizer_factory()
     k, runs = 4, 2
     cfg = _cfg(iterations_per_loop=k, max_steps=k * runs, save_checkpoints_steps=k, optimizer="momentum",
                learning_rate=0.1, loss_scale="none")
@@ -482,7 +470,6 @@ def test_k_steps_per_run_match_the_host_loop_on_the_same_batches(npu):
 def test_batch_norm_moving_statistics_update_like_the_host(npu):
     from unet_perf.backends.host import HostBackend
     from unet_perf.graph import make_loss_fn
-    _require_optimizer_factory()
     k, runs = 2, 2
     cfg = _cfg(iterations_per_loop=k, max_steps=k * runs, save_checkpoints_steps=k, optimizer="momentum",
                learning_rate=0.05, loss_scale="none", batch_norm=True, depth=1, base_filters=2, crop_size=16,
@@ -520,7 +507,6 @@ def test_step_counts_must_be_multiples_of_k(npu):
         check_npu_steps(_cfg(iterations_per_loop=4, max_steps=8, save_checkpoints_steps=6))
     with pytest.raises(UserError, match="val_every"):
         check_npu_steps(_cfg(iterations_per_loop=4, max_steps=8, save_checkpoints_steps=4, val_every=2))
-    _require_optimizer_factory()
     next_batch, loss_fn, _ = _tiny_problem()
     with pytest.raises(UserError):  # the loop refuses to build, too
         _backend().build_train_loop(_cfg(iterations_per_loop=3), next_batch, loss_fn,

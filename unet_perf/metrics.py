@@ -7,7 +7,7 @@ Pixel metrics (`pixel_error`, `dice`, `iou`) treat the MEMBRANE (mask 0) as the 
 prediction binarised at 0.5 (membrane where P(interior) <= 0.5).
 
 Segmentation metrics follow the challenge's "foreground-restricted scoring after border thinning" (Fiji
-trainableSegmentation RandError / VariationOfInformation, procedure in ../shared/reference/anchors.md §3):
+trainableSegmentation RandError / VariationOfInformation, as the ISBI 2012 challenge scored submissions):
 
 1. Ground-truth segments S_i = 4-connected components of the interior (mask 1); the membrane (mask 0) is the GT
    background and is excluded: n = number of GT interior pixels.

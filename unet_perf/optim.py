@@ -1,4 +1,4 @@
-"""The optimizer factory shared by the host and NPU backends (Adam by default, like the seed's code).
+"""The optimizer factory shared by the host and NPU backends (Adam by default, like the ModelZoo U-Net).
 
 make_optimizer(cfg) = Adam or Momentum with cfg's learning-rate schedule (unet_perf.schedule), wrapped in
 EmaOptimizer when --ema > 0 so the weight average is updated inside every applied step.

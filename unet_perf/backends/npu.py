@@ -18,7 +18,8 @@ from the host backend:
   scale is halved when `decr_every_n_nan_or_inf=2` of them have been seen (the npu_bridge default and the
   ModelZoo U-Net's choice), both counters are reset only by a scale change, and at the top of float32 a due
   increase leaves the scale as it is. Ascend 910 runs in saturation mode, where the float-status check also fires
-  on harmless saturations, and halving on every single one slides the scale toward 1 (ascend-npu.md §6).
+  on harmless saturations, and halving on every single one slides the scale toward 1 (a pitfall the
+  Ascend migration guide describes).
   Every overflowing step is still skipped.
 - overflow detection is the optimizer's: the device float status (tensor `overflow_status_reduce_all`) when the
   adapter names it, else `is_finite` over the gradients (INF/NaN-mode chips, adapters before 2021);
@@ -51,7 +52,7 @@ from unet_perf.backends.base import Backend
 from unet_perf.compat import npu_bridge_available, v1
 from unet_perf.errors import UserError
 
-# Tensor the NPU loss-scale optimizer names after reducing the float status: True = NO overflow (ascend-npu.md §2).
+# Tensor the NPU loss-scale optimizer names after reducing the float status: True = NO overflow.
 OVERFLOW_STATUS_NAME = "overflow_status_reduce_all"
 # The op name the device loop looks for (adapter's geop_npu.cc): nothing else makes Session.run loop K times.
 ITERATION_OP_NAME = "IterationOp"
