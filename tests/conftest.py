@@ -39,3 +39,16 @@ def fresh_graph():
     """Every test builds into its own default graph, so graphs and variable names never leak between tests."""
     with compat.v1.Graph().as_default() as graph:
         yield graph
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_op_determinism():
+    """`--deterministic true` turns on TensorFlow's op determinism for the whole process (train() in a test or a
+    module fixture does that): switch it off after every test, so each test starts from TensorFlow's default,
+    whatever order the tests run in."""
+    from tensorflow.python.framework import config as tf_config  # test-only: the public API has no "disable"
+
+    yield
+    if tf_config.is_op_determinism_enabled():
+        tf_config.disable_op_determinism()
+    os.environ.pop("TF_DETERMINISTIC_OPS", None)
