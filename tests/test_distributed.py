@@ -5,7 +5,6 @@ One pair of worker processes (this file run as a script, see `worker_main`) does
 TensorFlow server each and writes what it saw to an .npz per scenario; rank 0 also trains the single-worker
 reference. The tests below only compare those files, so the whole module costs one process start-up per worker.
 """
-import json
 import os
 import subprocess
 import sys
@@ -202,7 +201,7 @@ def test_weighted_bce_is_normalised_over_the_global_batch():
 
 def worker_main(out_dir):
     from unet_perf import cluster as cluster_lib
-    from unet_perf import compat, graph
+    from unet_perf import compat
     from unet_perf.backends.collective import HostCollectives
     from unet_perf.backends.host import HostBackend
     from unet_perf.config import config_from_args
@@ -238,10 +237,12 @@ def worker_main(out_dir):
                                    "--loss_scale_init", "1024"])
     backend = HostBackend(collectives=collectives)
     save("overflow", _train(cfg, backend, None, rank, 2, keep_initial=True,
-                            source=_poisoned_source(cfg, poisoned=(rank == 1), bad_batch=1)))
+                            source=poisoned_source(cfg, poisoned=(rank == 1), bad_batch=1)))
 
 
-def _poisoned_source(cfg, poisoned, bad_batch):
+def poisoned_source(cfg, poisoned, bad_batch):
+    """A cached-batch source whose images are inf in batch `bad_batch` when `poisoned` (one worker's overflow);
+    also used by test_npu_distributed."""
     import tensorflow as tf
 
     from unet_perf import graph

@@ -16,6 +16,7 @@ import time
 import numpy as np
 import pytest
 
+from test_distributed import poisoned_source
 from unet_perf.compat import npu_bridge_available
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -183,7 +184,7 @@ def worker_main(out_dir):
     # Seeds differ per rank (so do the initial weights until rank 0's are broadcast), and rank 1's images are
     # non-finite in the second step of the first K-step run.
     cfg = config_from_args(TINY + ["--seed", str(7 + rank), "--batch_size", "1", "--max_steps", str(K * RUNS)])
-    poisoned = _poisoned_source(cfg, poisoned=(rank == 1), bad_batch=1)
+    poisoned = poisoned_source(cfg, poisoned=(rank == 1), bad_batch=1)
     save("overflow", _train(cfg, NpuBackend(collectives=collectives), poisoned, 2, keep_initial=True, inspect=True))
     npu_loss_scale_optimizer.REDUCES_STATUS = False
     try:
@@ -223,24 +224,6 @@ def _share_source(cfg, rank, size, batches=3):
 
     def source():
         return tf.data.Dataset.from_tensor_slices((images[:, rows], masks[:, rows])).repeat()
-    return source
-
-
-def _poisoned_source(cfg, poisoned, bad_batch):
-    import tensorflow as tf
-
-    from unet_perf import graph
-
-    base = graph.cached_batch_source(cfg)
-
-    def source():
-        numbered = tf.data.Dataset.zip((base(), tf.data.Dataset.range(1 << 40)))
-
-        def poison(batch, number):
-            factor = tf.where(tf.logical_and(tf.constant(poisoned), tf.equal(number, bad_batch)),
-                              tf.constant(float("inf")), tf.constant(1.0))
-            return (batch[0] * factor,) + tuple(batch[1:])
-        return numbered.map(poison)
     return source
 
 
