@@ -49,10 +49,17 @@ def results(tmp_path_factory):
     """Run the worker pair once; {(scenario, rank): npz dict}."""
     out_dir = str(tmp_path_factory.mktemp("distributed"))
     addresses = free_addresses(2)
-    processes = [subprocess.Popen([sys.executable, os.path.abspath(__file__), out_dir], cwd=REPO,
-                                  env=worker_env(addresses, rank), stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, universal_newlines=True) for rank in range(2)]
-    deadline = time.time() + HARD_TIMEOUT
+    envs = [worker_env(addresses, rank) for rank in range(2)]
+    return run_rank_processes(os.path.abspath(__file__), out_dir, envs, HARD_TIMEOUT)
+
+
+def run_rank_processes(script, out_dir, envs, hard_timeout):
+    """Run `python script out_dir` once per environment (one process per rank), all within hard_timeout s, killing
+    only these processes if they overrun; then {(scenario, rank): npz dict} of the .npz files they saved.
+    Also used by test_npu_distributed."""
+    processes = [subprocess.Popen([sys.executable, script, out_dir], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, universal_newlines=True) for env in envs]
+    deadline = time.time() + hard_timeout
     outputs = []
     try:
         for process in processes:
@@ -63,12 +70,13 @@ def results(tmp_path_factory):
                 process.kill()
                 process.wait()
     for rank, process in enumerate(processes):
-        assert process.returncode == 0, "worker {} failed:\n{}".format(rank, outputs[rank][-3000:])
+        assert process.returncode == 0, "rank {} failed:\n{}".format(rank, outputs[rank][-3000:])
     found = {}
     for name in os.listdir(out_dir):
-        scenario, rank = name[:-len(".npz")].rsplit("_rank", 1)
-        with np.load(os.path.join(out_dir, name), allow_pickle=True) as data:
-            found[(scenario, rank)] = dict(data)
+        if name.endswith(".npz"):
+            scenario, rank = name[:-len(".npz")].rsplit("_rank", 1)
+            with np.load(os.path.join(out_dir, name), allow_pickle=True) as data:
+                found[(scenario, rank)] = dict(data)
     return found
 
 

@@ -9,14 +9,12 @@ scenario and rank; rank 0 also trains the one-rank reference. The in-process tes
 """
 import json
 import os
-import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
-from test_distributed import poisoned_source
+from test_distributed import poisoned_source, run_rank_processes
 from unet_perf.compat import npu_bridge_available
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -59,28 +57,8 @@ def results(tmp_path_factory):
     out_dir = str(tmp_path_factory.mktemp("npu_distributed"))
     table = write_rank_table(os.path.join(out_dir, "rank_table.json"), 2)
     addresses = ["127.0.0.1:{}".format(port) for port in free_ports(2)]
-    processes = [subprocess.Popen([sys.executable, os.path.abspath(__file__), out_dir], cwd=REPO,
-                                  env=rank_env(addresses, rank, table), stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, universal_newlines=True) for rank in range(2)]
-    deadline = time.time() + HARD_TIMEOUT
-    outputs = []
-    try:
-        for process in processes:
-            outputs.append(process.communicate(timeout=max(1.0, deadline - time.time()))[0])
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-    for rank, process in enumerate(processes):
-        assert process.returncode == 0, "rank {} failed:\n{}".format(rank, outputs[rank][-3000:])
-    found = {}
-    for name in os.listdir(out_dir):
-        if name.endswith(".npz"):
-            scenario, rank = name[:-len(".npz")].rsplit("_rank", 1)
-            with np.load(os.path.join(out_dir, name), allow_pickle=True) as data:
-                found[(scenario, rank)] = dict(data)
-    return found
+    envs = [rank_env(addresses, rank, table) for rank in range(2)]
+    return run_rank_processes(os.path.abspath(__file__), out_dir, envs, HARD_TIMEOUT)
 
 
 def _weights(data):
