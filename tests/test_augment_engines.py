@@ -1,6 +1,7 @@
 """The augmentation engines (xla, graph, opencv): same draws, same output within interpolation tolerance, exact
 where the map is exact (identity, crops, flips, borders at integer positions), and how the engine is chosen."""
 import dataclasses
+import os
 
 import cv2
 import numpy as np
@@ -155,3 +156,13 @@ def test_contradictory_engine_flags_are_a_user_error(xla_augment, engine):
     with pytest.raises(UserError, match="--xla_augment"):
         make_cfg(xla_augment=xla_augment, augment_engine=engine).validate()
     make_cfg(xla_augment="off", augment_engine="opencv").validate()
+
+
+def test_opencv_engine_keeps_the_bundled_openblas_to_one_thread():
+    # cv2.gemm builds the coordinate maps; OpenBLAS threads left on spin on every other core after each product
+    library = augment_cv.bundled_openblas()
+    if library is None or (os.cpu_count() or 1) < 2:
+        pytest.skip("this OpenCV ships no OpenBLAS of its own, or one core only: nothing to limit")
+    images, masks = smooth_batch(2, 40)
+    run(images, masks, make_cfg(), (32, 32), "opencv")
+    assert library.openblas_get_num_threads() == 1

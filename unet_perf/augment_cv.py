@@ -11,10 +11,13 @@ tile centre; then cv2.remap samples the image (bilinear, uint8), the mask (neare
 rounds at 0.5) and the weight map (bilinear, float32), and cv2.LUT applies the intensity table. Float32 maps
 are passed to cv2.remap directly: with this OpenCV they sample faster than maps converted to fixed point
 (OpenCV still interpolates with 1/32-pixel fractions). OpenCV and numpy release the GIL in these calls, so
-parallel tf.data map calls scale across cores; OpenCV's own threading is turned off so that each map call
-uses one core.
+parallel tf.data map calls scale across cores; OpenCV's own threading, and the threads of the OpenBLAS bundled
+with the opencv-python wheel (cv2.gemm), are turned off so that each map call uses one core.
 """
+import ctypes
 import functools
+import glob
+import os
 
 import cv2
 import numpy as np
@@ -25,13 +28,38 @@ from unet_perf.compat import v1
 
 _BORDERS = {"reflect": cv2.BORDER_REFLECT_101, "nearest": cv2.BORDER_REPLICATE, "constant": cv2.BORDER_CONSTANT}
 _UNIT_TABLE = np.arange(256, dtype=np.float32) / np.float32(255.0)
-_THREADS_SET = []  # memo: cv2.setNumThreads(1) done in this process
+_THREADS_SET = []  # memo: OpenCV made single-threaded in this process
 
 
 def _one_thread_per_call():
+    """One core per map call: parallelism comes from tf.data's parallel map calls, not from inside OpenCV."""
     if not _THREADS_SET:
         cv2.setNumThreads(1)
+        _limit_bundled_openblas()
         _THREADS_SET.append(True)
+
+
+def bundled_openblas():
+    """The OpenBLAS shipped inside the opencv-python wheel (a ctypes.CDLL), or None when this OpenCV has none.
+
+    cv2.gemm runs on it, and cv2.setNumThreads does not reach it: left alone, every small product of
+    coordinate_maps wakes a thread per core whose spin-waiting doubled the CPU time of a one-thread pipeline.
+    Only this copy is touched, not numpy's BLAS."""
+    package_dir = os.path.dirname(os.path.dirname(os.path.abspath(cv2.__file__)))
+    for path in sorted(glob.glob(os.path.join(package_dir, "opencv*.libs", "libopenblas*"))):
+        try:
+            library = ctypes.CDLL(path)  # already loaded by cv2: this returns the same copy
+        except OSError:
+            continue
+        if hasattr(library, "openblas_set_num_threads") and hasattr(library, "openblas_get_num_threads"):
+            return library
+    return None
+
+
+def _limit_bundled_openblas():
+    library = bundled_openblas()
+    if library is not None:
+        library.openblas_set_num_threads(1)
 
 
 @functools.lru_cache(maxsize=16)
@@ -67,7 +95,7 @@ def coordinate_maps(affine, offsets, out_size):
         kernel[grid, grid + 1] = along_rows
         kernel[grid + 1, grid] = along_cols
         kernel[grid + 1, grid + 1] = centre
-        # cv2.gemm, not np.dot: numpy's BLAS may spread one small product over every core
+        # cv2.gemm on the OpenBLAS that _one_thread_per_call limits; np.dot would use numpy's, threaded
         maps.append(cv2.gemm(cv2.gemm(rows, kernel, 1.0, None, 0.0), cols_t, 1.0, None, 0.0))
     return maps[0], maps[1]
 
