@@ -34,8 +34,8 @@ DEFAULT_DATA = os.path.join(REPO, "..", "shared", "data", "isbi2012")
 RECIPE = {
     "data_path": DEFAULT_DATA, "val_split": "20-23", "depth": 4, "base_filters": 16, "crop_size": 128,
     "input_scale": 1.0, "batch_size": 4, "optimizer": "adam", "learning_rate": 1e-3, "lr_schedule": "cosine",
-    "warmup_steps": 100, "ema": 0.995, "max_steps": 2000, "iterations_per_loop": 10,
-    "weight_map": True, "save_checkpoints_steps": 250, "val_every": 250, "summary_images": 0,
+    "warmup_steps": 100, "ema": 0.995, "max_steps": 5000, "iterations_per_loop": 10,
+    "weight_map": True, "save_checkpoints_steps": 500, "val_every": 500, "summary_images": 0,
 }
 CHECKPOINTS = ("best", "last")
 GOALS = {"mean_last_v_rand": 0.97, "std_last_v_rand": 0.01, "last_minus_best": 0.01, "mean_last_v_rand_tta": 0.98}
