@@ -54,11 +54,13 @@ class BarOrLines(object):
             self._bar = tqdm(total=total, initial=initial, unit=unit, file=bar_stream, dynamic_ncols=True)
 
     def advance(self, count, postfix, line):
-        """Move the bar by `count` and show `postfix` beside it; without a bar, print `line`."""
+        """Move the bar by `count` and show `postfix` beside it; without a bar, print `line`. None for either
+        shows nothing (callers that print a line only every so many items)."""
         if self._bar is not None:
             self._bar.update(count)
-            self._bar.set_postfix_str(postfix, refresh=True)
-        else:
+            if postfix is not None:
+                self._bar.set_postfix_str(postfix, refresh=True)
+        elif line is not None:
             self._print(line)
 
     def write(self, message):

@@ -15,107 +15,16 @@ import os
 import sys
 import time
 
-import cv2
-
 from unet_perf.config import _str2bool
-from unet_perf.data import shards, sources
+from unet_perf.data import shards
+from unet_perf.data.sources import iter_pairs
 from unet_perf.data.weights import border_weight_map
 from unet_perf.errors import UserError, run_cli
+from unet_perf.progress import BarOrLines
 
 
-def iter_pairs(data_path, rgb="convert"):
-    """(total slice count, generator of (image uint8 [H, W], mask uint8 {0, 1} [H, W], name)) for any layout
-    load_pairs accepts, reading one slice at a time. Slices may differ in size; a label must match its image."""
-    if not data_path or not os.path.isdir(data_path):
-        raise UserError("--data_path {} is not a folder; pass a folder laid out as {}".format(data_path,
-                                                                                            sources.LAYOUTS))
-    reader = sources._Reader(rgb)
-    kind, first, second = sources._find_layout(data_path)
-    if kind == "folders":
-        images, labels = sources._list_slices(first), sources._list_slices(second)
-        missing = sorted(set(images) ^ set(labels), key=sources.natural_key)
-        if missing:
-            raise UserError("{} has no matching image/label pair in {} and {}; add the missing files or remove "
-                            "the extras".format(missing[0], first, second))
-        stems = sorted(images, key=sources.natural_key)
-
-        def folder_pairs():
-            for stem in stems:
-                image = reader.single(images[stem], is_label=False)
-                mask = reader.single(labels[stem], is_label=True)
-                _check_pair(image, images[stem], mask, labels[stem])
-                yield image, mask, stem
-            reader.warn_converted()
-        return len(stems), folder_pairs()
-    pages = [_page_count(path) for path in (first, second)]
-    if pages[0] != pages[1]:
-        raise UserError("{} has {} pages but {} has {}; use the matching label volume".format(
-            first, pages[0], second, pages[1]))
-
-    def volume_pairs():
-        for index in range(pages[0]):
-            image = _read_page(reader, first, index, is_label=False)
-            mask = _read_page(reader, second, index, is_label=True)
-            _check_pair(image, "{}[{}]".format(first, index), mask, "{}[{}]".format(second, index))
-            yield image, mask, "{}[{}]".format(os.path.basename(first), index)
-        reader.warn_converted()
-    return pages[0], volume_pairs()
-
-
-def _page_count(path):
-    problem = sources._truncation(path, os.path.splitext(path)[1].lower())
-    if problem:
-        raise UserError("{} is truncated ({}); copy or download it again".format(path, problem))
-    try:
-        count = cv2.imcount(path)
-    except cv2.error:
-        count = 0
-    if count <= 0:
-        raise UserError("{} cannot be decoded (corrupt or not an image); replace it with a valid image".format(path))
-    return count
-
-
-def _read_page(reader, path, index, is_label):
-    where = "{}[{}]".format(path, index)
-    try:
-        ok, pages = cv2.imreadmulti(path, index, 1, flags=cv2.IMREAD_UNCHANGED)
-    except cv2.error:
-        ok, pages = False, []
-    if not ok or len(pages) != 1:
-        raise UserError("{} cannot be decoded; replace the volume with a valid TIFF".format(where))
-    page = reader._to_gray(pages[0], where)
-    return sources._to_mask(page, where) if is_label else sources._to_uint8(page, where)
-
-
-def _check_pair(image, image_file, mask, mask_file):
-    if mask.shape != image.shape:
-        raise UserError("{} is {}x{} but its label {} is {}x{}; labels must match their image size".format(
-            image_file, image.shape[1], image.shape[0], mask_file, mask.shape[1], mask.shape[0]))
-
-
-class _Progress(object):
-    """tqdm on a terminal, else a line every `every` slices (and at the end)."""
-
-    def __init__(self, total, stream=sys.stderr, every=100):
-        self.total, self.stream, self.every, self.done, self.bar = total, stream, every, 0, None
-        if stream.isatty():
-            try:
-                from tqdm import tqdm
-                self.bar = tqdm(total=total, unit="slice", file=stream)
-            except ImportError:
-                pass
-
-    def update(self):
-        self.done += 1
-        if self.bar is not None:
-            self.bar.update(1)
-        elif self.done % self.every == 0 or self.done == self.total:
-            self.stream.write("packed {}/{} slices\n".format(self.done, self.total))
-            self.stream.flush()
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
+# A plain progress line every this many slices (and at the end) when no bar is shown.
+PROGRESS_EVERY = 100
 
 
 class ShardWriter(object):
@@ -172,13 +81,14 @@ def write_shard_set(pairs, total, output, shard_mb=256.0, weights=None, source="
     weights: None, or {"w0": .., "sigma": ..} to store border weight maps computed per slice. Returns the manifest.
     """
     writer = ShardWriter(output, int(shard_mb * 1024 * 1024))
-    progress = _Progress(total, progress_stream)
+    progress = BarOrLines(total, "slice", out=progress_stream, bar_stream=progress_stream)
     started = time.time()
     try:
-        for image, mask, name in pairs:
+        for done, (image, mask, name) in enumerate(pairs, 1):
             weight_map = border_weight_map(mask, weights["w0"], weights["sigma"]) if weights else None
             writer.write(shards.encode_example(image, mask, weight_map, name), image.shape[0], image.shape[1])
-            progress.update()
+            due = done % PROGRESS_EVERY == 0 or done == total
+            progress.advance(1, None, "packed {}/{} slices".format(done, total) if due else None)
         writer.close_shard()
     finally:
         progress.close()

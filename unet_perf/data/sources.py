@@ -66,6 +66,45 @@ def read_image(path, rgb="convert"):
     return pages
 
 
+def iter_pairs(data_path, rgb="convert"):
+    """(total slice count, generator of (image uint8 [H, W], mask uint8 {0, 1} [H, W], name)) for any layout
+    load_pairs accepts, reading one slice at a time (folders file by file, volumes page by page) so memory stays
+    bounded. Slices may differ in size; a label must match its image."""
+    if not data_path or not os.path.isdir(data_path):
+        raise UserError("--data_path {} is not a folder; pass a folder laid out as {}".format(data_path, LAYOUTS))
+    reader = _Reader(rgb)
+    kind, first, second = _find_layout(data_path)
+    if kind == "folders":
+        images, labels = _list_slices(first), _list_slices(second)
+        missing = sorted(set(images) ^ set(labels), key=natural_key)
+        if missing:
+            raise UserError("{} has no matching image/label pair in {} and {}; add the missing files or remove "
+                            "the extras".format(missing[0], first, second))
+        stems = sorted(images, key=natural_key)
+
+        def folder_pairs():
+            for stem in stems:
+                image = reader.single(images[stem], is_label=False)
+                mask = reader.single(labels[stem], is_label=True)
+                _check_sizes([image], [images[stem]], [mask], [labels[stem]])
+                yield image, mask, stem
+            reader.warn_converted()
+        return len(stems), folder_pairs()
+    pages = [_page_count(path) for path in (first, second)]
+    if pages[0] != pages[1]:
+        raise UserError("{} has {} pages but {} has {}; use the matching label volume".format(
+            first, pages[0], second, pages[1]))
+
+    def volume_pairs():
+        for index in range(pages[0]):
+            image = reader.page(first, index, is_label=False)
+            mask = reader.page(second, index, is_label=True)
+            _check_sizes([image], ["{}[{}]".format(first, index)], [mask], ["{}[{}]".format(second, index)])
+            yield image, mask, "{}[{}]".format(os.path.basename(first), index)
+        reader.warn_converted()
+    return pages[0], volume_pairs()
+
+
 def natural_key(text):
     """Sort key that orders embedded numbers by value: 2 < 10."""
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)]
@@ -180,10 +219,24 @@ class _Reader(object):
         raw = _read_raw(path)
         out = []
         for index, page in enumerate(raw):
-            where = path if len(raw) == 1 else "{}[{}]".format(path, index)
-            page = self._to_gray(page, where)
-            out.append(_to_mask(page, where) if is_label else _to_uint8(page, where))
+            out.append(self.convert(page, path if len(raw) == 1 else "{}[{}]".format(path, index), is_label))
         return out
+
+    def page(self, path, index, is_label):
+        """Page `index` of a multipage TIFF alone, so a volume larger than memory can be read page by page."""
+        where = "{}[{}]".format(path, index)
+        try:
+            ok, pages = cv2.imreadmulti(path, index, 1, flags=cv2.IMREAD_UNCHANGED)
+        except cv2.error:
+            ok, pages = False, []
+        if not ok or len(pages) != 1:
+            raise UserError("{} cannot be decoded; replace the volume with a valid TIFF".format(where))
+        return self.convert(pages[0], where, is_label)
+
+    def convert(self, page, where, is_label):
+        """A decoded page as a validated uint8 image or {0, 1} label; `where` names it in errors."""
+        page = self._to_gray(page, where)
+        return _to_mask(page, where) if is_label else _to_uint8(page, where)
 
     def _to_gray(self, page, where):
         if page.ndim == 2:
@@ -209,9 +262,7 @@ def _read_raw(path):
     if os.path.getsize(path) == 0:
         raise UserError("{} is empty (0 bytes); replace it with a valid image".format(path))
     ext = os.path.splitext(path)[1].lower()
-    problem = _truncation(path, ext)
-    if problem:
-        raise UserError("{} is truncated ({}); copy or download it again".format(path, problem))
+    _refuse_truncated(path, ext)
     try:
         if ext in (".tif", ".tiff"):
             ok, pages = cv2.imreadmulti(path, flags=cv2.IMREAD_UNCHANGED)
@@ -225,6 +276,18 @@ def _read_raw(path):
     if not pages:
         raise UserError("{} cannot be decoded (corrupt or not an image); replace it with a valid image".format(path))
     return pages
+
+
+def _page_count(path):
+    """Number of pages of a multipage TIFF, without decoding them."""
+    _refuse_truncated(path, os.path.splitext(path)[1].lower())
+    try:
+        count = cv2.imcount(path)
+    except cv2.error:
+        count = 0
+    if count <= 0:
+        raise UserError("{} cannot be decoded (corrupt or not an image); replace it with a valid image".format(path))
+    return count
 
 
 def _to_uint8(page, where):
@@ -250,6 +313,12 @@ def _to_mask(page, where):
 
 
 # --- truncation checks (OpenCV silently decodes the readable part of a cut JPEG or TIFF) --------------------
+
+def _refuse_truncated(path, ext):
+    problem = _truncation(path, ext)
+    if problem:
+        raise UserError("{} is truncated ({}); copy or download it again".format(path, problem))
+
 
 def _truncation(path, ext):
     """A short reason when the file is visibly cut off, else None."""
