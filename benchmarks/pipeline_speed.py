@@ -90,14 +90,15 @@ def scenarios(base, engines, shard_path, cores):
     return found
 
 
-def pack_slices(images, masks, output, shard_mb):
-    """Write uint8 slices into a shard set under `output` (a new folder)."""
+def pack_slices(slices, count, output, shard_mb):
+    """Write `count` uint8 (image, mask) pairs from the iterable `slices` into a shard set under `output` (a new
+    folder); the pairs are streamed, so a generator keeps one slice in memory. Returns the manifest."""
     from unet_perf.data.pack import write_shard_set
 
     os.makedirs(output)
-    pairs = ((image, mask, "slice{}".format(index)) for index, (image, mask) in enumerate(zip(images, masks)))
+    pairs = ((image, mask, "slice{}".format(index)) for index, (image, mask) in enumerate(slices))
     with open(os.devnull, "w") as quiet:
-        return write_shard_set(pairs, len(images), output, shard_mb, progress_stream=quiet)
+        return write_shard_set(pairs, count, output, shard_mb, progress_stream=quiet)
 
 
 def write_large_set(output, gigabytes, seed=0):
@@ -111,12 +112,7 @@ def write_large_set(output, gigabytes, seed=0):
         for index in range(count):
             image = np.roll(bases[index % 4], index, axis=1)
             yield image, (image > 100).astype(np.uint8)
-    from unet_perf.data.pack import write_shard_set
-
-    os.makedirs(output)
-    pairs = ((image, mask, "slice{}".format(index)) for index, (image, mask) in enumerate(slices()))
-    with open(os.devnull, "w") as quiet:  # streamed: never more than one slice in memory
-        return write_shard_set(pairs, count, output, 256.0, progress_stream=quiet)
+    return pack_slices(slices(), count, output, shard_mb=256.0)
 
 
 def stream_child(path, cores):
@@ -211,11 +207,14 @@ def main(argv=None):
     cores = args.cores or bench_lib.usable_cores() or os.cpu_count() or 1
     if args.stream_child:
         return stream_child(args.stream_child, cores)
-    engines = [name for name in args.engines.split(",") if name] or (
-        ["xla"] if compat.xla_jit_available() else []) + ["graph", "opencv"]
+    from unet_perf import augment
+
+    engines = [name for name in args.engines.split(",") if name] or [
+        engine for engine in augment.ENGINES if engine != "xla" or compat.xla_jit_available()]
     for engine in engines:
-        if engine not in ("xla", "graph", "opencv"):
-            raise UserError("--engines takes xla, graph and opencv, got {!r}".format(engine))
+        if engine not in augment.ENGINES:
+            raise UserError("--engines takes {} and {}, got {!r}".format(
+                ", ".join(augment.ENGINES[:-1]), augment.ENGINES[-1], engine))
     base = dataclasses.replace(Config(), crop_size=SIZE, input_scale=1.0, batch_size=BATCH, synthetic_size=SIZE,
                                synthetic_count=args.synthetic_count, data_path=args.data_path)
     print("TensorFlow {} | {} | augmentation: full geometric (flip, rotate {}°, scale ±{}, shear {}, translate {}, "
@@ -230,7 +229,8 @@ def main(argv=None):
             from unet_perf.data.loading import load_dataset
             train, _, _ = load_dataset(base)
             shard_path = os.path.join(folder, "set")
-            pack_slices(train.images, train.masks, shard_path, shard_mb=1.0)  # several shards to interleave
+            # 1 MB shards: several shards to interleave
+            pack_slices(zip(train.images, train.masks), len(train.images), shard_path, shard_mb=1.0)
         for name, cfg, threads in scenarios(base, engines, shard_path, cores):
             results[name] = measure_pipeline(cfg, args.batches, args.repeats, args.warmup, session_threads=threads)
             print(_line(name, results[name]), flush=True)

@@ -61,17 +61,7 @@ def resolve_engine(cfg):
         return engine
     if cfg.xla_augment in _XLA_ALIASES:
         return _XLA_ALIASES[cfg.xla_augment]
-    if compat.xla_jit_available():
-        return "xla"
-    return "opencv" if _opencv_available() else "graph"
-
-
-def _opencv_available():
-    try:
-        import cv2  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return "xla" if compat.xla_jit_available() else "opencv"
 
 
 def use_xla(cfg):
@@ -85,6 +75,11 @@ def _elastic_on(cfg):
 
 def _noise_on(cfg):
     return cfg.augment and cfg.noise > 0
+
+
+def intensity_on(cfg):
+    """True when cfg changes intensities (gamma, contrast or brightness): the per-sample table is needed."""
+    return cfg.augment and (cfg.gamma > 0 or cfg.contrast > 0 or cfg.brightness > 0)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -279,11 +274,20 @@ def intensity_table(uniforms, cfg):
     return tf.reshape(values, [-1])
 
 
-def _shifted_noise(noise, uniforms, batch):
-    """The batch's [h, w] Gaussian field, cyclically shifted by a random offset per sample: [B, h, w]."""
+def noise_parameters(uniforms, cfg, out_size):
+    """Per-sample noise amplitude and cyclic shift of the batch's [h, w] noise field: (sigma, shift_x, shift_y),
+    float32 [B] each; the shifts are whole numbers in [0, w) and [0, h)."""
+    sigma = _uniform(uniforms, _NOISE, 0.0, cfg.noise)
+    shift_x = tf.floor(uniforms[:, _NOISE_X] * out_size[1])
+    shift_y = tf.floor(uniforms[:, _NOISE_Y] * out_size[0])
+    return sigma, shift_x, shift_y
+
+
+def _shifted_noise(noise, shift_x, shift_y):
+    """The batch's [h, w] Gaussian field, cyclically shifted by (shift_x, shift_y) [B] per sample: [B, h, w]."""
     height, width = noise.shape.as_list()
-    shift_x = tf.cast(tf.floor(uniforms[:, _NOISE_X] * width), tf.int32)
-    shift_y = tf.cast(tf.floor(uniforms[:, _NOISE_Y] * height), tf.int32)
+    shift_x = tf.cast(shift_x, tf.int32)
+    shift_y = tf.cast(shift_y, tf.int32)
     cols = tf.math.floormod(tf.range(width)[None, :] + shift_x[:, None], width)  # [B, w]
     rows = tf.math.floormod(tf.range(height)[None, :] + shift_y[:, None], height)  # [B, h]
     return tf.gather(tf.reshape(noise, [-1]), rows[:, :, None] * width + cols[:, None, :])
@@ -298,8 +302,7 @@ def _positions_stage(cfg, in_size, out_size):
         x, y = coordinate_map(cfg, in_size, out_size, draws)
         index, fx, fy, fade = sampling.sampling_positions(x, y, in_size, cfg.border)
         # the intensity table is built here so that it is materialised once, not recomputed per lookup
-        intensity_on = cfg.augment and (cfg.gamma > 0 or cfg.contrast > 0 or cfg.brightness > 0)
-        table = intensity_table(draws["uniforms"], cfg) if intensity_on else None
+        table = intensity_table(draws["uniforms"], cfg) if intensity_on(cfg) else None
         return {"index": index, "fx": fx, "fy": fy, "fade": fade, "table": table}
     return stage
 
@@ -310,10 +313,9 @@ def _sampling_stage(cfg):
         image, mask, weights = sampling.sample(inputs["images"], inputs["masks"], inputs["weights"], inputs["index"],
                                       inputs["fx"], inputs["fy"], inputs["fade"], cfg.mask_interp, inputs["table"])
         if draws["noise"] is not None:
-            batch = image.shape[0]
-            sigma = tf.reshape(_uniform(draws["uniforms"], _NOISE, 0.0, cfg.noise), [batch, 1, 1])
-            noise = _shifted_noise(draws["noise"], draws["uniforms"], batch)
-            image = tf.clip_by_value(image + sigma * noise, 0.0, 1.0)
+            sigma, shift_x, shift_y = noise_parameters(draws["uniforms"], cfg, draws["noise"].shape.as_list())
+            noise = _shifted_noise(draws["noise"], shift_x, shift_y)
+            image = tf.clip_by_value(image + sigma[:, None, None] * noise, 0.0, 1.0)
         return {"image": image[..., None], "mask": mask[..., None],
                 "weights": weights[..., None] if weights is not None else None}
     return stage
@@ -410,7 +412,7 @@ def augment_batch(images, masks, weights, cfg, out_size, seed, xla=None, engine=
         draws["crop_centres"] = tf.convert_to_tensor(crop_centres, tf.float32)
     if engine == "opencv":
         from unet_perf import augment_cv  # the OpenCV engine (imports augment itself)
-        outputs = augment_cv.opencv_stage(cfg, (height, width), out_size, weights is not None)(
+        outputs = augment_cv.opencv_stage(cfg, (height, width), out_size)(
             {"images": images, "masks": masks, "weights": weights, "draws": draws})
     else:
         xla = engine == "xla"

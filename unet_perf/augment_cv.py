@@ -23,11 +23,10 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
-from unet_perf import augment
+from unet_perf import augment, sampling
 from unet_perf.compat import v1
 
 _BORDERS = {"reflect": cv2.BORDER_REFLECT_101, "nearest": cv2.BORDER_REPLICATE, "constant": cv2.BORDER_CONSTANT}
-_UNIT_TABLE = np.arange(256, dtype=np.float32) / np.float32(255.0)
 _THREADS_SET = []  # memo: OpenCV made single-threaded in this process
 
 
@@ -121,10 +120,13 @@ def sample_batch(images, masks, weights, affine, offsets, tables, noise, noise_p
     out_masks = np.empty((batch, height, width), np.uint8)
     out_weights = None if weights is None else np.empty((batch, height, width), np.float32)
     sampled = np.empty((height, width), np.uint8)
+    if noise is not None:
+        # 2x2 copies of the field: every cyclic shift is a view into it, no copy per sample
+        tiled_noise = np.tile(noise, (2, 2))
     for index in range(batch):
         map_x, map_y = coordinate_maps(affine[index], None if offsets is None else offsets[index], out_size)
         cv2.remap(images[index], map_x, map_y, cv2.INTER_LINEAR, dst=sampled, borderMode=border_mode)
-        table = _UNIT_TABLE if tables is None else tables[index]
+        table = sampling.UNIT_TABLE if tables is None else tables[index]
         cv2.LUT(sampled, table, dst=out_images[index])
         cv2.remap(masks[index], map_x, map_y, mask_mode, dst=out_masks[index], borderMode=border_mode)
         if weights is not None:
@@ -132,14 +134,15 @@ def sample_batch(images, masks, weights, affine, offsets, tables, noise, noise_p
                       borderMode=weight_border)
         if noise is not None:
             sigma, shift_x, shift_y = noise_params[index]
-            shifted = np.roll(noise, (-int(shift_y), -int(shift_x)), axis=(0, 1))
+            shift_x, shift_y = int(shift_x), int(shift_y)  # in [0, w) and [0, h)
+            shifted = tiled_noise[shift_y:shift_y + height, shift_x:shift_x + width]
             cv2.scaleAdd(shifted, float(sigma), out_images[index], dst=out_images[index])
     if noise is not None:
         np.clip(out_images, 0.0, 1.0, out=out_images)
     return out_images, out_masks, out_weights
 
 
-def opencv_stage(cfg, in_size, out_size, has_weights):
+def opencv_stage(cfg, in_size, out_size):
     """inputs (images, masks, weights, draws) -> outputs like _sampling_stage, sampled by unet_perf.augment_cv
     in one tf.numpy_function; the per-sample parameters come from the same TensorFlow code as the graph map."""
     def stage(inputs):
@@ -148,13 +151,11 @@ def opencv_stage(cfg, in_size, out_size, has_weights):
         batch = uniforms.shape[0]
         a, b, c, d = augment.linear_part(uniforms, cfg)
         centre_x, centre_y = augment.tile_centre(uniforms, cfg, in_size, out_size, draws.get("crop_centres"))
-        intensity_on = cfg.augment and (cfg.gamma > 0 or cfg.contrast > 0 or cfg.brightness > 0)
+        has_weights = inputs["weights"] is not None
         noise_params = None
         if draws["noise"] is not None:
-            noise_params = tf.stack([augment._uniform(uniforms, augment._NOISE, 0.0, cfg.noise),
-                                     tf.floor(uniforms[:, augment._NOISE_X] * out_size[1]),
-                                     tf.floor(uniforms[:, augment._NOISE_Y] * out_size[0])], axis=1)
-        table = tf.reshape(augment.intensity_table(uniforms, cfg), [batch, 256]) if intensity_on else None
+            noise_params = tf.stack(augment.noise_parameters(uniforms, cfg, out_size), axis=1)
+        table = tf.reshape(augment.intensity_table(uniforms, cfg), [batch, 256]) if augment.intensity_on(cfg) else None
         affine = tf.stack([a, b, c, d, centre_x, centre_y], axis=1)
         arguments = [inputs["images"], inputs["masks"], inputs["weights"], affine, draws["elastic"], table,
                      draws["noise"], noise_params]

@@ -23,6 +23,7 @@ from unet_perf.precision import compute_dtype  # noqa: F401  (re-exported: part 
 STD_FLOOR = 1e-6  # in [0, 1] units: a flat image normalises to zeros (inference.normalize_array uses it too)
 MAX_EMBEDDED_BYTES = 1800 * 1024 * 1024  # the arrays live in the GraphDef, which must stay under 2 GB
 _BATCH_COUNTER_END = 2 ** 62  # "infinite" batch numbering
+_INT64_END = 2 ** 63 - 1  # end of a numbering with a stride: every k * stride + offset that fits in int64
 
 
 def normalize(images, mode):
@@ -161,15 +162,14 @@ def make_shard_dataset(shard_set, cfg, seed=None, start_batch=0, worker_index=0,
     cfg.deterministic says (it is part of the stream that resume continues).
     """
     seed = cfg.seed if seed is None else seed
-    if not 0 <= worker_index < num_workers:
-        raise UserError("worker_index {} must be in [0, {})".format(worker_index, num_workers))
     tile = min(augment.source_extent(cfg), min(shard_set.min_size))
     finish = _batch_finisher(cfg, seed)
     threads = cfg.data_threads or AUTOTUNE
     span = cfg.crop_size / float(cfg.input_scale)
     tiles = shards.tile_stream(shard_set, tile, span, seed, cfg.shuffle_buffer, start_batch * cfg.batch_size,
                                worker_index, num_workers, with_weights, parallel=threads)
-    numbers = tf.data.Dataset.range(start_batch, _BATCH_COUNTER_END).map(lambda k: k * num_workers + worker_index)
+    # k * num_workers + worker_index for k = start_batch, start_batch + 1, ...
+    numbers = tf.data.Dataset.range(start_batch * num_workers + worker_index, _INT64_END, num_workers)
     dataset = tf.data.Dataset.zip((tiles.batch(cfg.batch_size, drop_remainder=True), numbers))
     dataset = dataset.map(lambda arrays, number: finish(list(arrays[:-1]), number, crop_centres=arrays[-1]),
                           num_parallel_calls=threads)

@@ -36,10 +36,14 @@ def bilinear(corners, fx, fy):
     return lerp(lerp(top_left, top_right, fx), lerp(bottom_left, bottom_right, fx), fy)
 
 
+# [256] float32 table of k / 255, divided in numpy: XLA would turn a division into a multiplication by the
+# reciprocal, which is off by one ulp for half the values and would break the bit-exact identity.
+UNIT_TABLE = np.arange(256, dtype=np.float32) / np.float32(255.0)
+
+
 def unit_table():
-    """[256] float32 table of k / 255, divided in numpy: XLA would turn a division into a multiplication by the
-    reciprocal, which is off by one ulp for half the values and would break the bit-exact identity."""
-    return tf.constant(np.arange(256, dtype=np.float32) / np.float32(255.0))
+    """UNIT_TABLE as a tf.constant."""
+    return tf.constant(UNIT_TABLE)
 
 
 
