@@ -23,7 +23,6 @@ from unet_perf.precision import compute_dtype  # noqa: F401  (re-exported: part 
 STD_FLOOR = 1e-6  # in [0, 1] units: a flat image normalises to zeros (inference.normalize_array uses it too)
 MAX_EMBEDDED_BYTES = 1800 * 1024 * 1024  # the arrays live in the GraphDef, which must stay under 2 GB
 _BATCH_COUNTER_END = 2 ** 62  # "infinite" batch numbering
-_INT64_END = 2 ** 63 - 1  # end of a numbering with a stride: every k * stride + offset that fits in int64
 
 
 def normalize(images, mode):
@@ -169,7 +168,7 @@ def make_shard_dataset(shard_set, cfg, seed=None, start_batch=0, worker_index=0,
     tiles = shards.tile_stream(shard_set, tile, span, seed, cfg.shuffle_buffer, start_batch * cfg.batch_size,
                                worker_index, num_workers, with_weights, parallel=threads)
     # k * num_workers + worker_index for k = start_batch, start_batch + 1, ...
-    numbers = tf.data.Dataset.range(start_batch * num_workers + worker_index, _INT64_END, num_workers)
+    numbers = tf.data.Dataset.range(start_batch * num_workers + worker_index, _BATCH_COUNTER_END, num_workers)
     dataset = tf.data.Dataset.zip((tiles.batch(cfg.batch_size, drop_remainder=True), numbers))
     dataset = dataset.map(lambda arrays, number: finish(list(arrays[:-1]), number, crop_centres=arrays[-1]),
                           num_parallel_calls=threads)
