@@ -174,7 +174,8 @@ def architecture_differences(checkpoint_shapes, graph_shapes):
 
 
 def check_compatible(prefix, variables, model_dir, cfg=None):
-    """UserError unless the checkpoint holds every graph variable with the same shape (before any restore)."""
+    """UserError unless the checkpoint holds every graph variable with the same shape (before any restore).
+    Returns the checkpoint's {name: shape}, so callers need not read its metadata again."""
     try:
         checkpoint_shapes = dict(v1.train.list_variables(prefix))
     except (v1.errors.OpError, ValueError) as err:
@@ -182,7 +183,7 @@ def check_compatible(prefix, variables, model_dir, cfg=None):
             prefix, op_error_reason(err)))
     differences = architecture_differences(checkpoint_shapes, variable_shapes(variables))
     if not differences:
-        return
+        return checkpoint_shapes
     flags = "--depth/--base_filters"
     saved = read_json(os.path.join(model_dir, "config.json"))
     if saved is not None and cfg is not None:
@@ -214,6 +215,11 @@ class CheckpointWriter(object):
         self.saver = v1.train.Saver(var_list=variables, max_to_keep=None, save_relative_paths=True)
         self.listed = []  # prefixes in the state file, oldest first
         self.last_step = None
+
+    @property
+    def newest(self):
+        """The newest listed prefix (what latest_checkpoint(directory) reads back from the state file), or None."""
+        return self.listed[-1] if self.listed else None
 
     def recover(self):
         """Take over the checkpoints listed by an earlier run, so max_to_keep also deletes those."""

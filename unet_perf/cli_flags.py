@@ -5,7 +5,7 @@ import os
 
 import cv2
 
-from unet_perf.config import PRECISIONS
+from unet_perf.config import PRECISIONS, WEIGHT_CHOICES
 from unet_perf.errors import UserError
 
 
@@ -16,7 +16,7 @@ def add_model_flags(parser, precision_default=None,
     parser.add_argument("--checkpoint", default=None,
                         help="best, latest, a directory or a checkpoint prefix (default: best/ if present, else "
                              "the latest checkpoint)")
-    parser.add_argument("--weights", default="ema", choices=("ema", "raw"),
+    parser.add_argument("--weights", default="ema", choices=WEIGHT_CHOICES,
                         help="ema: the checkpoint's moving average of the weights when it has one (--ema in "
                              "training), else the trained weights; raw: always the trained weights")
     parser.add_argument("--precision", default=precision_default, choices=PRECISIONS, help=precision_help)
@@ -49,13 +49,14 @@ def check_inference_flags(args):
         raise UserError("--threshold must be in [0, 1], got {}".format(args.threshold))
 
 
-def open_predictor(args):
-    """An inference.Predictor for the model and settings the flags name (close it when done)."""
+def open_predictor(args, cfg=None):
+    """An inference.Predictor for the model and settings the flags name (close it when done); cfg: the model's
+    config when the caller has loaded it already."""
     from unet_perf.inference import Predictor  # TensorFlow is imported only once the flags are valid
 
     predictor = Predictor.from_model_dir(args.model_dir, checkpoint=args.checkpoint, precision=args.precision,
                                          batch_size=args.batch_size, overlap=args.overlap, tta=args.tta,
-                                         weights=args.weights)
+                                         weights=args.weights, cfg=cfg)
     if args.overlap is not None and args.overlap >= predictor.cfg.crop_size:
         predictor.close()
         raise UserError("--overlap {} must be smaller than the tile (--crop_size {} of the model)".format(

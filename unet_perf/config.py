@@ -10,6 +10,7 @@ from unet_perf.errors import UserError
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 NORMALIZE_MODES = ("unit", "symmetric", "standard")
+WEIGHT_CHOICES = ("ema", "raw")
 AUGMENT_ENGINES = ("auto", "xla", "graph", "opencv")
 NPU_PRECISION_MODES = (
     "allow_mix_precision", "allow_fp32_to_fp16", "force_fp16", "force_fp32", "must_keep_origin_dtype",
@@ -87,7 +88,7 @@ class Config:
     ema: float = _field(0.0, "decay of an exponential moving average of the weights kept in the checkpoint "
                              "(e.g. 0.999; 0 = off)")
     weights: str = _field("ema", "weights validation and best/ use: ema (the average, when --ema > 0) or raw",
-                          ("ema", "raw"))
+                          WEIGHT_CHOICES)
     loss: str = _field("bce", "loss function", ("bce", "dice", "bce_dice"))
     train_epochs: int = _field(1, "epochs of --steps_per_epoch steps (ignored when --max_steps is set)")
     steps_per_epoch: int = _field(300, "steps per epoch (the ModelZoo uses 300)")

@@ -17,10 +17,10 @@ import contextlib
 import tensorflow as tf
 
 from unet_perf.compat import v1
+from unet_perf.config import WEIGHT_CHOICES
 from unet_perf.errors import UserError
 
 SUFFIX = "/ExponentialMovingAverage"
-WEIGHT_CHOICES = ("ema", "raw")
 
 
 def shadow_name(variable_name):
@@ -52,10 +52,11 @@ class WeightAverage(object):
         shadows = [self._shadow(variable) for variable in variables]
         step = tf.cast(step, tf.float32)
         decay = tf.minimum(self.decay, (1.0 + step) / (10.0 + step))
+        rate = 1.0 - decay
         updates = []
         for variable, shadow in zip(variables, shadows):
             value = _read(variable)
-            updates.append(v1.assign_sub(shadow, (shadow.read_value() - value) * (1.0 - decay)))
+            updates.append(v1.assign_sub(shadow, (shadow.read_value() - value) * rate))
         return tf.group(*updates, name="ema_update")
 
 
@@ -101,20 +102,17 @@ def reading_average(cfg):
         yield
 
 
-def checkpoint_has_average(prefix):
-    """True when the checkpoint at `prefix` holds EMA shadow variables."""
-    return any(name.endswith(SUFFIX) for name, _ in v1.train.list_variables(prefix))
-
-
-def restore_map(variables, prefix, weights="ema"):
+def restore_map(variables, prefix, weights="ema", names=None):
     """(var_list for v1.train.Saver, used_ema): what to restore `variables` (an inference graph's) from.
 
     weights "ema": a trainable variable is loaded from its shadow when the checkpoint has shadows (used_ema True),
     else from itself; "raw": every variable from itself. A checkpoint with some shadows missing is a UserError.
+    names: the checkpoint's variable names when the caller has read them already (else read from `prefix`).
     """
     if weights not in WEIGHT_CHOICES:
         raise UserError("--weights must be ema or raw, got {!r}".format(weights))
-    names = set(name for name, _ in v1.train.list_variables(prefix))
+    if names is None:
+        names = set(name for name, _ in v1.train.list_variables(prefix))
     has_average = any(name.endswith(SUFFIX) for name in names)
     trainable = set(var.op.name for var in v1.trainable_variables())
     var_list = {}

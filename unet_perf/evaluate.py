@@ -96,7 +96,7 @@ def main(argv=None):
     pairs, source = labelled_slices(data_path, val_split, cfg, args.rgb)
     output = args.output or os.path.join(args.model_dir, "eval")
     make_output_dir(output)
-    predictor = open_predictor(args)
+    predictor = open_predictor(args, cfg)
     names = [safe_name(name) for name in pairs.names]
     try:
         print("evaluating {} slice(s) of {} with {} ({} weights)".format(

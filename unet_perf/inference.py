@@ -227,8 +227,8 @@ def restore(sess, prefix, model_dir, cfg, weights="ema"):
     from unet_perf.ema import restore_map
 
     variables = v1.global_variables()
-    check_compatible(prefix, variables, model_dir, cfg)
-    var_list, used_average = restore_map(variables, prefix, weights)
+    shapes = check_compatible(prefix, variables, model_dir, cfg)
+    var_list, used_average = restore_map(variables, prefix, weights, names=set(shapes))
     v1.train.Saver(var_list=var_list).restore(sess, prefix)
     return "ema" if used_average else "raw"
 
@@ -247,8 +247,9 @@ class Predictor(object):
 
     @classmethod
     def from_model_dir(cls, model_dir, checkpoint=None, precision=None, batch_size=4, overlap=None, tta=False,
-                       session_config=None, weights="ema"):
-        cfg = with_precision(load_config(model_dir), precision)
+                       session_config=None, weights="ema", cfg=None):
+        """cfg: the model's config when the caller has loaded it already (else read from model_dir)."""
+        cfg = with_precision(cfg if cfg is not None else load_config(model_dir), precision)
         prefix = resolve_checkpoint(model_dir, checkpoint)
         graph = v1.Graph()
         with graph.as_default():

@@ -152,7 +152,8 @@ class Run(object):
         accuracy = pixel_accuracy(prob, masks)
         self.log.scalars(step, {"train_accuracy": accuracy})
         if self.cfg.summary_images:
-            self.log.images(step, "predictions", prediction_panels(raws, masks, prob)[:self.cfg.summary_images])
+            count = self.cfg.summary_images  # encode only the tiles that are logged
+            self.log.images(step, "predictions", prediction_panels(raws[:count], masks[:count], prob[:count]))
         return accuracy
 
     def validate(self, step):
@@ -227,7 +228,7 @@ class Run(object):
             "skipped_steps": int(last["skipped_steps"]) if values else None,
             "scale_changes": int(last["scale_changes"]) if values else None,
             "validation": self.validation, "best_v_rand": self.saved.best_v_rand,
-            "checkpoint": checkpoints.latest_checkpoint(self.saved.latest.directory),
+            "checkpoint": self.saved.latest.newest,
         }
 
     def check_finite(self, values, step):
