@@ -27,6 +27,8 @@ import time
 from unet_perf.config import Config, build_parser
 from unet_perf.errors import UserError, run_cli
 
+import bench_plots  # benchmarks/, next to this script
+
 SCHEMA = "unet_perf.accuracy/1"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_DATA = os.path.join(REPO, "..", "shared", "data", "isbi2012")
@@ -174,32 +176,6 @@ def aggregate(results):
     return summary, goals
 
 
-def plot_curves(results, path, title):
-    """One PNG: V_rand (no TTA) at every validation, one line per seed. Returns the path, or None without
-    matplotlib."""
-    try:
-        import matplotlib
-    except ImportError:
-        return None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, ax = plt.subplots(figsize=(7, 4.5))
-    for result in results:
-        steps = [step for step, _ in result["curve"]]
-        ax.plot(steps, [value for _, value in result["curve"]], marker="o", markersize=3,
-                label="seed {}".format(result["seed"]))
-    ax.set_xlabel("training step")
-    ax.set_ylabel("V_rand, validation slices (no TTA)")
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
-
-
 def format_table(results, summary):
     header = "{:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>8}".format(
         "seed", "best", "best_tta", "last", "last_tta", "info_last", "last-best", "best@", "train_s")
@@ -244,7 +220,7 @@ def write_report(output, base_config, seeds, results, machine, extra):
     summary, goals = aggregate(results)
     title = "{} | seeds {} | {}".format(os.path.basename(base_config["data_path"].rstrip("/")) or "synthetic",
                                         ",".join(map(str, seeds)), machine["cpu"])
-    plot = plot_curves(results, os.path.join(output, "v_rand_vs_step.png"), title)
+    plot = bench_plots.plot_accuracy_curves(results, os.path.join(output, "v_rand_vs_step.png"), title)
     report = {
         "schema": SCHEMA, "config": base_config, "seeds": seeds, "results": results, "summary": summary,
         "goals": goals, "goal_thresholds": GOALS, "plot": plot, "machine": machine,

@@ -1,4 +1,4 @@
-"""PNG plots of the throughput benchmark. matplotlib is optional: without it, plots are skipped with a message."""
+"""PNG plots of the throughput and accuracy benchmarks. matplotlib is optional: without it, plots are skipped."""
 import math
 import os
 
@@ -100,8 +100,27 @@ def plot_loss_scale(report, output_dir):
     return [_save(plt, fig, os.path.join(output_dir, "loss_scale.png"))]
 
 
-def _save(plt, fig, path):
+def plot_accuracy_curves(results, path, title):
+    """One PNG: V_rand (no TTA) at every validation, one line per seed (benchmarks/accuracy.py). Returns the path,
+    or None without matplotlib."""
+    plt = _pyplot()
+    if plt is None:
+        return None
+    figure, ax = plt.subplots(figsize=(7, 4.5))
+    for result in results:
+        steps = [step for step, _ in result["curve"]]
+        ax.plot(steps, [value for _, value in result["curve"]], marker="o", markersize=3,
+                label="seed {}".format(result["seed"]))
+    ax.set_xlabel("training step")
+    ax.set_ylabel("V_rand, validation slices (no TTA)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(plt, figure, path, dpi=110)
+
+
+def _save(plt, fig, path, dpi=100):
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path

@@ -1,14 +1,14 @@
 """Shared test set-up: graph mode, a fresh default graph per test, where the repository and the shared ISBI data
-are, and the `tiny_config` factory.
+are, the `tiny_config` factory and `take_batches`.
 
-Test files import the paths (`from conftest import REPO`) and request `tiny_config` as a fixture; pytest.ini
+Test files import the paths and helpers (`from conftest import REPO`) and request `tiny_config` as a fixture; pytest.ini
 registers the `slow` marker.
 """
 import os
 
 import pytest
 
-from unet_perf import compat
+from unet_perf import compat, pipeline
 from unet_perf.config import Config
 
 compat.enable_graph_mode()
@@ -26,6 +26,15 @@ def make_tiny_config(*bases, **overrides):
         values.update(base)
     values.update(overrides)
     return Config(**values)
+
+
+def take_batches(dataset, count):
+    """The first `count` batches of `dataset` through the pipeline's initializable iterator, in the default graph."""
+    iterator = pipeline.make_iterator(dataset)
+    batch = iterator.get_next()
+    with compat.v1.Session() as sess:
+        sess.run(iterator.initializer)
+        return [sess.run(batch) for _ in range(count)]
 
 
 @pytest.fixture
@@ -49,6 +58,8 @@ def no_leaked_op_determinism():
     from tensorflow.python.framework import config as tf_config  # test-only: the public API has no "disable"
 
     yield
-    if tf_config.is_op_determinism_enabled():
+    # TF 1.15 and TF < 2.8 have no op-determinism switch to reset.
+    enabled = getattr(tf_config, "is_op_determinism_enabled", None)
+    if enabled is not None and enabled():
         tf_config.disable_op_determinism()
     os.environ.pop("TF_DETERMINISTIC_OPS", None)

@@ -80,16 +80,42 @@ def run_rank_processes(script, out_dir, envs, hard_timeout):
     return found
 
 
-def _weights(data):
+def weights_of(data):
+    """{name: value} of the "var:<name>" entries of a saved .npz dict; also used by test_npu_distributed."""
     return dict((key[len("var:"):], value) for key, value in data.items() if key.startswith("var:"))
+
+
+def assert_rank_0_weights_everywhere(results, scenario):
+    """The two ranks started from different weights and both hold rank 0's after the sync; also used by
+    test_npu_distributed."""
+    chief_before = weights_of(results[(scenario, "0")]["before"].item())
+    other_before = weights_of(results[(scenario, "1")]["before"].item())
+    assert any(not np.array_equal(chief_before[name], other_before[name]) for name in chief_before)
+    for rank in ("0", "1"):
+        after_sync = weights_of(results[(scenario, rank)]["after_sync"].item())
+        for name in chief_before:
+            np.testing.assert_array_equal(after_sync[name], chief_before[name], err_msg=name)
+
+
+def assert_one_skip_everywhere(chief, other):
+    """Both ranks skipped exactly one step and ended with the same weights, which the other steps did train;
+    also used by test_npu_distributed."""
+    for data in (chief, other):
+        assert int(data["skipped_steps"]) == 1
+    weights_chief, weights_other = weights_of(chief), weights_of(other)
+    for name in weights_chief:
+        np.testing.assert_array_equal(weights_chief[name], weights_other[name], err_msg=name)
+    # the other steps did train (a skipped step alone would leave the weights at their start)
+    start = weights_of(chief["initial"].item())
+    assert any(not np.array_equal(weights_chief[name], start[name]) for name in start)
 
 
 @pytest.mark.parametrize("scenario", [name for name, _, _ in EQUIVALENCE])
 def test_two_workers_equal_one_worker_with_the_global_batch(results, scenario):
-    single = _weights(results[(scenario, "single")])
-    start = _weights(results[(scenario, "single_initial")])
+    single = weights_of(results[(scenario, "single")])
+    start = weights_of(results[(scenario, "single_initial")])
     for rank in ("0", "1"):
-        distributed = _weights(results[(scenario, rank)])
+        distributed = weights_of(results[(scenario, rank)])
         assert sorted(distributed) == sorted(single)
         for name in single:
             np.testing.assert_allclose(distributed[name], single[name], rtol=1e-5, atol=1e-7, err_msg=name)
@@ -101,30 +127,18 @@ def test_two_workers_equal_one_worker_with_the_global_batch(results, scenario):
 
 
 def test_workers_seeded_differently_hold_the_chiefs_weights(results):
-    chief_before = _weights(results[("broadcast", "0")]["before"].item())
-    other_before = _weights(results[("broadcast", "1")]["before"].item())
-    assert any(not np.array_equal(chief_before[name], other_before[name]) for name in chief_before)
-    for rank in ("0", "1"):
-        after_sync = _weights(results[("broadcast", rank)]["after_sync"].item())
-        for name in chief_before:
-            np.testing.assert_array_equal(after_sync[name], chief_before[name], err_msg=name)
-    first = _weights(results[("broadcast", "0")])
-    second = _weights(results[("broadcast", "1")])
+    assert_rank_0_weights_everywhere(results, "broadcast")
+    first = weights_of(results[("broadcast", "0")])
+    second = weights_of(results[("broadcast", "1")])
     for name in first:
         np.testing.assert_array_equal(first[name], second[name], err_msg=name)
 
 
 def test_non_finite_gradient_on_one_worker_skips_the_step_everywhere(results):
     chief, other = results[("overflow", "0")], results[("overflow", "1")]
+    assert_one_skip_everywhere(chief, other)
     for data in (chief, other):
-        assert int(data["skipped_steps"]) == 1
         assert float(data["loss_scale"]) == 2.0 ** 9  # halved once from the initial 2^10
-    weights_chief, weights_other = _weights(chief), _weights(other)
-    for name in weights_chief:
-        np.testing.assert_array_equal(weights_chief[name], weights_other[name], err_msg=name)
-    # the other steps did train (a skipped step alone would leave the weights at their start)
-    start = _weights(chief["initial"].item())
-    assert any(not np.array_equal(weights_chief[name], start[name]) for name in start)
 
 
 # --- in-process: each worker's share is its rows of the global batch --------------------------------------------
@@ -135,7 +149,8 @@ def _config(*flags):
 
 
 def test_pipeline_shares_are_the_global_batch_rows():
-    from unet_perf import graph, pipeline
+    from conftest import take_batches
+    from unet_perf import graph
     from unet_perf.compat import v1
     from unet_perf.data.loading import load_dataset
 
@@ -143,10 +158,7 @@ def test_pipeline_shares_are_the_global_batch_rows():
         cfg = _config("--batch_size", str(batch), "--weight_map", "true")
         train, _, weights = load_dataset(cfg)
         with v1.Graph().as_default():
-            iterator = pipeline.make_iterator(graph.pipeline_source(cfg, train, weights, 1, rank, size)())
-            with v1.Session() as sess:
-                sess.run(iterator.initializer)
-                return [sess.run(iterator.get_next()) for _ in range(2)]
+            return take_batches(graph.pipeline_source(cfg, train, weights, 1, rank, size)(), 2)
 
     whole = first_batches(4, 0, 1)
     shares = [first_batches(2, rank, 2) for rank in range(2)]
@@ -231,10 +243,7 @@ def worker_main(out_dir):
         if rank == 0:
             single_cfg = config_from_args(flags + ["--batch_size", str(2 * BATCH)])
             data = _train(single_cfg, HostBackend(), load_dataset(single_cfg), 0, 1, keep_initial=True)
-            initial = dict(("var:" + key[len("initial:"):], value) for key, value in data.items()
-                           if key.startswith("initial:"))
-            np.savez(os.path.join(out_dir, "{}_ranksingle_initial.npz".format(name)), **initial)
-            np.savez(os.path.join(out_dir, "{}_ranksingle.npz".format(name)), **data)
+            save_single_reference(out_dir, name, data)
 
     # broadcast: seeds differ per worker, so the initial weights differ until the chief's are shared
     cfg = config_from_args(TINY + ["--seed", str(7 + rank), "--iterations_per_loop", "2", "--batch_size", "1"])
@@ -246,6 +255,15 @@ def worker_main(out_dir):
     backend = HostBackend(collectives=collectives)
     save("overflow", _train(cfg, backend, None, rank, 2, keep_initial=True,
                             source=poisoned_source(cfg, poisoned=(rank == 1), bad_batch=1)))
+
+
+def save_single_reference(out_dir, scenario, data):
+    """Save the one-worker reference as rank "single", and its "initial:<name>" weights as "var:<name>" of rank
+    "single_initial"; also used by test_npu_distributed."""
+    initial = dict(("var:" + key[len("initial:"):], value) for key, value in data.items()
+                   if key.startswith("initial:"))
+    np.savez(os.path.join(out_dir, "{}_ranksingle_initial.npz".format(scenario)), **initial)
+    np.savez(os.path.join(out_dir, "{}_ranksingle.npz".format(scenario)), **data)
 
 
 def poisoned_source(cfg, poisoned, bad_batch):

@@ -13,6 +13,7 @@ import sys
 import numpy as np
 import pytest
 
+from test_host_loop import _assert_same_weights
 from unet_perf.backends.base import FETCH_KEYS
 from unet_perf.compat import npu_bridge_available, v1
 from unet_perf.config import Config
@@ -442,9 +443,7 @@ def _train(backend, cfg, make_loss_fn, runs):
 
 def _assert_same_training(npu_result, host_result, k, runs):
     (npu_values, npu_vars), (host_values, host_vars) = npu_result, host_result
-    assert sorted(npu_vars) == sorted(host_vars)
-    for name in host_vars:
-        np.testing.assert_allclose(npu_vars[name], host_vars[name], rtol=1e-4, atol=1e-6, err_msg=name)
+    _assert_same_weights(npu_vars, host_vars, rtol=1e-4, atol=1e-6)
     assert [int(v["global_step"]) for v in npu_values] == [k * (i + 1) for i in range(runs)]
     assert [int(v["global_step"]) for v in host_values] == [k * (i + 1) for i in range(runs)]
     for key in ("loss", "mean_loss"):  # last iteration's loss; mean over the K iterations of the run
@@ -610,73 +609,3 @@ def test_stand_in_and_backend_match_the_listed_api(npu):
                 checked += 1
     assert checked >= 13
 
-
-# --- Ascend profiling (tools/profile_run.py) --------------------------------------------------------------------
-
-def _profile_run():
-    tools = os.path.join(HERE, "..", "tools")
-    if tools not in sys.path:
-        sys.path.insert(0, tools)
-    import profile_run
-    return profile_run
-
-
-def test_profiling_points_default_to_empty_and_auto_names_graph_ops():
-    import tensorflow as tf
-    profile_run = _profile_run()
-    args = profile_run.build_arg_parser().parse_args([])
-    assert (args.fp_point, args.bp_point) == ("", "")
-    w = v1.get_variable("w", [3, 3, 1, 2])
-    loss = tf.reduce_sum(tf.nn.conv2d(tf.ones([1, 8, 8, 1]), w, [1, 1, 1, 1], "SAME", name="first_conv"))
-    v1.gradients(loss, [w])
-    graph = v1.get_default_graph()
-    assert profile_run.npu_profiling_points(graph) == ("", "")
-    forward, backward = profile_run.npu_profiling_points(graph, "auto", "auto")
-    assert forward == "first_conv" and backward.startswith("gradients/")
-    assert profile_run.npu_profiling_points(graph, "auto", "my/bp") == ("first_conv", "my/bp")
-
-
-def test_profile_result_folders_new_and_old_cann(tmp_path):
-    profile_run = _profile_run()
-    (tmp_path / "PROF_000001_20260101").mkdir()
-    (tmp_path / "device_0" / "JOB123ABC").mkdir(parents=True)
-    (tmp_path / "PROF_notes.txt").write_text("a file, not a result folder")
-    (tmp_path / "other").mkdir()
-    assert profile_run.profile_result_dirs(str(tmp_path)) == [
-        str(tmp_path / "PROF_000001_20260101"), str(tmp_path / "device_0" / "JOB123ABC")]
-    message = profile_run.msprof_export_message(profile_run.profile_result_dirs(str(tmp_path)), str(tmp_path))
-    assert "after this process has exited" in message.lower()
-    assert "msprof --export=on --output={}".format(tmp_path / "device_0" / "JOB123ABC") in message
-    assert "appears under {}".format(tmp_path) in profile_run.msprof_export_message([], str(tmp_path))
-
-
-def test_profile_on_the_npu_backend_leaves_the_export_for_after_the_process(tmp_path):
-    # The stand-in npu_bridge in a subprocess (it never enters this test process); a fake msprof on the PATH that
-    # logs its arguments (running it inside the process would export before the data is flushed); result folders
-    # where the Ascend profiler would write them.
-    import subprocess
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    msprof = bin_dir / "msprof"
-    msprof.write_text("#!/bin/sh\necho \"$@\" >> {}\n".format(tmp_path / "msprof_calls.txt"))
-    msprof.chmod(0o755)
-    output = tmp_path / "profile"
-    (output / "PROF_000001_test").mkdir(parents=True)
-    (output / "JOB000002").mkdir()
-    env = dict(os.environ, PATH="{}:{}".format(bin_dir, os.environ["PATH"]),
-               PYTHONPATH=os.pathsep.join([STUB_DIR, os.path.join(HERE, "..")]))
-    tiny = ["--depth", "1", "--base_filters", "2", "--crop_size", "16", "--batch_size", "2", "--synthetic_count",
-            "2", "--synthetic_size", "32"]
-    proc = subprocess.run(
-        [sys.executable, os.path.join(HERE, "..", "tools", "profile_run.py"), "--device", "npu", "--steps", "2",
-         "--output", str(output), "--iterations_per_loop", "2"] + tiny,
-        cwd=str(tmp_path), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
-        timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    line = next(line for line in proc.stdout.splitlines() if line.startswith("NPU profiling options: "))
-    options = json.loads(line.split(": ", 1)[1])
-    assert options["output"] == str(output) and (options["fp_point"], options["bp_point"]) == ("", "")
-    assert not (tmp_path / "msprof_calls.txt").exists()
-    assert "Ascend profile dump: {}, {}".format(output / "JOB000002", output / "PROF_000001_test") in proc.stdout
-    assert "msprof --export=on --output={}".format(output / "PROF_000001_test") in proc.stdout
-    assert "after this process has exited" in proc.stdout.lower()

@@ -14,7 +14,8 @@ import sys
 import numpy as np
 import pytest
 
-from test_distributed import poisoned_source, run_rank_processes
+from test_distributed import (assert_one_skip_everywhere, assert_rank_0_weights_everywhere, free_addresses,
+                              poisoned_source, run_rank_processes, save_single_reference, weights_of)
 from unet_perf.compat import npu_bridge_available
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -52,26 +53,20 @@ def write_rank_table(path, devices):
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     """Run the rank pair once; {(scenario, rank): npz dict}."""
-    from unet_perf.launch import free_ports
-
     out_dir = str(tmp_path_factory.mktemp("npu_distributed"))
     table = write_rank_table(os.path.join(out_dir, "rank_table.json"), 2)
-    addresses = ["127.0.0.1:{}".format(port) for port in free_ports(2)]
+    addresses = free_addresses(2)
     envs = [rank_env(addresses, rank, table) for rank in range(2)]
     return run_rank_processes(os.path.abspath(__file__), out_dir, envs, HARD_TIMEOUT)
 
 
-def _weights(data):
-    return dict((key[len("var:"):], value) for key, value in data.items() if key.startswith("var:"))
-
-
 def test_two_ranks_equal_one_rank_with_the_global_batch_in_sink_mode(results):
-    single = _weights(results[("equivalence", "single")])
-    start = _weights(results[("equivalence", "single_initial")])
+    single = weights_of(results[("equivalence", "single")])
+    start = weights_of(results[("equivalence", "single_initial")])
     for rank in ("0", "1"):
         data = results[("equivalence", rank)]
         assert int(data["global_step"]) == K * RUNS  # the device loop ran K steps per Session.run
-        distributed = _weights(data)
+        distributed = weights_of(data)
         assert sorted(distributed) == sorted(single)
         for name in single:
             np.testing.assert_allclose(distributed[name], single[name], rtol=1e-5, atol=1e-7, err_msg=name)
@@ -82,24 +77,11 @@ def test_two_ranks_equal_one_rank_with_the_global_batch_in_sink_mode(results):
 
 
 def test_ranks_seeded_differently_hold_rank_0s_weights(results):
-    chief_before = _weights(results[("overflow", "0")]["before"].item())
-    other_before = _weights(results[("overflow", "1")]["before"].item())
-    assert any(not np.array_equal(chief_before[name], other_before[name]) for name in chief_before)
-    for rank in ("0", "1"):
-        after_sync = _weights(results[("overflow", rank)]["after_sync"].item())
-        for name in chief_before:
-            np.testing.assert_array_equal(after_sync[name], chief_before[name], err_msg=name)
+    assert_rank_0_weights_everywhere(results, "overflow")
 
 
 def test_an_overflow_on_one_rank_skips_the_step_on_every_rank(results):
-    chief, other = results[("overflow", "0")], results[("overflow", "1")]
-    for data in (chief, other):
-        assert int(data["skipped_steps"]) == 1
-    weights_chief, weights_other = _weights(chief), _weights(other)
-    for name in weights_chief:
-        np.testing.assert_array_equal(weights_chief[name], weights_other[name], err_msg=name)
-    start = _weights(chief["initial"].item())
-    assert any(not np.array_equal(weights_chief[name], start[name]) for name in start)
+    assert_one_skip_everywhere(results[("overflow", "0")], results[("overflow", "1")])
 
 
 def test_without_the_status_all_reduce_the_ranks_would_diverge(results):
@@ -107,7 +89,7 @@ def test_without_the_status_all_reduce_the_ranks_would_diverge(results):
     only through is_distributed's status all-reduce; with it ignored, rank 0 applies the step and the ranks part."""
     chief, other = results[("overflow_control", "0")], results[("overflow_control", "1")]
     assert int(other["skipped_steps"]) >= 1 and int(chief["skipped_steps"]) < int(other["skipped_steps"])
-    weights_chief, weights_other = _weights(chief), _weights(other)
+    weights_chief, weights_other = weights_of(chief), weights_of(other)
     assert any(not np.array_equal(weights_chief[name], weights_other[name]) for name in weights_chief)
 
 
@@ -154,10 +136,7 @@ def worker_main(out_dir):
             data = _train(single_cfg, NpuBackend(), _share_source(single_cfg, 0, 1), 1, keep_initial=True)
         finally:
             os.environ["RANK_SIZE"] = "2"
-        np.savez(os.path.join(out_dir, "equivalence_ranksingle_initial.npz"),
-                 **dict(("var:" + key[len("initial:"):], value) for key, value in data.items()
-                        if key.startswith("initial:")))
-        np.savez(os.path.join(out_dir, "equivalence_ranksingle.npz"), **data)
+        save_single_reference(out_dir, "equivalence", data)
 
     # Seeds differ per rank (so do the initial weights until rank 0's are broadcast), and rank 1's images are
     # non-finite in the second step of the first K-step run.

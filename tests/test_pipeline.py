@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import take_batches
 from unet_perf import pipeline
 from unet_perf.compat import v1
 from unet_perf.errors import UserError
@@ -21,14 +22,6 @@ def numbered_slices(count=6):
     return images, masks
 
 
-def take(dataset, count):
-    iterator = pipeline.make_iterator(dataset)
-    batch = iterator.get_next()
-    with v1.Session() as sess:
-        sess.run(iterator.initializer)
-        return [sess.run(batch) for _ in range(count)]
-
-
 def slice_ids(image_batch):
     """Which numbered slice each sample came from (augment off: values stay within 10*i .. 10*i+2)."""
     return [int(round(float(np.median(sample)) * 255.0)) // 10 for sample in image_batch]
@@ -45,7 +38,7 @@ def test_shapes_are_static_and_dtypes_follow_precision(precision, dtype, tiny_co
     assert v1.data.get_output_types(dataset) == (dtype, tf.float32, tf.float32)
     batch = pipeline.make_iterator(dataset).get_next()
     assert [tensor.shape.as_list() for tensor in batch] == [expected] * 3
-    image, mask, weight = take(dataset, 1)[0]
+    image, mask, weight = take_batches(dataset, 1)[0]
     assert image.shape == tuple(expected) and weight.shape == tuple(expected)
     assert set(np.unique(mask)) <= {0.0, 1.0}
 
@@ -59,7 +52,7 @@ def test_without_weights_yields_pairs(tiny_config):
 def test_each_epoch_visits_every_slice_once(tiny_config):
     images, masks = numbered_slices(6)
     cfg = tiny_config(PIPELINE, augment=False, batch_size=3)
-    batches = take(pipeline.make_dataset(images, masks, None, cfg), 4)  # two epochs of 6 slices
+    batches = take_batches(pipeline.make_dataset(images, masks, None, cfg), 4)  # two epochs of 6 slices
     first_epoch = slice_ids(batches[0][0]) + slice_ids(batches[1][0])
     second_epoch = slice_ids(batches[2][0]) + slice_ids(batches[3][0])
     assert sorted(first_epoch) == list(range(6))
@@ -70,11 +63,11 @@ def test_each_epoch_visits_every_slice_once(tiny_config):
 def test_same_seed_same_batches_other_seed_other_batches(tiny_config):
     images, masks = numbered_slices()
     cfg = tiny_config(PIPELINE)
-    first = take(pipeline.make_dataset(images, masks, None, cfg, seed=3), 3)
+    first = take_batches(pipeline.make_dataset(images, masks, None, cfg, seed=3), 3)
     with v1.Graph().as_default():
-        again = take(pipeline.make_dataset(images, masks, None, cfg, seed=3), 3)
+        again = take_batches(pipeline.make_dataset(images, masks, None, cfg, seed=3), 3)
     with v1.Graph().as_default():
-        other = take(pipeline.make_dataset(images, masks, None, cfg, seed=4), 3)
+        other = take_batches(pipeline.make_dataset(images, masks, None, cfg, seed=4), 3)
     for ours, theirs in zip(first, again):
         np.testing.assert_array_equal(ours[0], theirs[0])
         np.testing.assert_array_equal(ours[1], theirs[1])
@@ -84,9 +77,9 @@ def test_same_seed_same_batches_other_seed_other_batches(tiny_config):
 def test_start_batch_continues_the_uninterrupted_stream(tiny_config):
     images, masks = numbered_slices()
     cfg = tiny_config(PIPELINE)
-    full = take(pipeline.make_dataset(images, masks, None, cfg, seed=1), 7)
+    full = take_batches(pipeline.make_dataset(images, masks, None, cfg, seed=1), 7)
     with v1.Graph().as_default():
-        resumed = take(pipeline.make_dataset(images, masks, None, cfg, seed=1, start_batch=5), 2)
+        resumed = take_batches(pipeline.make_dataset(images, masks, None, cfg, seed=1, start_batch=5), 2)
     np.testing.assert_array_equal(resumed[0][0], full[5][0])
     np.testing.assert_array_equal(resumed[1][1], full[6][1])
     assert not np.array_equal(resumed[0][0], full[0][0])
@@ -97,9 +90,9 @@ def test_normalisation(mode, tiny_config):
     images, masks = numbered_slices()
     images[:, :, : SIZE // 2] = 200  # contrast inside every image
     cfg = tiny_config(PIPELINE, augment=False, normalize=mode)
-    image = take(pipeline.make_dataset(images, masks, None, cfg), 1)[0][0]
+    image = take_batches(pipeline.make_dataset(images, masks, None, cfg), 1)[0][0]
     with v1.Graph().as_default():
-        unit = take(pipeline.make_dataset(images, masks, None, tiny_config(PIPELINE, augment=False)), 1)[0][0]
+        unit = take_batches(pipeline.make_dataset(images, masks, None, tiny_config(PIPELINE, augment=False)), 1)[0][0]
     if mode == "unit":
         assert 0.0 <= image.min() and image.max() <= 1.0
     elif mode == "symmetric":

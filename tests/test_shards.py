@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import take_batches
 from unet_perf import pipeline
 from unet_perf.compat import v1
 from unet_perf.config import Config
@@ -53,16 +54,9 @@ def make_cfg(data_path, **overrides):
 def take(cfg, count, start_batch=0, worker_index=0, num_workers=1):
     train, _, weights = load_dataset(cfg)
     with v1.Graph().as_default():
-        if num_workers == 1:
-            dataset = pipeline.make_dataset(train.images, train.masks, weights, cfg, start_batch=start_batch)
-        else:
-            dataset = pipeline.make_shard_dataset(train, cfg, start_batch=start_batch, worker_index=worker_index,
-                                                  num_workers=num_workers)
-        iterator = pipeline.make_iterator(dataset)
-        batch = iterator.get_next()
-        with v1.Session() as sess:
-            sess.run(iterator.initializer)
-            return [sess.run(batch) for _ in range(count)]
+        # make_dataset streams a shard set through make_shard_dataset
+        return take_batches(pipeline.make_dataset(train.images, train.masks, weights, cfg, start_batch=start_batch,
+                                                  worker_index=worker_index, num_workers=num_workers), count)
 
 
 def identities(batches):
