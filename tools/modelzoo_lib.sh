@@ -61,9 +61,9 @@ _modelzoo_report() {
     local case_name="${network}_bs${batch_size}_${RANK_SIZE}p_${case_kind}"
     local loss_file="${out}/train_${case_name}_loss.txt"
     local fps e2e_time accuracy loss training_time
-    fps=$(grep "Final Performance images/sec" "${log}" | tail -n 1 | awk -F' : ' '{print $2}')
-    e2e_time=$(grep "E2E Training Duration sec" "${log}" | tail -n 1 | awk -F' : ' '{print $2}')
-    accuracy=$(grep "Final Train Accuracy" "${log}" | tail -n 1 | awk -F' : ' '{print $2}')
+    fps=$(grep "Final Performance images/sec" "${log}" | tail -n 1 | awk -F' : ' '{print $2}' || true)
+    e2e_time=$(grep "E2E Training Duration sec" "${log}" | tail -n 1 | awk -F' : ' '{print $2}' || true)
+    accuracy=$(grep "Final Train Accuracy" "${log}" | tail -n 1 | awk -F' : ' '{print $2}' || true)
     [[ -n "${e2e_time}" ]] || e2e_time=$((end - start))
     # The loss after each Session.run, from the progress lines "step N/T ... loss X ...".
     grep -E '^step [0-9]+/[0-9]+ ' "${log}" \
