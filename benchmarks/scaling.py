@@ -20,7 +20,7 @@ def measure_scaling(cfg, worker_counts, cores_per_worker, source_kind, steps, re
                     timeout_sec=1800):
     """One result dict per worker count (see the module docstring); cfg is the validated Config of one point."""
     from unet_perf.errors import UserError
-    from unet_perf.launch import free_ports, tf_config
+    from unet_perf.launch import affinity_setter, core_shares, free_ports, tf_config
 
     cores = sorted(os.sched_getaffinity(0))
     needed = max(worker_counts) * cores_per_worker
@@ -33,17 +33,16 @@ def measure_scaling(cfg, worker_counts, cores_per_worker, source_kind, steps, re
     for count in worker_counts:
         log("scaling: {} worker(s) x {} core(s), {} {}".format(count, cores_per_worker, source_kind, _point(cfg)))
         addresses = ["127.0.0.1:{}".format(port) for port in free_ports(count)]
+        shares = core_shares(cores[:count * cores_per_worker], count)
         processes = []
         for rank in range(count):
             env = dict(os.environ, OMP_NUM_THREADS=str(cores_per_worker), TF_CPP_MIN_LOG_LEVEL="2")
             env.pop("TF_CONFIG", None)
             if count > 1:
                 env["TF_CONFIG"] = tf_config(addresses, rank)
-            share = cores[rank * cores_per_worker:(rank + 1) * cores_per_worker]
             processes.append(subprocess.Popen(
                 [sys.executable, os.path.abspath(__file__), json.dumps(spec)], env=env, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, universal_newlines=True,
-                preexec_fn=lambda share=share: os.sched_setaffinity(0, share)))
+                stderr=subprocess.PIPE, universal_newlines=True, preexec_fn=affinity_setter(shares[rank])))
         outputs = _collect(processes, timeout_sec)
         per_worker = [_result_line(out, err, rank) for rank, (out, err) in enumerate(outputs)]
         chief = per_worker[0]

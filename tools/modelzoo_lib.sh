@@ -25,13 +25,23 @@ _modelzoo_paths() {
     cd "${cur_path}"
 }
 
-# Sets data_path, batch_size, rank_table, server_index and the array passthrough from the script arguments.
-_modelzoo_parse() {
+# _modelzoo_args CASE DEFAULT_TRAIN_FLAGS... -- SCRIPT_ARGS...: sets the caller's locals case_kind, defaults, repo,
+# cur_path, test_path_dir, data_path, batch_size, rank_table, server_index and passthrough (the caller declares them:
+# bash scoping is dynamic), changes into cur_path and puts the repo on PYTHONPATH.
+_modelzoo_args() {
+    case_kind="$1"; shift
+    defaults=()
+    while [[ $# -gt 0 && "$1" != "--" ]]; do defaults+=("$1"); shift; done
+    [[ $# -gt 0 ]] && shift
+    # Before _modelzoo_paths changes directory: BASH_SOURCE may be relative.
+    repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+    _modelzoo_paths
     data_path=""
     batch_size=2
     rank_table=""
     server_index=0
     passthrough=()
+    local para
     for para in "$@"; do
         case "${para}" in
             --data_path=*) data_path="${para#*=}" ;;
@@ -41,17 +51,19 @@ _modelzoo_parse() {
             *) passthrough+=("${para}") ;;
         esac
     done
+    export PYTHONPATH="${repo}${PYTHONPATH:+:${PYTHONPATH}}"
 }
 
-# _modelzoo_report CASE LOG OUT CASE_NAME START END: final lines on stdout, loss file and key file in OUT.
+# _modelzoo_report CASE LOG OUT START END: final lines on stdout, loss file and key file in OUT.
 _modelzoo_report() {
-    local case_kind="$1" log="$2" out="$3" case_name="$4" start="$5" end="$6"
+    local case_kind="$1" log="$2" out="$3" start="$4" end="$5"
     local network="2D_Unet_unet_perf_for_TensorFlow"
+    local case_name="${network}_bs${batch_size}_${RANK_SIZE}p_${case_kind}"
     local loss_file="${out}/train_${case_name}_loss.txt"
     local fps e2e_time accuracy loss training_time
-    fps=$(grep "Final Performance images/sec" "${log}" | tail -n 1 | awk -F' : ' '{print $2}')
-    e2e_time=$(grep "E2E Training Duration sec" "${log}" | tail -n 1 | awk -F' : ' '{print $2}')
-    accuracy=$(grep "Final Train Accuracy" "${log}" | tail -n 1 | awk -F' : ' '{print $2}')
+    fps=$(grep "Final Performance images/sec" "${log}" | tail -n 1 | awk -F' : ' '{print $2}' || true)
+    e2e_time=$(grep "E2E Training Duration sec" "${log}" | tail -n 1 | awk -F' : ' '{print $2}' || true)
+    accuracy=$(grep "Final Train Accuracy" "${log}" | tail -n 1 | awk -F' : ' '{print $2}' || true)
     [[ -n "${e2e_time}" ]] || e2e_time=$((end - start))
     # The loss after each Session.run, from the progress lines "step N/T ... loss X ...".
     grep -E '^step [0-9]+/[0-9]+ ' "${log}" \
@@ -82,21 +94,13 @@ _modelzoo_report() {
 }
 
 modelzoo_run() {
-    local case_kind="$1"; shift
-    local defaults=()
-    while [[ $# -gt 0 && "$1" != "--" ]]; do defaults+=("$1"); shift; done
-    [[ $# -gt 0 ]] && shift
-    local repo cur_path test_path_dir data_path batch_size rank_table server_index passthrough
-    repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-    _modelzoo_paths
-    _modelzoo_parse "$@"
+    local case_kind defaults repo cur_path test_path_dir data_path batch_size rank_table server_index passthrough
+    _modelzoo_args "$@"
     export ASCEND_DEVICE_ID="${ASCEND_DEVICE_ID:-0}"
     export RANK_SIZE="${RANK_SIZE:-1}"
     export RANK_ID="${RANK_ID:-0}"
-    export PYTHONPATH="${repo}${PYTHONPATH:+:${PYTHONPATH}}"
     local out="${test_path_dir}/output/${ASCEND_DEVICE_ID}"
     local log="${out}/train_${ASCEND_DEVICE_ID}.log"
-    local case_name="2D_Unet_unet_perf_for_TensorFlow_bs${batch_size}_${RANK_SIZE}p_${case_kind}"
     rm -rf "${out}"   # a fresh run each time, like the ModelZoo scripts (the model dir lives here too)
     mkdir -p "${out}"
     if [[ -z "${data_path}" ]]; then
@@ -114,7 +118,7 @@ modelzoo_run() {
         echo "training failed (exit ${status}); full log: ${log}" >&2
         return "${status}"
     fi
-    _modelzoo_report "${case_kind}" "${log}" "${out}" "${case_name}" "${start}" "${end}"
+    _modelzoo_report "${case_kind}" "${log}" "${out}" "${start}" "${end}"
 }
 
 # Several devices, as the ModelZoo 8p scripts run them: one background process per device of this server, each
@@ -123,18 +127,11 @@ modelzoo_run() {
 # devices on this server, contiguous, as the ModelZoo scripts do); then wait for all and exit with the first
 # failure. RANK_SIZE (default 8) is the total rank count; it must match the rank table.
 modelzoo_run_8p() {
-    local case_kind="$1"; shift
-    local defaults=()
-    while [[ $# -gt 0 && "$1" != "--" ]]; do defaults+=("$1"); shift; done
-    [[ $# -gt 0 ]] && shift
-    local repo cur_path test_path_dir data_path batch_size rank_table server_index passthrough
-    repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-    _modelzoo_paths
-    _modelzoo_parse "$@"
+    local case_kind defaults repo cur_path test_path_dir data_path batch_size rank_table server_index passthrough
+    _modelzoo_args "$@"
     local python="${PYTHON:-python3}"
     export RANK_SIZE="${RANK_SIZE:-8}"
     export JOB_ID="${JOB_ID:-10087}"
-    export PYTHONPATH="${repo}${PYTHONPATH:+:${PYTHONPATH}}"
     local out_root="${test_path_dir}/output"
     mkdir -p "${out_root}"
     if [[ -z "${rank_table}" ]]; then
@@ -204,6 +201,5 @@ modelzoo_run_8p() {
         echo "rank 0 runs on another server: its test/output/0 holds the results"
         return 0
     fi
-    local case_name="2D_Unet_unet_perf_for_TensorFlow_bs${batch_size}_${RANK_SIZE}p_${case_kind}"
-    _modelzoo_report "${case_kind}" "${out_root}/0/train_0.log" "${out_root}/0" "${case_name}" "${start}" "${end}"
+    _modelzoo_report "${case_kind}" "${out_root}/0/train_0.log" "${out_root}/0" "${start}" "${end}"
 }

@@ -34,9 +34,6 @@ def join(cfg, env=None):
 
     cluster = cluster_lib.from_environment(env)
     backend = get_backend(cfg, cluster)
-    if cluster.distributed and backend.collectives is None:
-        raise UserError("{} describes {} workers but the {} backend trains on one; unset it or use --device host"
-                        .format(cluster.source, cluster.size, backend.name))
     if cluster.distributed:
         backend.session_target()  # start now: a taken port or an absent peer is an error before any data is loaded
     return Team(cluster, backend)

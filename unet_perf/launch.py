@@ -66,7 +66,7 @@ class Workers(object):
         for command, env, share in zip(commands, envs, cores):
             self.processes.append(subprocess.Popen(
                 command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-                preexec_fn=_affinity_setter(share)))
+                preexec_fn=affinity_setter(share)))
         self.pumps = [threading.Thread(target=self._pump, args=(rank, process.stdout), daemon=True)
                       for rank, process in enumerate(self.processes)]
         for pump in self.pumps:
@@ -123,7 +123,9 @@ class Workers(object):
             self.out.flush()
 
 
-def _affinity_setter(cores):
+def affinity_setter(cores):
+    """A Popen preexec_fn pinning the child to `cores`; None (no pinning) when cores is empty or the platform
+    cannot pin."""
     if not cores or not hasattr(os, "sched_setaffinity"):
         return None
 

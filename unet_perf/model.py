@@ -7,8 +7,8 @@ oneDNN kernel on the CPU.
 
 Batch norm (cfg.batch_norm) uses FusedBatchNorm; its moving-average updates go to the UPDATE_OPS collection of the
 graph being built. Backends collect the UPDATE_OPS that appear while the step is built and group them with the
-train op of that same step, so they run inside the host while_loop body (an op created in a loop body cannot be
-run from outside it).
+train op of that same step (`with_new_update_ops`), so they run inside the host while_loop body (an op created in a
+loop body cannot be run from outside it).
 """
 import zlib
 
@@ -52,6 +52,13 @@ def unet(images, cfg, training, step=None, worker_index=0, num_workers=1):
             x = builder.conv_block(x, filters, "up{}".format(level))
         logits = builder.conv(x, 1, 1, "logits", relu=False, batch_norm=False)
     return tf.cast(logits, tf.float32)
+
+
+def with_new_update_ops(build):
+    """(build(), the UPDATE_OPS that build() added to the default graph): a step's batch-norm updates."""
+    before = set(v1.get_collection(v1.GraphKeys.UPDATE_OPS))
+    result = build()
+    return result, [op for op in v1.get_collection(v1.GraphKeys.UPDATE_OPS) if op not in before]
 
 
 def upsample_nearest2x(x):

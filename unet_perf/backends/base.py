@@ -33,6 +33,7 @@ initializer, and wraps the session so every run waits on peers at most the colle
 import abc
 
 from unet_perf.cluster import SINGLE
+from unet_perf.compat import v1
 
 FETCH_KEYS = (
     "loss",           # float32, loss of the last step of the loop
@@ -50,6 +51,8 @@ class Backend(abc.ABC):
 
     name = "abstract"
     collectives = None  # None: one worker; else the engine of the all-reduce and broadcast (see the module doc)
+    sync_doing = "sharing the chief's variables"  # what a lost peer interrupted, in sync_variables' error
+    _sync_op = None  # several workers: the broadcast of the chief's variables
 
     @property
     def cluster(self):
@@ -68,9 +71,18 @@ class Backend(abc.ABC):
         """Each tensor averaged over all workers (unchanged for one worker). Only inside the training step."""
         return self.collectives.mean(tensors) if self.collectives is not None else list(tensors)
 
+    def build_variable_sync(self):
+        """Several workers: build the broadcast of the chief's variables that sync_variables runs. Call it once
+        every variable exists (model, optimizer slots, loss-scale and train state, global step)."""
+        if self.collectives is not None:
+            self._sync_op = self.collectives.broadcast_from_chief(v1.global_variables())
+
     def sync_variables(self, sess):
         """Called after init/restore, before the iterator initializer: give every worker the chief's variable
-        values. Default: nothing (one worker)."""
+        values (the broadcast built by build_variable_sync; nothing for one worker)."""
+        if self._sync_op is not None:
+            with self.collectives.peer_errors(self.sync_doing):
+                sess.run(self._sync_op)
 
     @abc.abstractmethod
     def session_config(self, cfg, profiling_options=None):

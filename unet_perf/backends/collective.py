@@ -46,6 +46,10 @@ class BoundedPeerWaits(object):
     def run_options(self):
         return v1.RunOptions(timeout_in_ms=int(self.timeout_sec * 1000))
 
+    def bound_session(self, config):
+        """Sets the ConfigProto's operation_timeout_in_ms: the deadline of every run without its own RunOptions."""
+        config.operation_timeout_in_ms = int(self.timeout_sec * 1000)
+
     @contextlib.contextmanager
     def peer_errors(self, doing):
         """Inside: an OpError of the kinds a lost peer causes becomes peer_failure(err, doing)."""
@@ -88,7 +92,7 @@ class HostCollectives(BoundedPeerWaits):
         and operation_timeout_in_ms, the deadline of every Session.run of the session (Savers and validators
         included) unless a run passes its own RunOptions."""
         config.experimental.collective_group_leader = "/job:{}/replica:0/task:0".format(JOB)
-        config.operation_timeout_in_ms = int(self.timeout_sec * 1000)
+        self.bound_session(config)
         del config.device_filters[:]
         config.device_filters.append("/job:{}/task:{}".format(JOB, self.cluster.rank))
         return config

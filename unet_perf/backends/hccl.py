@@ -20,6 +20,7 @@ import os
 
 from unet_perf import rank_table
 from unet_perf.backends.collective import BoundedPeerWaits
+from unet_perf.backends.npu import npu_optimizer_op
 from unet_perf.compat import v1
 from unet_perf.errors import UserError
 
@@ -78,20 +79,10 @@ class NpuCollectives(BoundedPeerWaits):
         """Add the HCCL settings to a ConfigProto (in place; the NpuOptimizer pass is added when missing) and
         return it: hcom_parallel (all-reduces overlap the backward pass), hccl_timeout and the session's
         operation_timeout_in_ms."""
-        custom_op = None
-        for candidate in config.graph_options.rewrite_options.custom_optimizers:
-            if candidate.name == "NpuOptimizer":
-                custom_op = candidate
-        if custom_op is None:
-            from tensorflow.core.protobuf.rewriter_config_pb2 import RewriterConfig
-            custom_op = config.graph_options.rewrite_options.custom_optimizers.add()
-            custom_op.name = "NpuOptimizer"
-            custom_op.parameter_map["use_off_line"].b = True
-            config.graph_options.rewrite_options.remapping = RewriterConfig.OFF
-            config.graph_options.rewrite_options.memory_optimization = RewriterConfig.OFF
+        custom_op = npu_optimizer_op(config)
         custom_op.parameter_map["hcom_parallel"].b = True
         custom_op.parameter_map["hccl_timeout"].i = max(_MIN_HCCL_TIMEOUT, int(self.timeout_sec))
-        config.operation_timeout_in_ms = int(self.timeout_sec * 1000)
+        self.bound_session(config)
         return config
 
     def start(self):

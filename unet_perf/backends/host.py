@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from unet_perf.backends.base import Backend
 from unet_perf.compat import v1
+from unet_perf.model import with_new_update_ops
 from unet_perf.optim import make_optimizer
 from unet_perf.precision import LossScaler
 
@@ -34,7 +35,6 @@ class HostBackend(Backend):
         self.parallel_iterations = parallel_iterations
         self.swap_memory = swap_memory
         self.collectives = collectives
-        self._sync_op = None
 
     def session_config(self, cfg, profiling_options=None):
         """ConfigProto for CPU/GPU: TensorFlow's default thread pools, soft placement, GPU memory on demand.
@@ -66,10 +66,8 @@ class HostBackend(Backend):
         reduce_gradients = self.mean_over_workers if self.collectives is not None else None
 
         def one_step(step):
-            update_ops_before = set(v1.get_collection(v1.GraphKeys.UPDATE_OPS))
-            loss = tf.cast(loss_fn(next_batch(), step), tf.float32)
             # Batch-norm moving averages created by this step's model run as part of this step's train op.
-            update_ops = [op for op in v1.get_collection(v1.GraphKeys.UPDATE_OPS) if op not in update_ops_before]
+            loss, update_ops = with_new_update_ops(lambda: tf.cast(loss_fn(next_batch(), step), tf.float32))
             train_op, overflow = scaler.minimize(optimizer, loss, v1.trainable_variables(), global_step,
                                                  reduce_gradients=reduce_gradients)
             if self.collectives is not None:
@@ -98,15 +96,8 @@ class HostBackend(Backend):
     def _with_sync(self, fetches):
         # Every variable exists now (model, optimizer slots, loss-scale state, global step): the broadcast covers
         # everything a checkpoint restores on the chief.
-        if self.collectives is not None:
-            self._sync_op = self.collectives.broadcast_from_chief(v1.global_variables())
+        self.build_variable_sync()
         return fetches
-
-    def sync_variables(self, sess):
-        """Run the broadcast of the chief's variables (built with the loop); no-op for one worker."""
-        if self._sync_op is not None:
-            with self.collectives.peer_errors("sharing the chief's variables"):
-                sess.run(self._sync_op)
 
     @staticmethod
     def _fetches(loss, mean_loss, overflow, global_step, scaler):

@@ -51,6 +51,7 @@ from tensorflow.core.protobuf.rewriter_config_pb2 import RewriterConfig  # same 
 from unet_perf.backends.base import Backend
 from unet_perf.compat import npu_bridge_available, v1
 from unet_perf.errors import UserError
+from unet_perf.model import with_new_update_ops
 
 # Tensor the NPU loss-scale optimizer names after reducing the float status: True = NO overflow.
 OVERFLOW_STATUS_NAME = "overflow_status_reduce_all"
@@ -78,6 +79,24 @@ def profiling_options(output_dir, fp_point="", bp_point=""):
         "bp_point": bp_point,
         "aic_metrics": "PipeUtilization",
     }
+
+
+def npu_optimizer_op(config):
+    """The "NpuOptimizer" custom optimizer entry of a ConfigProto, added (with the settings every NPU session
+    needs) when missing."""
+    rewrite_options = config.graph_options.rewrite_options
+    custom_op = None
+    for candidate in rewrite_options.custom_optimizers:
+        if candidate.name == "NpuOptimizer":
+            custom_op = candidate
+    if custom_op is None:
+        custom_op = rewrite_options.custom_optimizers.add()
+        custom_op.name = "NpuOptimizer"
+        custom_op.parameter_map["use_off_line"].b = True
+        # The migration guide turns these two grappler passes off for the NPU and keeps the others.
+        rewrite_options.remapping = RewriterConfig.OFF
+        rewrite_options.memory_optimization = RewriterConfig.OFF
+    return custom_op
 
 
 def check_npu_steps(cfg):
@@ -109,6 +128,7 @@ class NpuBackend(Backend):
     """Backend for Ascend NPUs through npu_bridge; see the module docstring."""
 
     name = "npu"
+    sync_doing = "sharing rank 0's variables"
 
     def __init__(self, decr_every_n_nan_or_inf=2, collectives=None):
         if not npu_bridge_available():
@@ -131,7 +151,6 @@ class NpuBackend(Backend):
         self._iterations_per_loop = None
         self._session_iterations_per_loop = None
         self._iteration = None  # (graph, weak reference to the session, IterationOp) of the last K > 1 prepare
-        self._sync_op = None  # several ranks: the broadcast of rank 0's variables
 
     def loss_scale_kind(self, cfg):
         """('none'|'dynamic'|'fixed', value) this backend uses for cfg: see `npu_loss_scale_kind`."""
@@ -140,19 +159,13 @@ class NpuBackend(Backend):
     def session_config(self, cfg, profiling_options=None):
         """ConfigProto with the NpuOptimizer pass; `profiling_options` is a dict from `profiling_options()`."""
         config = v1.ConfigProto()
-        custom_op = config.graph_options.rewrite_options.custom_optimizers.add()
-        custom_op.name = "NpuOptimizer"
-        params = custom_op.parameter_map
-        params["use_off_line"].b = True
+        params = npu_optimizer_op(config).parameter_map
         params["enable_data_pre_proc"].b = True  # GetNext offload: the prerequisite of sink mode
         params["iterations_per_loop"].i = cfg.iterations_per_loop
         params["precision_mode"].s = v1.compat.as_bytes(cfg.precision_mode)
         if profiling_options:
             params["profiling_mode"].b = True
             params["profiling_options"].s = v1.compat.as_bytes(json.dumps(profiling_options, sort_keys=True))
-        # The migration guide turns these two grappler passes off for the NPU and keeps the others.
-        config.graph_options.rewrite_options.remapping = RewriterConfig.OFF
-        config.graph_options.rewrite_options.memory_optimization = RewriterConfig.OFF
         if self.collectives is not None:
             self.collectives.configure(config)  # hcom_parallel, HCCL and session timeouts
         self._session_iterations_per_loop = cfg.iterations_per_loop
@@ -183,10 +196,8 @@ class NpuBackend(Backend):
         state = _train_state(initial_scale)
 
         step = global_step.read_value()
-        update_ops_before = set(v1.get_collection(v1.GraphKeys.UPDATE_OPS))
-        loss = loss_fn(next_batch(), step)
         # Batch-norm moving averages created by this step's model: run every device iteration with the update.
-        update_ops = [op for op in v1.get_collection(v1.GraphKeys.UPDATE_OPS) if op not in update_ops_before]
+        loss, update_ops = with_new_update_ops(lambda: loss_fn(next_batch(), step))
         # The reported loss is the global batch's (the mean over ranks), the same on every rank.
         reported_loss = self.mean_over_workers([loss])[0]
         position = v1.math.floormod(step, k)  # index of this step inside the device loop
@@ -219,9 +230,7 @@ class NpuBackend(Backend):
         self._train_op = train_op
         self._iterations_per_loop = k
 
-        if distributed:
-            # Every variable exists now (model, optimizer slots, loss-scale and train state, global step).
-            self._sync_op = self.collectives.broadcast_from_chief(v1.global_variables())
+        self.build_variable_sync()  # every variable exists now
 
         with v1.control_dependencies([train_op]):
             return {
@@ -233,12 +242,6 @@ class NpuBackend(Backend):
                 "skipped_steps": state["skipped_steps"].read_value(),
                 "scale_changes": state["scale_changes"].read_value(),
             }
-
-    def sync_variables(self, sess):
-        """Several ranks: run the broadcast of rank 0's variables (after init/restore, before the device loop)."""
-        if self._sync_op is not None:
-            with self.collectives.peer_errors("sharing rank 0's variables"):
-                sess.run(self._sync_op)
 
     def prepare_session(self, sess, fetches):
         """For K > 1: `util.set_iteration_per_loop` after variables are initialised/restored.
