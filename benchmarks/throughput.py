@@ -147,7 +147,6 @@ def sweep_points(sweeps):
 
 def measure_training(args, base, sweeps, modes, ceilings, log):
     """One result dict per (sweep point, training mode); e2e results carry the input-bound share."""
-    import bench_lib
     from unet_perf.model import unet_flops
     results = []
     for point in sweep_points(sweeps):
