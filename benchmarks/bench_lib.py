@@ -16,6 +16,8 @@ from unet_perf import compat
 from unet_perf.compat import v1
 from unet_perf.precision import compute_dtype
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout: benchmarks/ sits in it
+
 
 # --- statistics -----------------------------------------------------------------------------------------------
 

@@ -9,9 +9,13 @@ opencv = cv2.remap on the host) and every source (memory = arrays embedded in th
 shards = the same slices packed into TFRecord shards in a temporary folder and streamed, graph engine excepted:
 it is the slow one), it measures (a) per core: one tf.data thread, one intra-op thread, a one-thread Session;
 (b) all cores: as many tf.data and Session threads as usable cores.
-Each figure is the median over `repeats` timed runs of `batches` batches after `warmup` untimed batches (which
-include XLA compilation), with min-max; besides wall-clock pairs/s it reports pairs per CPU-second of this
-process, which stays meaningful when other programs share the machine.
+Each figure is the median over `repeats` timed blocks of `batches` batches, with min-max. The set-ups are timed
+in turns (block r of every set-up, then block r + 1 of every set-up), so a machine whose speed drifts during
+the run (these shared machines do, by 30% and more) shifts all of them alike; each block builds its pipeline
+afresh, waits until the process is idle and takes `warmup` untimed batches (XLA compiles there). Ratios
+(shards / memory, all cores / 1 core) are taken block by block, then summarised. Each engine's set-ups run in a
+fresh process of their own.
+Besides wall-clock pairs/s it reports pairs per CPU-second of this process.
 --streaming_gb N also writes an N GB synthetic shard set of 1024x1024 slices to a temporary folder, streams one
 epoch of it (opencv engine, all cores) in a fresh process, reports that process's peak resident memory and
 pairs/s, and deletes the set.
@@ -19,6 +23,7 @@ pairs/s, and deletes the set.
 import argparse
 import dataclasses
 import json
+import multiprocessing
 import os
 import shutil
 import subprocess
@@ -39,51 +44,134 @@ BATCH = 8
 STREAM_SIDE = 1024  # slices of the large synthetic shard set
 
 
-def measure_pipeline(cfg, batches, repeats, warmup, session_threads=None):
-    """Time the real pipeline (load_dataset(cfg) -> make_dataset) for cfg; returns a dict with "pairs_per_s" and
-    "pairs_per_cpu_s" (each {"median", "min", "max", "samples"}), "engine", "source" and the settings.
+class PipelineUnderTest(object):
+    """The real pipeline for one cfg (load_dataset(cfg) -> the trainer's graph.pipeline_source, without the model)
+    in its own graph and Session, ready to be timed."""
 
-    session_threads: intra/inter-op threads of the Session (default: cfg.data_threads or 1).
-    """
-    from unet_perf import augment, graph, pipeline
+    def __init__(self, cfg, session_threads, loaded=None):
+        """loaded: load_dataset(cfg)'s result when the caller already has it."""
+        from unet_perf import graph, pipeline
+        from unet_perf.data.loading import load_dataset
+
+        compat.enable_graph_mode()
+        self.cfg = cfg
+        train, _, weights = loaded or load_dataset(cfg)
+        with v1.Graph().as_default() as pipeline_graph:
+            iterator = pipeline.make_iterator(graph.pipeline_source(cfg, train, weights)())
+            # one element of each output: the dataset still produces whole batches, the fetch copies nothing big
+            self.fetch = [tensor[0, 0, 0, 0] for tensor in iterator.get_next()]
+        self.session = v1.Session(graph=pipeline_graph, config=v1.ConfigProto(
+            intra_op_parallelism_threads=session_threads, inter_op_parallelism_threads=session_threads))
+        self.session.run(iterator.initializer)
+
+    def take(self, batches):
+        for _ in range(batches):
+            self.session.run(self.fetch)
+
+    def time_block(self, batches):
+        """Fetch `batches` batches: (wall-clock pairs/s, pairs per CPU-second of this process)."""
+        start_wall, start_cpu = time.perf_counter(), time.process_time()
+        self.take(batches)
+        pairs = batches * self.cfg.batch_size
+        return pairs / (time.perf_counter() - start_wall), pairs / max(time.process_time() - start_cpu, 1e-9)
+
+    def close(self):
+        self.session.close()
+
+
+def wait_until_idle(limit_s=10.0):
+    """Return once this process uses under 5% of a core over 50 ms (background threads have settled), or after
+    limit_s."""
+    deadline = time.perf_counter() + limit_s
+    while time.perf_counter() < deadline:
+        start = time.process_time()
+        time.sleep(0.05)
+        if time.process_time() - start < 0.0025:
+            return
+
+
+def measure_side_by_side(named, batches, repeats, warmup):
+    """Time every (name, cfg, session_threads) of `named` in turns: round r times one block of `batches` batches
+    of every set-up, one after the other (in reverse order every other round), so a machine whose speed drifts
+    affects them alike. Each block gets a freshly built pipeline (the speed of one instance can sit 20-30% off
+    another's for its whole life here, so reusing one would bias a set-up), waits until the process is idle and
+    takes `warmup` untimed batches (XLA compiles there). Returns {name: result dict}."""
+    from unet_perf import augment
     from unet_perf.data import shards
     from unet_perf.data.loading import load_dataset
 
-    compat.enable_graph_mode()
-    train, _, weights = load_dataset(cfg)
-    threads = session_threads or cfg.data_threads or 1
-    with v1.Graph().as_default() as pipeline_graph:
-        # The trainer's own data source (graph.pipeline_source), without the model.
-        iterator = pipeline.make_iterator(graph.pipeline_source(cfg, train, weights)())
-        # one element of each output: the dataset still produces whole batches, the fetch copies nothing big
-        fetch = [tensor[0, 0, 0, 0] for tensor in iterator.get_next()]
-    session_config = v1.ConfigProto(intra_op_parallelism_threads=threads, inter_op_parallelism_threads=threads)
-    wall, cpu = [], []
-    with v1.Session(graph=pipeline_graph, config=session_config) as sess:
-        sess.run(iterator.initializer)
-        for _ in range(warmup):
-            sess.run(fetch)
-        for _ in range(repeats):
-            start_wall, start_cpu = time.perf_counter(), time.process_time()
-            for _ in range(batches):
-                sess.run(fetch)
-            wall.append(batches * cfg.batch_size / (time.perf_counter() - start_wall))
-            cpu.append(batches * cfg.batch_size / max(time.process_time() - start_cpu, 1e-9))
-    return {"pairs_per_s": bench_lib.stats(wall), "pairs_per_cpu_s": bench_lib.stats(cpu),
+    loaded = {}  # the set-ups differ in engine and threads, not in data: load (or synthesise) each source once
+    samples = {name: ([], []) for name, _, _ in named}
+    started = time.perf_counter()
+    for repeat in range(repeats):
+        if repeat:
+            print("  round {}/{} of {} set-ups, {:.0f} s so far".format(repeat, repeats, len(named),
+                                                                     time.perf_counter() - started),
+                  file=sys.stderr, flush=True)
+        for name, cfg, threads in (named if repeat % 2 == 0 else named[::-1]):  # no set-up always goes first
+            source = json.dumps(config_to_dict(dataclasses.replace(cfg, augment_engine="", data_threads=0,
+                                                                   data_intra_op=0)), sort_keys=True)
+            if source not in loaded:
+                loaded[source] = load_dataset(cfg)
+            pipeline = PipelineUnderTest(cfg, threads or cfg.data_threads or 1, loaded[source])
+            try:
+                wait_until_idle()
+                pipeline.take(warmup)
+                wall, cpu = pipeline.time_block(batches)
+            finally:
+                pipeline.close()
+            samples[name][0].append(wall)
+            samples[name][1].append(cpu)
+    results = {}
+    for name, cfg, threads in named:
+        results[name] = {
+            "pairs_per_s": bench_lib.stats(samples[name][0]), "pairs_per_cpu_s": bench_lib.stats(samples[name][1]),
             "engine": augment.resolve_engine(cfg), "xla": augment.use_xla(cfg),
             "source": "shards" if shards.is_shard_set(cfg.data_path) else "memory", "batches": batches,
-            "repeats": repeats, "warmup": warmup, "session_threads": threads, "batch_size": cfg.batch_size,
-            "crop_size": cfg.crop_size, "input_scale": cfg.input_scale, "data_threads": cfg.data_threads,
-            "data_intra_op": cfg.data_intra_op}
+            "repeats": repeats, "warmup": warmup, "session_threads": threads or cfg.data_threads or 1,
+            "batch_size": cfg.batch_size, "crop_size": cfg.crop_size, "input_scale": cfg.input_scale,
+            "data_threads": cfg.data_threads, "data_intra_op": cfg.data_intra_op}
+    return results
+
+
+def measure_in_child(named, batches, repeats, warmup):
+    """measure_side_by_side in a fresh process: one engine's set-ups are then not slowed by what other engines
+    left in this one (in a single process, the OpenCV shard/memory ratio on 2 cores read 0.85 after the XLA and
+    plain-ops set-ups had run, against 0.93-0.99 on its own)."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(measure_side_by_side, (named, batches, repeats, warmup))
+
+
+def paired_ratios(results, chosen, baseline_of):
+    """{name: stats of pairs/s of `name` / pairs/s of baseline_of(name), block by block} for every chosen name
+    whose baseline was measured."""
+    ratios = {}
+    for name, result in results.items():
+        baseline = results.get(baseline_of(name))
+        if chosen(name) and baseline:
+            ratios[name] = bench_lib.stats(
+                [mine / theirs for mine, theirs in zip(result["pairs_per_s"]["samples"],
+                                                       baseline["pairs_per_s"]["samples"])])
+    return ratios
+
+
+def measure_pipeline(cfg, batches, repeats, warmup, session_threads=None):
+    """measure_side_by_side for one cfg: its result dict ("pairs_per_s", "pairs_per_cpu_s" as {"median", "min",
+    "max", "samples"}, "engine", "source" and the settings).
+
+    session_threads: intra/inter-op threads of the Session (default: cfg.data_threads or 1).
+    """
+    return measure_side_by_side([("pipeline", cfg, session_threads)], batches, repeats, warmup)["pipeline"]
 
 
 def scenarios(base, engines, shard_path, cores):
-    """(name, cfg, session threads) of the measured set-ups: engine x source x (1 core, all cores)."""
+    """(name, cfg, session threads) of the measured set-ups: engine x (1 core, all cores) x source, in that order
+    (a memory set-up right before its shard twin: their block-by-block ratio compares neighbours in time)."""
     found = []
     for engine in engines:
         sources = [("memory", base.data_path)] + ([("shards", shard_path)] if shard_path and engine != "graph" else [])
-        for source, path in sources:
-            for label, threads in (("1core", 1), ("{}cores".format(cores), cores)):
+        for label, threads in (("1core", 1), ("{}cores".format(cores), cores)):
+            for source, path in sources:
                 cfg = dataclasses.replace(base, augment_engine=engine, data_path=path, data_threads=threads,
                                           data_intra_op=1)
                 found.append(("{}/{}/{}".format(engine, source, label), cfg, threads))
@@ -192,7 +280,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, default=24, help="batches per timed repeat")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats (median and min-max reported)")
-    parser.add_argument("--warmup", type=int, default=4, help="untimed batches first (XLA compiles here)")
+    parser.add_argument("--warmup", type=int, default=4,
+                        help="untimed batches before every timed block (XLA compiles here)")
     parser.add_argument("--synthetic_count", type=int, default=16, help="synthetic 512x512 slices to augment")
     parser.add_argument("--data_path", default="", help="real slices instead of the synthetic set")
     parser.add_argument("--engines", default="", help="comma-separated subset of xla,graph,opencv (default all "
@@ -229,25 +318,26 @@ def main(argv=None):
             from unet_perf.data.loading import load_dataset
             train, _, _ = load_dataset(base)
             shard_path = os.path.join(folder, "set")
-            # 1 MB shards: several shards to interleave
+            # 1 MB shards: several shards, as a large set has
             pack_slices(zip(train.images, train.masks), len(train.images), shard_path, shard_mb=1.0)
-        for name, cfg, threads in scenarios(base, engines, shard_path, cores):
-            results[name] = measure_pipeline(cfg, args.batches, args.repeats, args.warmup, session_threads=threads)
-            print(_line(name, results[name]), flush=True)
+        for engine in engines:
+            found = measure_in_child(scenarios(base, [engine], shard_path, cores), args.batches, args.repeats,
+                                     args.warmup)
+            for name, result in found.items():
+                print(_line(name, result), flush=True)
+            results.update(found)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    ratios = {}
-    for name, result in results.items():
-        memory = results.get(name.replace("/shards/", "/memory/"))
-        if "/shards/" in name and memory:
-            ratios[name] = result["pairs_per_s"]["median"] / memory["pairs_per_s"]["median"]
-            print("{:<24} {:.2f} x the in-memory pairs/s".format(name, ratios[name]))
-    scaling = {}
-    for name, result in results.items():
-        single = results.get(name.rsplit("/", 1)[0] + "/1core")
-        if not name.endswith("/1core") and single:
-            scaling[name] = result["pairs_per_s"]["median"] / single["pairs_per_s"]["median"]
-            print("{:<24} {:.2f} x its 1-core pairs/s".format(name, scaling[name]))
+    # ratios of blocks timed one right after the other (same repeat): the machine's drift cancels in each
+    ratios = paired_ratios(results, lambda name: "/shards/" in name, lambda name: name.replace("/shards/", "/memory/"))
+    for name, ratio in ratios.items():
+        print("{:<24} {:.2f} x the in-memory pairs/s [{:.2f}-{:.2f}]".format(name, ratio["median"], ratio["min"],
+                                                                            ratio["max"]))
+    scaling = paired_ratios(results, lambda name: not name.endswith("/1core"),
+                            lambda name: name.rsplit("/", 1)[0] + "/1core")
+    for name, ratio in scaling.items():
+        print("{:<24} {:.2f} x its 1-core pairs/s [{:.2f}-{:.2f}]".format(name, ratio["median"], ratio["min"],
+                                                                         ratio["max"]))
     streaming = None
     if args.streaming_gb > 0:
         streaming = measure_streaming(args.streaming_gb, cores)

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import take_batches
-from unet_perf import pipeline
+from unet_perf import errors, pipeline
 from unet_perf.compat import v1
 from unet_perf.config import Config
 from unet_perf.data import pack, shards
@@ -137,14 +137,64 @@ def test_damaged_shard_is_a_user_error_or_skipped(tmp_path, damage):
     assert seen and not seen & {index for index in range(8) if index // manifest["shards"][0]["slices"] == 1}
 
 
-def test_unverified_corruption_stops_reading_instead_of_a_wrong_sample(tmp_path):
+def test_unverified_corruption_stops_at_the_first_read_of_the_shard(tmp_path, capsys):
     _, output = packed(tmp_path, count=4, shard_mb=100)
     victim = os.path.join(output, "shard-00000.tfrecord")
     data = bytearray(open(victim, "rb").read())
-    data[len(data) // 2] ^= 0x55  # inside a record: its CRC no longer matches
+    data[len(data) // 2] ^= 0x55
     open(victim, "wb").write(bytes(data))
-    with pytest.raises(tf.errors.DataLossError):
-        take(make_cfg(output, verify_shards=False), 4)
+    load_dataset(make_cfg(output, verify_shards=False))  # no CRC pass before training: a fast start
+    with pytest.raises(tf.errors.OpError) as stop:
+        take(make_cfg(output, verify_shards=False), 1)
+    assert errors.relayed_user_error(stop.value).startswith("shard {} is corrupted".format(victim))
+    # the CLI wrapper turns the error TensorFlow relays from the reader into one line and exit 2
+    with pytest.raises(SystemExit) as exit_:
+        errors.run_cli(lambda argv: take(make_cfg(output, verify_shards=False), 1), [])
+    assert exit_.value.code == 2
+    message = capsys.readouterr().err.strip()
+    assert "\n" not in message and message.startswith("error: shard {} is corrupted".format(victim))
+
+
+def test_a_shard_cut_short_after_opening_is_an_error_naming_it(tmp_path):
+    _, output = packed(tmp_path, count=4, shard_mb=100)
+    shard_set = shards.open_shard_set(output)
+    victim = os.path.join(output, "shard-00000.tfrecord")
+    with open(victim, "r+b") as handle:
+        handle.truncate(os.path.getsize(victim) // 2)
+    with pytest.raises(UserError, match="shard {} ended".format(victim)):
+        shard_set.read(3)
+
+
+def test_tiles_are_read_by_offset_exactly_as_cut_from_the_slice(tmp_path):
+    sizes = [(48, 40), (40, 56), (SIDE, SIDE), (64, 64)]
+    source, output = packed(tmp_path, sizes=sizes, shard_mb=0.01, weight_map=True)
+    shard_set = shards.open_shard_set(output)
+    rng = np.random.RandomState(0)
+    for index, (height, width) in enumerate(sizes):
+        mask = cv2.imread(os.path.join(source, "label", "{}.png".format(index)), 0) > 0
+        weights = border_weight_map(mask.astype(np.uint8))
+        for rows, cols in ((height, width), (20, width), (height, 24), (17, 9)):
+            top, left = rng.randint(0, height - rows + 1), rng.randint(0, width - cols + 1)
+            np.testing.assert_array_equal(shard_set.read_window(index, 1, top, left, rows, cols),
+                                          mask[top:top + rows, left:left + cols])
+            np.testing.assert_allclose(shard_set.read_window(index, 2, top, left, rows, cols),
+                                       weights[top:top + rows, left:left + cols], rtol=1e-6)
+
+
+@pytest.mark.parametrize("buffer_size", [0, 5])
+def test_epoch_order_is_a_seeded_permutation_and_a_small_buffer_keeps_reads_local(buffer_size):
+    shares = [np.arange(start, start + 10, dtype=np.int64) for start in range(0, 60, 10)]
+    order = shards.epoch_order(shares, buffer_size, seed=3, epoch=1)
+    assert sorted(order) == list(range(60))
+    np.testing.assert_array_equal(order, shards.epoch_order(shares, buffer_size, seed=3, epoch=1))
+    assert not np.array_equal(order, shards.epoch_order(shares, buffer_size, seed=3, epoch=2))
+    if buffer_size:
+        # with the same draws, the round-robin stream the buffer shuffles: nothing leaves more than buffer_size early
+        rng = np.random.RandomState([3, 1, 0x5EED])
+        stream = shards._round_robin([shares[i] for i in rng.permutation(len(shares))], shards._CYCLE)
+        assert len({value // 10 for value in stream[:4 * 10]}) == 4
+        position = {value: place for place, value in enumerate(order)}
+        assert all(position[value] >= place - buffer_size for place, value in enumerate(stream))
 
 
 def test_stream_has_static_shapes_and_every_slice_once_per_epoch(tmp_path):

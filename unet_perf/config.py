@@ -62,10 +62,11 @@ class Config:
         "auto", "augmentation engine: auto (xla where this TensorFlow compiles it, else opencv), xla, graph "
         "(plain TensorFlow ops) or opencv (cv2.remap on the host)", AUGMENT_ENGINES)
     # --- input pipeline ----------------------------------------------------------------------------------
-    shuffle_buffer: int = _field(0, "shuffle buffer in slices; 0 = the whole training set (128 tiles for a "
-                                    "packed shard set)")
+    shuffle_buffer: int = _field(0, "shuffle buffer in slices; 0 = the whole training set (for a packed shard "
+                                    "set, a smaller buffer keeps reads within a few shards at a time)")
     verify_shards: bool = _field(True, "check every shard's CRC-32 against the manifest before training from a "
-                                       "packed shard set (reads the set once; sizes are always checked)")
+                                       "packed shard set (reads the set once); false: check each shard when "
+                                       "training first reads it (faster start); sizes are always checked")
     skip_bad_shards: bool = _field(False, "leave out damaged shards with a warning instead of stopping")
     prefetch: int = _field(2, "batches to prefetch")
     data_threads: int = _field(0, "private tf.data thread pool size; 0 = TensorFlow's default pool")

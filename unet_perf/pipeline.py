@@ -149,29 +149,33 @@ def make_shard_dataset(shard_set, cfg, seed=None, start_batch=0, worker_index=0,
     yields.
 
     Crops are placed on each slice as make_dataset places them, and a tile of side min(augment.source_extent(cfg),
-    smallest slice side) is cut around each (see data.shards.tile_stream); the fused augmentation then samples
+    smallest slice side) is read around each (see data.shards.tile_reader); the fused augmentation then samples
     the crop_size output from the tile with the crop centre passed in, so the output equals what it would sample
     from the whole slice, except where the map reaches beyond the tile (elastic tails beyond three sigmas, or
     tiles cut smaller than the bound because some slices are small). Worker w of n reads its own share of the shards
     and augments its k-th batch with the seed [seed, k * n + w]. Resume: start_batch = s continues the stream
     exactly, i.e. batch s is the batch an uninterrupted run would have produced at step s (same tiles, same
     order, same augmentation), for the same usable shards (--skip_bad_shards leaving out a different set changes
-    the stream), seed, batch size, crop settings and worker count; the reader re-reads
-    at most one epoch of this worker's share to get there. The order is deterministic whatever
-    cfg.deterministic says (it is part of the stream that resume continues).
+    the stream), seed, batch size, crop settings and worker count; getting there reads no data (the stream
+    is an order of slice indices). The order is deterministic whatever cfg.deterministic says (it is part of
+    the stream that resume continues).
     """
     seed = cfg.seed if seed is None else seed
     tile = min(augment.source_extent(cfg), min(shard_set.min_size))
     finish = _batch_finisher(cfg, seed)
     threads = cfg.data_threads or AUTOTUNE
     span = cfg.crop_size / float(cfg.input_scale)
-    tiles = shards.tile_stream(shard_set, tile, span, seed, cfg.shuffle_buffer, start_batch * cfg.batch_size,
-                               worker_index, num_workers, with_weights, parallel=threads)
+    read = shards.tile_reader(shard_set, tile, span, seed, with_weights)
+    slices = shards.slice_stream(shard_set, seed, cfg.shuffle_buffer, start_batch * cfg.batch_size, worker_index,
+                                 num_workers).batch(cfg.batch_size, drop_remainder=True)
     # k * num_workers + worker_index for k = start_batch, start_batch + 1, ...
     numbers = tf.data.Dataset.range(start_batch * num_workers + worker_index, _BATCH_COUNTER_END, num_workers)
-    dataset = tf.data.Dataset.zip((tiles.batch(cfg.batch_size, drop_remainder=True), numbers))
-    dataset = dataset.map(lambda arrays, number: finish(list(arrays[:-1]), number, crop_centres=arrays[-1]),
-                          num_parallel_calls=threads)
+
+    def read_and_augment(indices_and_elements, number):
+        arrays = read(*indices_and_elements)  # inside the one parallel map, like the in-memory gather
+        return finish(list(arrays[:-1]), number, crop_centres=arrays[-1])
+
+    dataset = tf.data.Dataset.zip((slices, numbers)).map(read_and_augment, num_parallel_calls=threads)
     dataset = dataset.prefetch(cfg.prefetch)
     options = _options(cfg)
     set_dataset_deterministic(options, True)

@@ -12,6 +12,7 @@ so an interrupted pack leaves no manifest and nothing a training run would read.
 import argparse
 import json
 import os
+import re
 import sys
 import time
 
@@ -36,13 +37,17 @@ class ShardWriter(object):
         self.output, self.shard_bytes = output, shard_bytes
         self.entries, self._writer, self._size, self._slices, self._min = [], None, 0, 0, None
 
-    def write(self, record, height, width):
+    def write(self, record, payloads, height, width):
+        """Append one serialized slice; `payloads` are its raw field bytes (shards.encode_example)."""
         if self._writer is None:
             self._temp = os.path.join(self.output, "." + shards.shard_name(len(self.entries)) + ".tmp")
             self._writer = self._v1.io.TFRecordWriter(self._temp)
-            self._size, self._slices, self._min = 0, 0, (height, width)
+            self._size, self._slices, self._min, self._records = 0, 0, (height, width), []
         self._writer.write(record)
-        self._size += len(record) + 16  # TFRecord framing: length, its CRC, data, data CRC
+        data_start = self._size + 12  # TFRecord framing: length (8 bytes), its CRC (4), data, data CRC (4)
+        self._records.append([height, width] + [data_start + offset
+                                                for offset in shards.payload_offsets(record, payloads)])
+        self._size += len(record) + 16
         self._slices += 1
         self._min = (min(self._min[0], height), min(self._min[1], width))
         if self._size >= self.shard_bytes:
@@ -58,7 +63,7 @@ class ShardWriter(object):
         os.replace(self._temp, final)
         self.entries.append({"file": name, "slices": self._slices, "bytes": os.path.getsize(final),
                              "crc32": shards.file_crc32(final), "min_height": self._min[0],
-                             "min_width": self._min[1]})
+                             "min_width": self._min[1], "records": self._records})
 
 
 def pack(data_path, output, shard_mb=256.0, weight_map=False, weight_w0=10.0, weight_sigma=5.0, rgb="convert",
@@ -86,7 +91,8 @@ def write_shard_set(pairs, total, output, shard_mb=256.0, weights=None, source="
     try:
         for done, (image, mask, name) in enumerate(pairs, 1):
             weight_map = border_weight_map(mask, weights["w0"], weights["sigma"]) if weights else None
-            writer.write(shards.encode_example(image, mask, weight_map, name), image.shape[0], image.shape[1])
+            record, payloads = shards.encode_example(image, mask, weight_map, name)
+            writer.write(record, payloads, image.shape[0], image.shape[1])
             due = done % PROGRESS_EVERY == 0 or done == total
             progress.advance(1, None, "packed {}/{} slices".format(done, total) if due else None)
         writer.close_shard()
@@ -97,9 +103,16 @@ def write_shard_set(pairs, total, output, shard_mb=256.0, weights=None, source="
                 "weights": weights, "seconds": round(time.time() - started, 1)}
     temp = os.path.join(output, "." + shards.MANIFEST + ".tmp")
     with open(temp, "w") as handle:
-        json.dump(manifest, handle, indent=1)
+        handle.write(_manifest_text(manifest))
     os.replace(temp, os.path.join(output, shards.MANIFEST))
     return manifest
+
+
+def _manifest_text(manifest):
+    """JSON of the manifest, indented, with each list of numbers (a record row) on one line."""
+    def one_line(match):
+        return "[" + ", ".join(match.group(0)[1:-1].replace(",", " ").split()) + "]"
+    return re.sub(r"\[[-\d,\s]+\]", one_line, json.dumps(manifest, indent=1))
 
 
 def _prepare_output(output, overwrite):
