@@ -36,8 +36,8 @@ FORMAT = "unet_perf-shards"
 VERSION = 2  # 2: per-record offsets in the manifest
 FIELDS = ("image", "mask", "weights")
 _ITEMSIZE = (1, 1, 4)
-_DTYPES = (np.uint8, np.uint8, np.dtype("<f4"))  # as stored
-_NATIVE = (np.uint8, np.uint8, np.float32)  # as handed to TensorFlow
+# weights are stored little-endian and read into float32 as they are: hosts are little-endian (x86, Kunpeng)
+_DTYPES = (np.uint8, np.uint8, np.float32)
 _CHUNK = 8 * 1024 * 1024
 _CYCLE = 4  # shards read at once with a bounded shuffle buffer
 _CACHED_SLICES = 16  # slices read through the views (probes, previews) kept in memory
@@ -167,7 +167,12 @@ class ShardSet(object):
 
     @property
     def names(self):
-        return ["{}[{}]".format(entry["file"], index) for entry in self.shards for index in range(entry["slices"])]
+        return [self.slice_name(index) for index in range(self.count)]
+
+    def slice_name(self, index):
+        """'<shard file>[<record number in it>]'."""
+        shard = int(self.file_of[index])
+        return "{}[{}]".format(self.shards[shard]["file"], index - int(np.searchsorted(self.file_of, shard)))
 
     def _fd(self, shard):
         with self._lock:  # reads come from several tf.data threads; one descriptor per shard, kept open
@@ -218,14 +223,12 @@ class ShardSet(object):
             if not 0 <= index < self.count:
                 raise IndexError("slice index {} out of range [0, {})".format(index, self.count))
             height, width = int(self.heights[index]), int(self.widths[index])
-            fields = [self.read_window(index, field, 0, 0, height, width).astype(_NATIVE[field], copy=False)
+            fields = [self.read_window(index, field, 0, 0, height, width)
                       for field in range(3 if self.has_weights else 2)]
-            shard = int(self.file_of[index])
-            local = index - int(np.searchsorted(self.file_of, shard))
             if len(self._cache) >= _CACHED_SLICES:
                 self._cache.pop(next(iter(self._cache)))
             self._cache[index] = (fields[0], fields[1], fields[2] if self.has_weights else None,
-                                  "{}[{}]".format(self.shards[shard]["file"], local))
+                                  self.slice_name(index))
         return self._cache[index]
 
     def worker_shares(self, worker_index, num_workers):
@@ -410,7 +413,7 @@ def tile_reader(shard_set, tile, span, seed, with_weights=False):
     heights, widths = tf.constant(shard_set.heights), tf.constant(shard_set.widths)
 
     def read_tiles(indices, tops, lefts):
-        outputs = [np.empty((len(indices), tile, tile), _NATIVE[field]) for field in range(fields)]
+        outputs = [np.empty((len(indices), tile, tile), _DTYPES[field]) for field in range(fields)]
         for row, (index, top, left) in enumerate(zip(indices, tops, lefts)):
             for field, out in enumerate(outputs):
                 shard_set.read_window(index, field, int(top), int(left), tile, tile, out=out[row])
