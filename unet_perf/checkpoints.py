@@ -133,7 +133,8 @@ def checkpoint_candidates(directory):
     paths = list(state.all_model_checkpoint_paths) or [state.model_checkpoint_path]
     if state.model_checkpoint_path and state.model_checkpoint_path not in paths:
         paths.append(state.model_checkpoint_path)
-    paths = [p if os.path.isabs(p) else os.path.join(directory, p) for p in paths]
+    # get_checkpoint_state already joined relative entries onto `directory` (TF 1.15 and 2.x alike): joining
+    # again would look for runs/x/runs/x/model.ckpt-N whenever --model_dir is relative.
     paths = [p for p in paths if _complete(p)]
     return sorted(paths, key=step_from_path, reverse=True)
 
