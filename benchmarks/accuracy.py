@@ -1,6 +1,6 @@
 """Accuracy of a training recipe over seeds: `python benchmarks/accuracy.py --seeds 0,1,2 [train flags...]`.
 
-For every seed it trains with unet_perf.trainer.train (validating every --val_every steps; best/ keeps the best
+For every seed it trains with unet_perf.training.run.train (validating every --val_every steps; best/ keeps the best
 V_rand), then scores the best and the last checkpoint with `python -m unet_perf.evaluate`'s code, with and without
 8-fold test-time augmentation (TTA). Reported per seed and as mean +- std (sample std over seeds): V_rand and V_info
 at best/last x TTA off/on, the best step, the training time (the trainer's E2E duration, validations included), and
@@ -128,8 +128,8 @@ def score(model_dir, checkpoint, tta, cfg, output, batch_size):
 
 def run_seed(base, seed, output, batch_size):
     """Train one seed and score it; returns its result dict."""
-    from unet_perf.checkpoints import read_json
-    from unet_perf.trainer import train
+    from unet_perf.storage.checkpoints import read_json
+    from unet_perf.training.run import train
 
     model_dir = seed_dir(output, seed)
     cfg = dataclasses.replace(base, seed=seed, model_dir=model_dir).validate()

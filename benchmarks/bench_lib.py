@@ -1,6 +1,6 @@
 """Shared helpers of the benchmarks: statistics and the machine (description, matmul ceiling).
 
-Training graphs come from unet_perf.graph, the trainer's own assembly point.
+Training graphs come from unet_perf.training.assembly, the trainer's own assembly point.
 """
 import os
 import platform
@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from unet_perf import compat
 from unet_perf.compat import v1
-from unet_perf.precision import compute_dtype
+from unet_perf.model.precision import compute_dtype
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout: benchmarks/ sits in it
 

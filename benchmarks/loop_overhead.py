@@ -20,7 +20,8 @@ import time
 
 import numpy as np
 
-from unet_perf import compat, graph
+from unet_perf import compat
+from unet_perf.training import assembly as graph
 
 compat.enable_graph_mode()
 

@@ -9,7 +9,7 @@ import dataclasses
 
 import numpy as np
 
-from unet_perf import graph
+from unet_perf.training import assembly as graph
 
 
 def report_configs(cfg, steps):

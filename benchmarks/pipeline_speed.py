@@ -50,7 +50,8 @@ class PipelineUnderTest(object):
 
     def __init__(self, cfg, session_threads, loaded=None):
         """loaded: load_dataset(cfg)'s result when the caller already has it."""
-        from unet_perf import graph, pipeline
+        from unet_perf.training import assembly as graph
+        from unet_perf.input import pipeline
         from unet_perf.data.loading import load_dataset
 
         compat.enable_graph_mode()
@@ -96,7 +97,7 @@ def measure_side_by_side(named, batches, repeats, warmup):
     affects them alike. Each block gets a freshly built pipeline (the speed of one instance can sit 20-30% off
     another's for its whole life here, so reusing one would bias a set-up), waits until the process is idle and
     takes `warmup` untimed batches (XLA compiles there). Returns {name: result dict}."""
-    from unet_perf import augment
+    from unet_perf.input import augment
     from unet_perf.data import shards
     from unet_perf.data.loading import load_dataset
 
@@ -207,7 +208,7 @@ def stream_child(path, cores):
     """In a fresh process: stream one epoch of the shard set at `path`; print JSON with peak RSS and pairs/s."""
     import resource
 
-    from unet_perf import pipeline
+    from unet_perf.input import pipeline
     from unet_perf.data.loading import load_dataset
 
     compat.enable_graph_mode()
@@ -296,7 +297,7 @@ def main(argv=None):
     cores = args.cores or bench_lib.usable_cores() or os.cpu_count() or 1
     if args.stream_child:
         return stream_child(args.stream_child, cores)
-    from unet_perf import augment
+    from unet_perf.input import augment
 
     engines = [name for name in args.engines.split(",") if name] or [
         engine for engine in augment.ENGINES if engine != "xla" or compat.xla_jit_available()]

@@ -118,7 +118,8 @@ def worker_main(spec_text):
     """Time cfg's training as one worker of the TF_CONFIG cluster (or alone); print one RESULT_PREFIX JSON line."""
     spec = json.loads(spec_text)
     from unet_perf import cluster as cluster_lib
-    from unet_perf import compat, graph
+    from unet_perf import compat
+    from unet_perf.training import assembly as graph
     from unet_perf.backends import get_backend
     from unet_perf.config import Config
     import bench_lib

@@ -24,7 +24,7 @@ def slices():
 
 @pytest.mark.parametrize("batch_size", [1, 2, 8])
 def test_augment_batch(benchmark, slices, batch_size):
-    from unet_perf.augment import augment_batch
+    from unet_perf.input.augment import augment_batch
     cfg = dataclasses.replace(Config(), crop_size=SIZE, input_scale=1.0, batch_size=batch_size)
     graph = v1.Graph()
     with graph.as_default():

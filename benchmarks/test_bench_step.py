@@ -8,9 +8,10 @@ import math
 
 import pytest
 
-from unet_perf import compat, graph
+from unet_perf import compat
+from unet_perf.training import assembly as graph
 from unet_perf.config import Config
-from unet_perf.model import unet_flops
+from unet_perf.model.network import unet_flops
 
 compat.enable_graph_mode()
 ROUNDS, WARMUP = 5, 2

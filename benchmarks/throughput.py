@@ -147,7 +147,7 @@ def sweep_points(sweeps):
 
 def measure_training(args, base, sweeps, modes, ceilings, log):
     """One result dict per (sweep point, training mode); e2e results carry the input-bound share."""
-    from unet_perf.model import unet_flops
+    from unet_perf.model.network import unet_flops
     results = []
     for point in sweep_points(sweeps):
         cfg = config_for(base, point, max(args.steps, args.warmup_steps))
@@ -184,7 +184,7 @@ def time_training(cfg, source_kind, steps, repeats, warmup_steps):
     one: the first run includes graph optimisation) are excluded. source_kind: see graph.dataset_source.
     """
     import bench_lib
-    from unet_perf import graph
+    from unet_perf.training import assembly as graph
     k = cfg.iterations_per_loop
     runs = graph.steps_to_runs(steps, k)
     training = graph.build(cfg, graph.dataset_source(cfg, source_kind))

@@ -8,7 +8,8 @@ import os
 
 import pytest
 
-from unet_perf import compat, pipeline
+from unet_perf import compat
+from unet_perf.input import pipeline
 from unet_perf.config import Config
 
 compat.enable_graph_mode()

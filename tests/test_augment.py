@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from unet_perf import augment, sampling
+from unet_perf.input import augment
+from unet_perf.input import sampling
 from unet_perf.compat import v1
 from unet_perf.config import Config
 

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from unet_perf import augment, augment_cv, compat
+from unet_perf import compat
+from unet_perf.input import augment
+from unet_perf.input import opencv_engine as augment_cv
 from unet_perf.compat import v1
 from unet_perf.config import Config
 from unet_perf.errors import UserError

@@ -22,8 +22,8 @@ RUNNER = r'''
 import hashlib, json, sys
 from unet_perf.config import config_from_args
 from unet_perf.data.loading import load_dataset
-from unet_perf.trainer import train
-from unet_perf import pipeline
+from unet_perf.training.run import train
+from unet_perf.input import pipeline
 from unet_perf.compat import v1
 
 def batches(cfg, count):

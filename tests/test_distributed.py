@@ -150,7 +150,7 @@ def _config(*flags):
 
 def test_pipeline_shares_are_the_global_batch_rows():
     from conftest import take_batches
-    from unet_perf import graph
+    from unet_perf.training import assembly as graph
     from unet_perf.compat import v1
     from unet_perf.data.loading import load_dataset
 
@@ -173,7 +173,7 @@ def test_pipeline_shares_are_the_global_batch_rows():
 def test_dropout_masks_are_the_global_batch_rows():
     import tensorflow as tf
 
-    from unet_perf import model
+    from unet_perf.model import network as model
     from unet_perf.compat import v1
 
     cfg = _config()
@@ -194,7 +194,7 @@ def test_dropout_masks_are_the_global_batch_rows():
 def test_weighted_bce_is_normalised_over_the_global_batch():
     import tensorflow as tf
 
-    from unet_perf import losses
+    from unet_perf.model import losses
     from unet_perf.compat import v1
 
     rng = np.random.RandomState(1)
@@ -271,7 +271,7 @@ def poisoned_source(cfg, poisoned, bad_batch):
     also used by test_npu_distributed."""
     import tensorflow as tf
 
-    from unet_perf import graph
+    from unet_perf.training import assembly as graph
 
     base = graph.cached_batch_source(cfg)
 
@@ -289,7 +289,7 @@ def poisoned_source(cfg, poisoned, bad_batch):
 def _train(cfg, backend, loaded, rank, size, keep_initial=False, inspect=False, source=None):
     """Build cfg's graph for this worker, open it like graph.open_session, run RUNS Session.runs; a dict of the
     final trainable variables ("var:<name>") and fetches (plus "initial:<name>" / "before"/"after_sync")."""
-    from unet_perf import graph
+    from unet_perf.training import assembly as graph
     from unet_perf.compat import v1
 
     if source is None:

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from unet_perf import checkpoints
+from unet_perf.storage import checkpoints
 from unet_perf.launch import free_ports, tf_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

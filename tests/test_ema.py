@@ -6,13 +6,14 @@ import os
 import numpy as np
 import pytest
 
-from unet_perf import ema, export
+from unet_perf import export
+from unet_perf.model import ema
 from unet_perf.compat import v1
 from unet_perf.config import config_from_args
 from unet_perf.errors import UserError
-from unet_perf.inference import Predictor, build_predictor
-from unet_perf.optim import EmaOptimizer, make_optimizer
-from unet_perf.trainer import train
+from unet_perf.inference.predictor import Predictor, build_predictor
+from unet_perf.model.optim import EmaOptimizer, make_optimizer
+from unet_perf.training.run import train
 
 from conftest import make_tiny_config
 from test_host_loop import LOOP, _arrays, _assert_same_weights, _Run

@@ -9,8 +9,8 @@ from unet_perf.backends.base import FETCH_KEYS
 from unet_perf.backends.host import HostBackend
 from unet_perf.compat import v1
 from unet_perf.errors import UserError
-from unet_perf.losses import compute_loss
-from unet_perf.model import unet
+from unet_perf.model.losses import compute_loss
+from unet_perf.model.network import unet
 
 SIZE = 32
 LOOP = dict(crop_size=SIZE, dropout=0.5, iterations_per_loop=1, learning_rate=1e-3)  # this file's tiny_config base

@@ -6,7 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from unet_perf import inference, pipeline
+from unet_perf.inference import predictor as inference
+from unet_perf.input import pipeline
 from unet_perf.compat import v1
 from unet_perf.config import Config
 from unet_perf.data.sources import Pairs
@@ -24,7 +25,7 @@ def tiny_config(**overrides):
 def make_model_dir(path, cfg=None, seed=0):
     """A trained-model directory as the trainer writes it: config.json + a checkpoint of random U-Net weights.
     Returns (model_dir, cfg, probability of a fixed random tile computed by the saving session)."""
-    from unet_perf.model import unet
+    from unet_perf.model.network import unet
 
     cfg = cfg or tiny_config()
     model_dir = str(path)
@@ -228,9 +229,9 @@ def test_model_dir_errors(tmp_path):
 # --- validation hook ------------------------------------------------------------------------------------------
 
 def test_validator_scores_held_out_slices_in_the_training_graph():
-    from unet_perf.metrics import evaluate_slices
-    from unet_perf.model import unet
-    from unet_perf.validation import Validator
+    from unet_perf.inference.metrics import evaluate_slices
+    from unet_perf.model.network import unet
+    from unet_perf.training.validation import Validator
 
     cfg = tiny_config()
     rng = np.random.default_rng(4)

@@ -4,7 +4,7 @@ import pytest
 
 from unet_perf.compat import v1
 from unet_perf.errors import UserError
-from unet_perf.losses import bce, compute_loss, soft_dice
+from unet_perf.model.losses import bce, compute_loss, soft_dice
 
 
 def _run(tensor):

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from unet_perf import metrics
+from unet_perf.inference import metrics
 
 skimage_metrics = pytest.importorskip("skimage.metrics")
 

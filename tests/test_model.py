@@ -5,7 +5,7 @@ import tensorflow as tf
 
 from unet_perf.compat import v1
 from unet_perf.config import Config
-from unet_perf.model import unet, unet_flops, upsample_nearest2x
+from unet_perf.model.network import unet, unet_flops, upsample_nearest2x
 
 
 def _images(batch=2, size=32, seed=0):

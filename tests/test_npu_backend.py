@@ -468,7 +468,7 @@ def test_k_steps_per_run_match_the_host_loop_on_the_same_batches(npu):
 
 def test_batch_norm_moving_statistics_update_like_the_host(npu):
     from unet_perf.backends.host import HostBackend
-    from unet_perf.graph import make_loss_fn
+    from unet_perf.training.assembly import make_loss_fn
     k, runs = 2, 2
     cfg = _cfg(iterations_per_loop=k, max_steps=k * runs, save_checkpoints_steps=k, optimizer="momentum",
                learning_rate=0.05, loss_scale="none", batch_norm=True, depth=1, base_filters=2, crop_size=16,

@@ -189,7 +189,7 @@ def _train(cfg, backend, source, size, keep_initial=False, inspect=False):
     prepare_session); RUNS Session.runs. A dict of the final trainable variables ("var:<name>") and fetches."""
     from npu_bridge.stub_log import record
 
-    from unet_perf import graph
+    from unet_perf.training import assembly as graph
     from unet_perf.compat import v1
 
     training = graph.build(cfg, source, backend=backend)

@@ -1,8 +1,8 @@
-"""unet_perf.panels: the probe's TensorBoard strips, evaluate's error overlays and preview's grid."""
+"""unet_perf.inference.panels: the probe's TensorBoard strips, evaluate's error overlays and preview's grid."""
 import cv2
 import numpy as np
 
-from unet_perf import panels
+from unet_perf.inference import panels
 
 
 def test_join_puts_gaps_of_the_fill_value_between_tiles():

@@ -4,10 +4,10 @@ import pytest
 import tensorflow as tf
 
 from conftest import take_batches
-from unet_perf import pipeline
+from unet_perf.input import pipeline
 from unet_perf.compat import v1
 from unet_perf.errors import UserError
-from unet_perf.panels import GAP
+from unet_perf.inference.panels import GAP
 
 SIZE = 24
 CROP = 16

@@ -6,8 +6,8 @@ import tensorflow as tf
 from unet_perf.compat import v1
 from unet_perf.config import Config
 from unet_perf.errors import UserError
-from unet_perf.optim import make_optimizer
-from unet_perf.precision import LossScaler, compute_dtype
+from unet_perf.model.optim import make_optimizer
+from unet_perf.model.precision import LossScaler, compute_dtype
 
 
 class _Problem(object):

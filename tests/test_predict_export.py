@@ -9,7 +9,7 @@ import pytest
 
 from unet_perf import evaluate, export, predict
 from unet_perf.compat import v1
-from unet_perf.inference import Predictor, build_predictor, restore
+from unet_perf.inference.predictor import Predictor, build_predictor, restore
 
 from test_inference import make_model_dir
 
@@ -142,7 +142,7 @@ def test_evaluate_reports_missing_data(tmp_path, model_dir, capsys):
 
 def session_prediction(model_dir, batch, height, width, inputs):
     """What a session restored from the model dir predicts for `inputs` at the exported shape."""
-    from unet_perf.inference import load_config, resolve_checkpoint
+    from unet_perf.inference.predictor import load_config, resolve_checkpoint
 
     cfg = load_config(model_dir)
     with v1.Graph().as_default() as graph, v1.Session(graph=graph) as sess:

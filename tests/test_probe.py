@@ -1,11 +1,11 @@
-"""unet_perf.probe (the training probe's tiles and accuracy) and inference.rescale, which it shares with
+"""unet_perf.training.probe (the training probe's tiles and accuracy) and inference.rescale, which it shares with
 inference."""
 import numpy as np
 import pytest
 
 from unet_perf.data.sources import Pairs
-from unet_perf.inference import normalize_array, rescale
-from unet_perf.probe import centre_crop, pixel_accuracy, probe_tiles
+from unet_perf.inference.predictor import normalize_array, rescale
+from unet_perf.training.probe import centre_crop, pixel_accuracy, probe_tiles
 
 
 def _pairs(count, height, width):

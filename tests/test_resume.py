@@ -11,10 +11,10 @@ import time
 
 import pytest
 
-from unet_perf import checkpoints
+from unet_perf.storage import checkpoints
 from unet_perf.compat import v1
 from unet_perf.config import config_from_args
-from unet_perf.trainer import train
+from unet_perf.training.run import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INTERVAL = 4  # save_checkpoints_steps

@@ -3,11 +3,11 @@ steps (each step of the in-graph loop reads its own rate)."""
 import numpy as np
 import pytest
 
-from unet_perf import schedule
+from unet_perf.model import schedule
 from unet_perf.compat import v1
 from unet_perf.config import Config
 from unet_perf.errors import UserError
-from unet_perf.optim import make_optimizer
+from unet_perf.model.optim import make_optimizer
 
 from conftest import make_tiny_config
 from test_host_loop import LOOP, _assert_same_weights, _Run

@@ -11,7 +11,8 @@ import pytest
 import tensorflow as tf
 
 from conftest import take_batches
-from unet_perf import errors, pipeline
+from unet_perf import errors
+from unet_perf.input import pipeline
 from unet_perf.compat import v1
 from unet_perf.config import Config
 from unet_perf.data import pack, shards
@@ -277,7 +278,7 @@ def test_resume_continues_each_workers_stream(tmp_path):
 
 
 def test_tile_extent_holds_every_sampled_position():
-    from unet_perf import augment
+    from unet_perf.input import augment
     cfg = dataclasses.replace(Config(), crop_size=32, input_scale=0.5, rotate_deg=40.0, scale_range=0.3, shear=0.1,
                               translate=0.2, elastic=False)
     draws = augment.draw(cfg, 256, (32, 32), tf.constant([0, 1], tf.int64))

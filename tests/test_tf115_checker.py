@@ -352,7 +352,7 @@ def test_tf2_only_marker_is_honoured_only_in_compat_py(check, tmp_path):
     assert check.checker.allowlisted_lines == 3  # line 7, the `if` line and its one-line body
     assert "allow-listed" in check.checker.summary()
 
-    found_elsewhere = check(MARKED_COMPAT, name="repo/unet_perf/model.py", root=str(root))
+    found_elsewhere = check(MARKED_COMPAT, name="repo/unet_perf/model/network.py", root=str(root))
     assert _lines(found_elsewhere) == [7, 8, 13, 15, 16]
 
 

@@ -11,7 +11,7 @@ import pytest
 import loss_scale_report  # benchmarks/ is on sys.path through pytest.ini
 import throughput
 from conftest import REPO
-from unet_perf import graph
+from unet_perf.training import assembly as graph
 from unet_perf.config import Config
 from unet_perf.errors import UserError
 
@@ -55,7 +55,7 @@ def test_tiny_run_writes_every_figure(tmp_path, tiny_config):
     results = [r for r in report["results"] if r["mode"] != "pipeline"]
     assert sorted((r["mode"], r["iterations_per_loop"]) for r in results) == [
         ("e2e", 1), ("e2e", 2), ("model", 1), ("model", 2)]
-    from unet_perf.model import unet_flops
+    from unet_perf.model.network import unet_flops
     per_image = unet_flops(tiny_config(TINY_RUN), 32, 32)["train_step"]
     for result in results:
         assert "error" not in result, result

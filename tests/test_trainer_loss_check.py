@@ -9,7 +9,7 @@ from test_npu_backend import npu  # noqa: F401  (the stand-in npu_bridge fixture
 from unet_perf.backends.host import HostBackend
 from unet_perf.config import Config
 from unet_perf.errors import UserError
-from unet_perf.trainer import Run
+from unet_perf.training.run import Run
 
 NAN_VALUES = {"loss": float("nan"), "mean_loss": float("nan")}
 

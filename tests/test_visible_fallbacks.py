@@ -3,10 +3,11 @@ import os
 
 import pytest
 
-from unet_perf import augment, compat
+from unet_perf import compat
+from unet_perf.input import augment
 from unet_perf.config import Config
 from unet_perf.errors import UserError
-from unet_perf.run_checkpoints import BEST_METRICS, RunCheckpoints
+from unet_perf.training.checkpointing import BEST_METRICS, RunCheckpoints
 
 
 class _Writer(object):

@@ -22,7 +22,8 @@ import os
 import shutil
 import time
 
-from unet_perf import compat, graph
+from unet_perf import compat
+from unet_perf.training import assembly as graph
 from unet_perf.compat import v1
 from unet_perf.config import Config, build_parser
 from unet_perf.errors import UserError, run_cli

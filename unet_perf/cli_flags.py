@@ -52,7 +52,7 @@ def check_inference_flags(args):
 def open_predictor(args, cfg=None):
     """An inference.Predictor for the model and settings the flags name (close it when done); cfg: the model's
     config when the caller has loaded it already."""
-    from unet_perf.inference import Predictor  # TensorFlow is imported only once the flags are valid
+    from unet_perf.inference.predictor import Predictor  # TensorFlow is imported only once the flags are valid
 
     predictor = Predictor.from_model_dir(args.model_dir, checkpoint=args.checkpoint, precision=args.precision,
                                          batch_size=args.batch_size, overlap=args.overlap, tta=args.tta,

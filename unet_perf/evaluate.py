@@ -19,8 +19,8 @@ from unet_perf.config import build_parser
 from unet_perf.data.loading import read_slices, subset
 from unet_perf.data.split import split_indices
 from unet_perf.errors import run_cli
-from unet_perf.metrics import METRIC_KEYS, THRESHOLD_KEYS, evaluate_slices
-from unet_perf.panels import error_overlay
+from unet_perf.inference.metrics import METRIC_KEYS, THRESHOLD_KEYS, evaluate_slices
+from unet_perf.inference.panels import error_overlay
 from unet_perf.progress import ItemProgress
 
 
@@ -88,7 +88,7 @@ def main(argv=None):
                                                        "(default: <model_dir>/eval)")
     args = parser.parse_args(argv)
     check_inference_flags(args)
-    from unet_perf.inference import load_config
+    from unet_perf.inference.predictor import load_config
 
     cfg = load_config(args.model_dir)
     data_path = cfg.data_path if args.data_path is None else args.data_path

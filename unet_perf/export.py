@@ -38,7 +38,7 @@ def export_model(model_dir, output, height=None, width=None, batch=1, checkpoint
     weights: "ema" bakes in the checkpoint's EMA weights when it has them, "raw" the trained weights.
     """
     from unet_perf.compat import v1
-    from unet_perf.inference import load_config, with_precision
+    from unet_perf.inference.predictor import load_config, with_precision
 
     cfg = with_precision(load_config(model_dir), precision)
     verbosity = v1.logging.get_verbosity()
@@ -51,7 +51,7 @@ def export_model(model_dir, output, height=None, width=None, batch=1, checkpoint
 
 def _export(cfg, model_dir, output, height, width, batch, checkpoint, weights):
     from unet_perf.compat import v1
-    from unet_perf.inference import build_predictor, resolve_checkpoint, restore
+    from unet_perf.inference.predictor import build_predictor, resolve_checkpoint, restore
 
     height = height or cfg.crop_size
     width = width or cfg.crop_size

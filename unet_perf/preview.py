@@ -12,7 +12,7 @@ import cv2
 
 from unet_perf.config import Config, build_parser
 from unet_perf.errors import UserError, run_cli
-from unet_perf.panels import augmentation_grid
+from unet_perf.inference.panels import augmentation_grid
 
 PREVIEW_FIELDS = (
     "data_path", "synthetic_count", "synthetic_size", "rgb", "crop_size", "input_scale", "seed",
@@ -31,7 +31,8 @@ def build_preview_parser():
 
 def augmented_pairs(cfg, count):
     """The first `count` augmented (image [count,h,w] in [0,1], mask [count,h,w]) of the training pipeline."""
-    from unet_perf import compat, pipeline
+    from unet_perf import compat
+    from unet_perf.input import pipeline
     from unet_perf.compat import v1
     from unet_perf.data.loading import load_dataset
 

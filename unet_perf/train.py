@@ -18,7 +18,7 @@ DESCRIPTION = ("Train a U-Net for EM membrane segmentation (graph mode, K steps 
 def train_from_args(argv=None):
     cfg = config_from_args(argv, description=DESCRIPTION)
     from unet_perf.compat import v1  # imports TensorFlow: only after the flags are known to be good
-    from unet_perf.trainer import train
+    from unet_perf.training.run import train
 
     v1.logging.set_verbosity(v1.logging.ERROR)  # TF's own deprecation notices are noise for a CLI user
     train(cfg)

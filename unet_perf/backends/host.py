@@ -23,9 +23,9 @@ import tensorflow as tf
 
 from unet_perf.backends.base import Backend
 from unet_perf.compat import v1
-from unet_perf.model import with_new_update_ops
-from unet_perf.optim import make_optimizer
-from unet_perf.precision import LossScaler
+from unet_perf.model.network import with_new_update_ops
+from unet_perf.model.optim import make_optimizer
+from unet_perf.model.precision import LossScaler
 
 
 class HostBackend(Backend):

@@ -51,7 +51,7 @@ from tensorflow.core.protobuf.rewriter_config_pb2 import RewriterConfig  # same 
 from unet_perf.backends.base import Backend
 from unet_perf.compat import npu_bridge_available, v1
 from unet_perf.errors import UserError
-from unet_perf.model import with_new_update_ops
+from unet_perf.model.network import with_new_update_ops
 
 # Tensor the NPU loss-scale optimizer names after reducing the float status: True = NO overflow.
 OVERFLOW_STATUS_NAME = "overflow_status_reduce_all"
@@ -301,7 +301,7 @@ class NpuBackend(Backend):
 
 
 def _make_optimizer(cfg):
-    from unet_perf.optim import make_optimizer  # shared with the host backend
+    from unet_perf.model.optim import make_optimizer  # shared with the host backend
     return make_optimizer(cfg)
 
 

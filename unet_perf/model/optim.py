@@ -1,11 +1,11 @@
 """The optimizer factory shared by the host and NPU backends (Adam by default, like the ModelZoo U-Net).
 
-make_optimizer(cfg) = Adam or Momentum with cfg's learning-rate schedule (unet_perf.schedule), wrapped in
+make_optimizer(cfg) = Adam or Momentum with cfg's learning-rate schedule (unet_perf.model.schedule), wrapped in
 EmaOptimizer when --ema > 0 so the weight average is updated inside every applied step.
 """
-from unet_perf import schedule
+from unet_perf.model import schedule
 from unet_perf.compat import v1
-from unet_perf.ema import WeightAverage
+from unet_perf.model.ema import WeightAverage
 from unet_perf.errors import UserError
 
 

@@ -15,7 +15,7 @@ import zlib
 import tensorflow as tf
 
 from unet_perf.compat import v1
-from unet_perf.precision import compute_dtype
+from unet_perf.model.precision import compute_dtype
 
 _BN_MOMENTUM = 0.99
 _BN_EPSILON = 1e-3

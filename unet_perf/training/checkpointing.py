@@ -9,7 +9,7 @@ The best score so far survives restarts in best/metrics.json, written after its 
 """
 import os
 
-from unet_perf import checkpoints
+from unet_perf.storage import checkpoints
 from unet_perf.compat import v1
 from unet_perf.errors import UserError
 

@@ -16,7 +16,7 @@ drawn with stateless ops outside the compiled part, from a per-batch seed: the p
 same draws, and results never depend on thread scheduling.
 
 Engines (resolve_engine, --augment_engine): "xla" compiles the map and the sampling with XLA; "graph" runs the
-same ops without XLA; "opencv" (unet_perf.augment_cv) takes the same draws and per-sample parameters from
+same ops without XLA; "opencv" (unet_perf.input.opencv_engine) takes the same draws and per-sample parameters from
 TensorFlow and does the per-pixel work with cv2.remap in a tf.numpy_function: the fast path where XLA is off.
 """
 import math
@@ -24,7 +24,8 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from unet_perf import compat, sampling
+from unet_perf import compat
+from unet_perf.input import sampling
 
 # Columns of the per-sample uniform draws (one stateless call per batch).
 (_DIHEDRAL, _ANGLE, _ZOOM, _SHEAR, _SHIFT_X, _SHIFT_Y, _CROP_X, _CROP_Y,
@@ -411,7 +412,7 @@ def augment_batch(images, masks, weights, cfg, out_size, seed, xla=None, engine=
     if crop_centres is not None:
         draws["crop_centres"] = tf.convert_to_tensor(crop_centres, tf.float32)
     if engine == "opencv":
-        from unet_perf import augment_cv  # the OpenCV engine (imports augment itself)
+        from unet_perf.input import opencv_engine as augment_cv  # the OpenCV engine (imports augment itself)
         outputs = augment_cv.opencv_stage(cfg, (height, width), out_size)(
             {"images": images, "masks": masks, "weights": weights, "draws": draws})
     else:

@@ -47,7 +47,9 @@ def make_loss_fn(cfg, with_weights, backend=None):
     BCE is normalised by the global batch's weight sum (see losses.py). The loss passes through faults.nan_loss,
     a test hook that is the identity unless UNET_PERF_FAULTS arms it.
     """
-    from unet_perf import faults, losses, model
+    from unet_perf import faults
+    from unet_perf.model import losses
+    from unet_perf.model import network as model
 
     share = backend.cluster if backend is not None else None
     rank, size = (share.rank, share.size) if share is not None else (0, 1)
@@ -72,7 +74,7 @@ def pipeline_source(cfg, train, weights=None, start_step=0, worker_index=0, num_
     start_step: the global step training resumes at; the stream continues where it stopped.
     worker_index, num_workers: this worker's share of each global batch (pipeline.make_dataset).
     """
-    from unet_perf import pipeline
+    from unet_perf.input import pipeline
 
     if bool(cfg.weight_map) != (weights is not None):
         raise ValueError("pipeline_source: weights must be given exactly when cfg.weight_map is on")
@@ -90,7 +92,7 @@ def cached_batch_source(cfg, seed=None):
     """
     import tensorflow as tf
 
-    from unet_perf.precision import compute_dtype
+    from unet_perf.model.precision import compute_dtype
 
     shape = [cfg.batch_size, cfg.crop_size, cfg.crop_size, 1]
     rng = np.random.RandomState(cfg.seed if seed is None else seed)
@@ -132,7 +134,7 @@ def build(cfg, source, backend=None, extras=None):
     Returns:
         a Training.
     """
-    from unet_perf import pipeline
+    from unet_perf.input import pipeline
     from unet_perf.backends import get_backend
 
     backend = backend if backend is not None else get_backend(cfg)

@@ -1,14 +1,14 @@
 """The training probe: fixed centre tiles of the first training slices, predicted in inference mode.
 
 The trainer runs the probe at each checkpoint and at the end: its pixel accuracy is `Final Train Accuracy` and
-its predictions are the TensorBoard images (unet_perf.panels.prediction_panels). The backends fetch no
+its predictions are the TensorBoard images (unet_perf.inference.panels.prediction_panels). The backends fetch no
 per-batch predictions, so the probe is the one look at what the network outputs during training.
 """
 import cv2
 import numpy as np
 
-from unet_perf.inference import normalize_array, rescale
-from unet_perf.metrics import PIXEL_THRESHOLD
+from unet_perf.inference.predictor import normalize_array, rescale
+from unet_perf.inference.metrics import PIXEL_THRESHOLD
 
 
 def probe_tiles(cfg, pairs, count):

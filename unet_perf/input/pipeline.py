@@ -13,12 +13,12 @@ that data.loading.load_dataset returns.
 import numpy as np
 import tensorflow as tf
 
-from unet_perf import augment
+from unet_perf.input import augment
 from unet_perf.compat import AUTOTUNE, set_dataset_deterministic, set_dataset_threading, v1
 from unet_perf.config import NORMALIZE_MODES
 from unet_perf.data import shards
 from unet_perf.errors import UserError
-from unet_perf.precision import compute_dtype  # noqa: F401  (re-exported: part of this module's API)
+from unet_perf.model.precision import compute_dtype  # noqa: F401  (re-exported: part of this module's API)
 
 STD_FLOOR = 1e-6  # in [0, 1] units: a flat image normalises to zeros (inference.normalize_array uses it too)
 MAX_EMBEDDED_BYTES = 1800 * 1024 * 1024  # the arrays live in the GraphDef, which must stay under 2 GB
@@ -27,7 +27,7 @@ _BATCH_COUNTER_END = 2 ** 62  # "infinite" batch numbering
 
 def normalize(images, mode):
     """Images float32 in [0, 1], [B, h, w, C] -> unit (unchanged), symmetric ([-1, 1]) or standard (per image
-    zero mean, unit std). The one graph normaliser; unet_perf.inference.normalize_array is its numpy twin."""
+    zero mean, unit std). The one graph normaliser; unet_perf.inference.predictor.normalize_array is its numpy twin."""
     if mode == "unit":
         return images
     if mode == "symmetric":

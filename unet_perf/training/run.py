@@ -1,5 +1,5 @@
 """Runs the training loop: K steps per Session.run, progress, checkpoints, resume, validation, clean stop on
-SIGINT/SIGTERM, and the ModelZoo result lines. The graph itself comes from unet_perf.graph.
+SIGINT/SIGTERM, and the ModelZoo result lines. The graph itself comes from unet_perf.training.assembly.
 
     summary = train(cfg)          # cfg: a validated unet_perf.config.Config; returns the summary.json dict
 
@@ -20,17 +20,20 @@ import os
 import sys
 import time
 
-from unet_perf import checkpoints, compat, distributed, graph
+from unet_perf import compat
+from unet_perf.storage import checkpoints
+from unet_perf.training import team as distributed
+from unet_perf.training import assembly as graph
 from unet_perf.cluster import SINGLE
 from unet_perf.config import config_to_dict
 from unet_perf.errors import UserError
-from unet_perf.interrupts import StopRequest
-from unet_perf.panels import prediction_panels
-from unet_perf.probe import pixel_accuracy, probe_tiles
+from unet_perf.training.interrupts import StopRequest
+from unet_perf.inference.panels import prediction_panels
+from unet_perf.training.probe import pixel_accuracy, probe_tiles
 from unet_perf.progress import Console, Progress, RateMeter
-from unet_perf.run_checkpoints import RunCheckpoints, newest_restorable
-from unet_perf.summaries import SummaryLog
-from unet_perf.validation import inference_graphs
+from unet_perf.training.checkpointing import RunCheckpoints, newest_restorable
+from unet_perf.training.summaries import SummaryLog
+from unet_perf.training.validation import inference_graphs
 
 CONFIG_FILE = "config.json"
 SUMMARY_FILE = "summary.json"
@@ -46,7 +49,7 @@ def _crossed(previous_step, step, interval):
 
 def train(cfg, out=None):
     """Train (or resume) per cfg; returns the summary dict also written to <model_dir>/summary.json."""
-    from unet_perf import augment
+    from unet_perf.input import augment
     from unet_perf.data.loading import describe, load_dataset
 
     started = time.time()

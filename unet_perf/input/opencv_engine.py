@@ -1,8 +1,8 @@
-"""The OpenCV augmentation engine: the fused coordinate map of unet_perf.augment, sampled with cv2.remap.
+"""The OpenCV augmentation engine: the fused coordinate map of unet_perf.input.augment, sampled with cv2.remap.
 
 Used where XLA is off (the Ascend host path). The random draws and the per-sample parameters (2x2 matrix, tile
 centre, elastic offsets, intensity table, noise sigma and shift) are computed in TensorFlow by
-unet_perf.augment exactly as for the XLA and plain-ops engines; only the per-pixel work runs here, in numpy and
+unet_perf.input.augment exactly as for the XLA and plain-ops engines; only the per-pixel work runs here, in numpy and
 OpenCV, through one tf.numpy_function per batch (PyFunc stays on the host under the Ascend adapter).
 
 Per sample: the coordinate map is one small matrix product, x = U @ K @ V^T, where U = [bicubic rows | row
@@ -23,7 +23,8 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
-from unet_perf import augment, sampling
+from unet_perf.input import augment
+from unet_perf.input import sampling
 from unet_perf.compat import v1
 
 _BORDERS = {"reflect": cv2.BORDER_REFLECT_101, "nearest": cv2.BORDER_REPLICATE, "constant": cv2.BORDER_CONSTANT}
@@ -143,7 +144,7 @@ def sample_batch(images, masks, weights, affine, offsets, tables, noise, noise_p
 
 
 def opencv_stage(cfg, in_size, out_size):
-    """inputs (images, masks, weights, draws) -> outputs like _sampling_stage, sampled by unet_perf.augment_cv
+    """inputs (images, masks, weights, draws) -> outputs like _sampling_stage, sampled by unet_perf.input.opencv_engine
     in one tf.numpy_function; the per-sample parameters come from the same TensorFlow code as the graph map."""
     def stage(inputs):
         draws = inputs["draws"]

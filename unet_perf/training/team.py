@@ -155,9 +155,10 @@ def config_fingerprint(cfg, train_pairs):
 def follow(cfg, team):
     """The life of a non-chief worker: same data and graph as the chief, its share of every batch, the chief's
     variables (broadcast at session start), no output and nothing written. Returns a small summary dict."""
-    from unet_perf import compat, graph
+    from unet_perf import compat
+    from unet_perf.training import assembly as graph
     from unet_perf.data.loading import load_dataset
-    from unet_perf.interrupts import StopRequest
+    from unet_perf.training.interrupts import StopRequest
 
     train_pairs, _, weights = load_dataset(cfg)
     start_step = team.handshake(cfg, train_pairs, 0)

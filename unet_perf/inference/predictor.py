@@ -19,12 +19,12 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
-from unet_perf.checkpoints import check_compatible, latest_checkpoint
+from unet_perf.storage.checkpoints import check_compatible, latest_checkpoint
 from unet_perf.compat import v1
 from unet_perf.config import NORMALIZE_MODES, PRECISIONS, Config
 from unet_perf.errors import UserError
-from unet_perf.model import unet
-from unet_perf.pipeline import STD_FLOOR
+from unet_perf.model.network import unet
+from unet_perf.input.pipeline import STD_FLOOR
 
 DIHEDRAL = 8
 
@@ -42,7 +42,7 @@ def rescale(array, scale, interpolation=cv2.INTER_LINEAR):
 
 
 def normalize_array(image, mode):
-    """Numpy twin of unet_perf.pipeline.normalize for one image (any shape) in 0..255 units; float32."""
+    """Numpy twin of unet_perf.input.pipeline.normalize for one image (any shape) in 0..255 units; float32."""
     image = np.asarray(image, np.float32)
     if mode == "unit":
         return image / np.float32(255.0)
@@ -221,10 +221,10 @@ def with_precision(cfg, precision):
 def restore(sess, prefix, model_dir, cfg, weights="ema"):
     """Restore the graph's variables from `prefix`; a checkpoint of another architecture is a UserError.
 
-    weights "ema" loads the checkpoint's EMA weights into the model when it has them (see unet_perf.ema), "raw" the
+    weights "ema" loads the checkpoint's EMA weights into the model when it has them (see unet_perf.model.ema), "raw" the
     trained weights. Returns the weights actually loaded: "ema" or "raw".
     """
-    from unet_perf.ema import restore_map
+    from unet_perf.model.ema import restore_map
 
     variables = v1.global_variables()
     shapes = check_compatible(prefix, variables, model_dir, cfg)

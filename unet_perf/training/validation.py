@@ -9,8 +9,8 @@
 import numpy as np
 
 from unet_perf.compat import v1
-from unet_perf.inference import build_predictor, predict_image
-from unet_perf.metrics import METRIC_KEYS, THRESHOLD_KEYS, evaluate_slices
+from unet_perf.inference.predictor import build_predictor, predict_image
+from unet_perf.inference.metrics import METRIC_KEYS, THRESHOLD_KEYS, evaluate_slices
 
 
 class Validator(object):
@@ -59,7 +59,7 @@ def inference_graphs(cfg, val, probe_count):
     """A builder for graph.build(extras=...): the probe predictor (fixed training tiles in inference mode, for the
     train accuracy and the summary images; run in its own cheap Session.run) and the validator of the held-out
     slices `val` (None when there are none)."""
-    from unet_perf.ema import reading_average
+    from unet_perf.model.ema import reading_average
 
     def build():
         with reading_average(cfg):  # with --ema, validation and best/ judge the averaged weights

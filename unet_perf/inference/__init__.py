@@ -1,0 +1,1 @@
+"""Using a trained model: overlap-tile prediction, metrics, panels."""

@@ -1,0 +1,1 @@
+"""The training input: tf.data assembly and the fused augmentation engines."""

@@ -1,0 +1,1 @@
+"""The network and what trains it: U-Net, losses, optimizers, schedules, precision, weight averaging."""
