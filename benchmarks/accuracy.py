@@ -128,7 +128,7 @@ def score(model_dir, checkpoint, tta, cfg, output, batch_size):
 
 def run_seed(base, seed, output, batch_size):
     """Train one seed and score it; returns its result dict."""
-    from unet_perf.storage.checkpoints import read_json
+    from unet_perf.storage.atomic import read_json
     from unet_perf.training.run import train
 
     model_dir = seed_dir(output, seed)

@@ -7,7 +7,8 @@ from unet_perf import compat
 from unet_perf.input import augment
 from unet_perf.config import Config
 from unet_perf.errors import UserError
-from unet_perf.training.checkpointing import BEST_METRICS, RunCheckpoints
+from unet_perf.storage.run_dir import BEST_METRICS
+from unet_perf.training.checkpointing import RunCheckpoints
 
 
 class _Writer(object):

@@ -18,6 +18,7 @@ from unet_perf.cli_flags import (add_inference_flags, check_inference_flags, mak
 from unet_perf.config import build_parser
 from unet_perf.data.loading import read_slices, subset
 from unet_perf.data.split import split_indices
+from unet_perf.storage import run_dir
 from unet_perf.errors import run_cli
 from unet_perf.inference.metrics import METRIC_KEYS, THRESHOLD_KEYS, evaluate_slices
 from unet_perf.inference.panels import error_overlay
@@ -94,7 +95,7 @@ def main(argv=None):
     data_path = cfg.data_path if args.data_path is None else args.data_path
     val_split = args.val_split if args.val_split is not None else (cfg.val_split if args.data_path is None else "")
     pairs, source = labelled_slices(data_path, val_split, cfg, args.rgb)
-    output = args.output or os.path.join(args.model_dir, "eval")
+    output = args.output or os.path.join(args.model_dir, run_dir.EVAL_DIR)
     make_output_dir(output)
     predictor = open_predictor(args, cfg)
     names = [safe_name(name) for name in pairs.names]

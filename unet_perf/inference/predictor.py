@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
+from unet_perf.storage import run_dir
 from unet_perf.storage.checkpoints import check_compatible, latest_checkpoint
 from unet_perf.compat import v1
 from unet_perf.config import NORMALIZE_MODES, PRECISIONS, Config
@@ -172,7 +173,7 @@ def load_config(model_dir):
     if not os.path.isdir(model_dir):
         raise UserError("--model_dir {} does not exist; train a model first (python -m unet_perf.train "
                         "--model_dir {})".format(model_dir, model_dir))
-    path = os.path.join(model_dir, "config.json")
+    path = os.path.join(model_dir, run_dir.CONFIG_FILE)
     if not os.path.isfile(path):
         raise UserError("{} is missing; --model_dir must be a directory written by python -m unet_perf.train"
                         .format(path))
@@ -188,7 +189,7 @@ def load_config(model_dir):
 def resolve_checkpoint(model_dir, checkpoint=None):
     """Checkpoint prefix to restore. checkpoint: None (best/ if present, else latest), "best", "latest", a
     directory holding a `checkpoint` state file, or a checkpoint prefix (path without .index)."""
-    best_dir = os.path.join(model_dir, "best")
+    best_dir = os.path.join(model_dir, run_dir.BEST_DIR)
     if checkpoint in (None, "", "best", "latest"):
         candidates = {"best": [best_dir], "latest": [model_dir]}.get(checkpoint, [best_dir, model_dir])
         for directory in candidates:

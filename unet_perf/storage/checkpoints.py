@@ -1,4 +1,4 @@
-"""Checkpoints that survive a kill at any moment, architecture checks before restoring, atomic JSON files.
+"""Checkpoints that survive a kill at any moment: the writer, discovery of complete ones, architecture checks.
 
 Why a kill cannot leave an unusable checkpoint (TF's V2 bundle writer, tensor_bundle.cc, is the same in 1.15 and
 2.x: it writes `<prefix>.data-*` and `<prefix>.index` to `*.tempstate<random>` files and renames each when done):
@@ -8,7 +8,7 @@ Why a kill cannot leave an unusable checkpoint (TF's V2 bundle writer, tensor_bu
   listing them. Every save uses a new prefix, so a half-written save never touches a listed checkpoint.
 - Readers trust only the state file and complete file pairs (`checkpoint_candidates`), so whatever a kill leaves
   (staging or temp files, a renamed pair the state file does not list yet) is never restored from.
-- `remove_partial_files` deletes staging and temp files (also those of atomic_write_text) at start-up and
+- `remove_partial_files` deletes staging and temp files (also those of storage.atomic) at start-up and
   after a failed save (a full disk should not stay full of our garbage); an unlisted pair is overwritten when
   its step is saved again.
 - The writer keeps its own list of kept checkpoints; `recover` reloads it from the state file, so max_to_keep
@@ -18,13 +18,14 @@ Why a kill cannot leave an unusable checkpoint (TF's V2 bundle writer, tensor_bu
 Tests kill a save between its phases deterministically through faults.reached("checkpoint_write").
 """
 import glob
-import json
 import os
 import re
 
 from unet_perf import faults
 from unet_perf.compat import v1
 from unet_perf.errors import UserError
+from unet_perf.storage.atomic import atomic_write_text, read_json, remove_quietly
+from unet_perf.storage.run_dir import CONFIG_FILE
 
 PREFIX = "model.ckpt"
 STATE_FILE = "checkpoint"
@@ -34,34 +35,6 @@ PARTIAL_PATTERNS = ("*.tempstate*", "*.tmp[0-9]*")
 # ema: resuming with --ema on from a checkpoint without shadow variables cannot restore them.
 ARCHITECTURE_FLAGS = ("depth", "base_filters", "batch_norm", "optimizer", "precision", "loss_scale", "weight_map",
                       "ema")
-
-
-def atomic_write_text(path, text):
-    """Write `text` to `path` via a temp file + os.replace, so readers never see half a file."""
-    tmp = "{}.tmp{}".format(path, os.getpid())
-    try:
-        with open(tmp, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        _remove_quietly(tmp)
-        raise UserError("cannot write {} ({}); free disk space or choose another --model_dir".format(
-            path, err.strerror or err))
-
-
-def atomic_write_json(path, obj):
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
-
-
-def read_json(path):
-    """The JSON object in `path`, or None when it is missing or unreadable."""
-    try:
-        with open(path) as handle:
-            return json.load(handle)
-    except (OSError, ValueError):
-        return None
 
 
 def op_error_reason(err):
@@ -74,47 +47,11 @@ def op_error_reason(err):
     return type(err).__name__
 
 
-def _remove_quietly(path):
-    try:
-        os.remove(path)
-    except OSError:
-        pass
-
-
-def check_model_dir(model_dir):
-    """UserError now (before any work) if `model_dir` cannot be created or written. Creates nothing."""
-    path = os.path.abspath(model_dir)
-    if os.path.exists(path):
-        if not os.path.isdir(path):
-            raise UserError("--model_dir {} is a file, not a directory; pass a directory path".format(model_dir))
-        if not os.access(path, os.W_OK | os.X_OK):
-            raise UserError("--model_dir {} is not writable; choose a writable directory".format(model_dir))
-        return
-    parent = os.path.dirname(path)
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        raise UserError("--model_dir {} cannot be created: {} is a file; pass another path".format(
-            model_dir, parent))
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError("--model_dir {} cannot be created: {} is not writable; choose a writable path".format(
-            model_dir, parent))
-
-
-def make_model_dir(model_dir):
-    check_model_dir(model_dir)
-    try:
-        os.makedirs(model_dir, exist_ok=True)
-    except OSError as err:
-        raise UserError("cannot create --model_dir {} ({}); choose another path".format(
-            model_dir, err.strerror or err))
-
-
 def remove_partial_files(directory):
     """Delete the temp files of saves that never finished (killed or failed); returns their paths."""
     removed = []
     for path in sorted(set(p for pattern in PARTIAL_PATTERNS for p in glob.glob(os.path.join(directory, pattern)))):
-        _remove_quietly(path)
+        remove_quietly(path)
         removed.append(path)
     return removed
 
@@ -186,7 +123,7 @@ def check_compatible(prefix, variables, model_dir, cfg=None):
     if not differences:
         return checkpoint_shapes
     flags = "--depth/--base_filters"
-    saved = read_json(os.path.join(model_dir, "config.json"))
+    saved = read_json(os.path.join(model_dir, CONFIG_FILE))
     if saved is not None and cfg is not None:
         changed = ["--{} {}".format(name, saved[name]) for name in ARCHITECTURE_FLAGS
                    if name in saved and saved[name] != getattr(cfg, name)]
@@ -269,4 +206,4 @@ class CheckpointWriter(object):
         self.listed = kept
         for old in dropped:
             for path in glob.glob(glob.escape(old) + ".data-*") + [old + ".index"]:
-                _remove_quietly(path)
+                remove_quietly(path)

@@ -9,12 +9,11 @@ The best score so far survives restarts in best/metrics.json, written after its 
 """
 import os
 
-from unet_perf.storage import checkpoints
+from unet_perf.storage import checkpoints, run_dir
+from unet_perf.storage.atomic import atomic_write_json, read_json
 from unet_perf.compat import v1
 from unet_perf.errors import UserError
 
-BEST_DIR = "best"
-BEST_METRICS = "metrics.json"
 
 
 def newest_restorable(model_dir):
@@ -40,18 +39,18 @@ class RunCheckpoints(object):
         latest = checkpoints.CheckpointWriter(model_dir, variables, keep)
         best = None
         if with_best:
-            best_dir = os.path.join(model_dir, BEST_DIR)
-            checkpoints.make_model_dir(best_dir)
+            best_dir = os.path.join(model_dir, run_dir.BEST_DIR)
+            run_dir.make_model_dir(best_dir)
             best = checkpoints.CheckpointWriter(best_dir, variables, 1)
         return cls(latest, best)
 
     def _saved_best_v_rand(self):
         if self.best is None:
             return None
-        path = os.path.join(self.best.directory, BEST_METRICS)
+        path = os.path.join(self.best.directory, run_dir.BEST_METRICS)
         if not os.path.exists(path):
             return None
-        saved = checkpoints.read_json(path)
+        saved = read_json(path)
         if not isinstance(saved, dict) or not isinstance(saved.get("v_rand"), (int, float)):
             # Starting from "no best" would let a worse checkpoint overwrite best/.
             raise UserError("{} is unreadable or has no v_rand; restore it, or delete {} to start a new best "
@@ -82,5 +81,5 @@ class RunCheckpoints(object):
         self.best_v_rand = v_rand
         if self.best is None or not self.best.save(sess, step):
             return False
-        checkpoints.atomic_write_json(os.path.join(self.best.directory, BEST_METRICS), dict(metrics, step=step))
+        atomic_write_json(os.path.join(self.best.directory, run_dir.BEST_METRICS), dict(metrics, step=step))
         return True

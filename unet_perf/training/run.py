@@ -21,7 +21,8 @@ import sys
 import time
 
 from unet_perf import compat
-from unet_perf.storage import checkpoints
+from unet_perf.storage import checkpoints, run_dir
+from unet_perf.storage.atomic import atomic_write_json
 from unet_perf.training import team as distributed
 from unet_perf.training import assembly as graph
 from unet_perf.cluster import SINGLE
@@ -35,8 +36,6 @@ from unet_perf.training.checkpointing import RunCheckpoints, newest_restorable
 from unet_perf.training.summaries import SummaryLog
 from unet_perf.training.validation import inference_graphs
 
-CONFIG_FILE = "config.json"
-SUMMARY_FILE = "summary.json"
 
 
 def _finite(*values):
@@ -65,7 +64,7 @@ def train(cfg, out=None):
         say("training on the built-in synthetic set ({} slices of {}x{}, seed {}); pass --data_path for real "
             "data".format(cfg.synthetic_count, cfg.synthetic_size, cfg.synthetic_size, cfg.seed))
     model_dir = cfg.model_dir
-    checkpoints.check_model_dir(model_dir)
+    run_dir.check_model_dir(model_dir)
     train_pairs, val_pairs, weights = load_dataset(cfg)
     engine = augment.describe_engine(cfg)
     say("data: train {}{}; augmentation: {}".format(
@@ -97,8 +96,8 @@ def train(cfg, out=None):
     team.build_vote(training)
     if prefix is not None:
         checkpoints.check_compatible(prefix, training.variables, model_dir, cfg)
-    checkpoints.make_model_dir(model_dir)
-    checkpoints.atomic_write_json(os.path.join(model_dir, CONFIG_FILE), config_to_dict(cfg))
+    run_dir.make_model_dir(model_dir)
+    atomic_write_json(os.path.join(model_dir, run_dir.CONFIG_FILE), config_to_dict(cfg))
 
     with training.graph.as_default():
         saved = RunCheckpoints.create(model_dir, training.variables, cfg.keep_checkpoints,
@@ -129,7 +128,7 @@ def train(cfg, out=None):
                     "backend": training.backend.name, "augmentation": engine, "workers": team.size,
                     "global_batch_size": cfg.batch_size * team.size})
     summary.update(compat.describe())
-    checkpoints.atomic_write_json(os.path.join(model_dir, SUMMARY_FILE), summary)
+    atomic_write_json(os.path.join(model_dir, run_dir.SUMMARY_FILE), summary)
     say("Final Performance images/sec : {:.2f}".format(summary["images_per_sec"]))
     say("E2E Training Duration sec : {:.2f}".format(summary["duration_sec"]))
     say("Final Train Accuracy : {:.4f}".format(summary["train_accuracy"]))
