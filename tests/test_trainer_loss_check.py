@@ -9,36 +9,13 @@ from test_npu_backend import npu  # noqa: F401  (the stand-in npu_bridge fixture
 from unet_perf.backends.host import HostBackend
 from unet_perf.config import Config
 from unet_perf.errors import UserError
-from unet_perf.training.run import Run
+from unet_perf.training.run import LossGuard
 
 NAN_VALUES = {"loss": float("nan"), "mean_loss": float("nan")}
 
 
-class _Training(object):
-    def __init__(self, backend):
-        self.backend = backend
-
-
-class _Latest(object):
-    directory = "/nonexistent-model-dir"
-
-
-class _Saved(object):
-    latest = _Latest()
-    best = None
-    best_v_rand = None
-
-
-class _Console(object):
-    out = None
-
-    def say(self, message):
-        pass
-
-
-def _run(backend, cfg):
-    return Run(cfg, sess=None, training=_Training(backend), fetches=None, saved=_Saved(), log=None,
-               console=_Console(), probe=None)
+def _check(backend, cfg, values, step):
+    LossGuard(backend, cfg).check(values, step, last_good=lambda: "the last good checkpoint is none")
 
 
 def _npu_backend():
@@ -50,7 +27,7 @@ def test_npu_mixed_precision_skips_a_non_finite_step_instead_of_stopping(npu):  
     cfg = Config(precision="fp32", precision_mode="allow_mix_precision", loss_scale="auto")
     # The host rule would call this "no loss scaling" (fp32) and stop; the NPU backend knows better.
     assert cfg.loss_scale_kind()[0] == "none"
-    _run(_npu_backend(), cfg).check_finite(NAN_VALUES, step=10)
+    _check(_npu_backend(), cfg, NAN_VALUES, step=10)
 
 
 @pytest.mark.parametrize("overrides", [
@@ -60,12 +37,12 @@ def test_npu_mixed_precision_skips_a_non_finite_step_instead_of_stopping(npu):  
 def test_npu_without_loss_scaling_stops_on_a_non_finite_loss(npu, overrides):  # noqa: F811
     cfg = Config(precision="fp32", **overrides)
     with pytest.raises(UserError, match="the loss became nan by step 10"):
-        _run(_npu_backend(), cfg).check_finite(NAN_VALUES, step=10)
+        _check(_npu_backend(), cfg, NAN_VALUES, step=10)
 
 
 def test_host_follows_precision():
     fp32 = Config(precision="fp32", loss_scale="auto")
     with pytest.raises(UserError, match="no loss scaling"):
-        _run(HostBackend(), fp32).check_finite(NAN_VALUES, step=3)
-    _run(HostBackend(), Config(precision="fp16", loss_scale="auto")).check_finite(NAN_VALUES, step=3)
-    _run(HostBackend(), fp32).check_finite({"loss": 0.5, "mean_loss": 0.4}, step=3)
+        _check(HostBackend(), fp32, NAN_VALUES, step=3)
+    _check(HostBackend(), Config(precision="fp16", loss_scale="auto"), NAN_VALUES, step=3)
+    _check(HostBackend(), fp32, {"loss": 0.5, "mean_loss": 0.4}, step=3)

@@ -1,5 +1,6 @@
-"""Runs the training loop: K steps per Session.run, progress, checkpoints, resume, validation, clean stop on
-SIGINT/SIGTERM, and the ModelZoo result lines. The graph itself comes from unet_perf.training.assembly.
+"""One training run for every rank: load the data, agree with the other workers, build the graph, run K steps
+per Session.run until done or asked to stop. What only the chief does (progress, checkpoints, resume, validation,
+summaries, the ModelZoo result lines) is plugged in from training.duties; the graph comes from training.assembly.
 
     summary = train(cfg)          # cfg: a validated unet_perf.config.Config; returns the summary.json dict
 
@@ -16,233 +17,106 @@ pixel accuracy (threshold 0.5) of the final weights in inference mode on fixed c
 slices (the "probe", also the TensorBoard prediction images): the backends fetch no per-batch predictions.
 """
 import math
-import os
-import sys
 import time
 
 from unet_perf import compat
-from unet_perf.storage import checkpoints, run_dir
-from unet_perf.storage.atomic import atomic_write_json
-from unet_perf.training import team as distributed
-from unet_perf.training import assembly as graph
-from unet_perf.cluster import SINGLE
-from unet_perf.config import config_to_dict
 from unet_perf.errors import UserError
+from unet_perf.training import assembly
+from unet_perf.training.duties import ChiefDuties, FollowerDuties
 from unet_perf.training.interrupts import StopRequest
-from unet_perf.inference.panels import prediction_panels
-from unet_perf.training.probe import pixel_accuracy, probe_tiles
-from unet_perf.progress import Console, Progress, RateMeter
-from unet_perf.training.checkpointing import RunCheckpoints, newest_restorable
-from unet_perf.training.summaries import SummaryLog
-from unet_perf.training.validation import inference_graphs
-
-
-
-def _finite(*values):
-    return all(math.isfinite(float(v)) for v in values)
-
-
-def _crossed(previous_step, step, interval):
-    return interval > 0 and step // interval > previous_step // interval
+from unet_perf.training.team import join
 
 
 def train(cfg, out=None):
-    """Train (or resume) per cfg; returns the summary dict also written to <model_dir>/summary.json."""
-    from unet_perf.input import augment
-    from unet_perf.data.loading import describe, load_dataset
-
+    """Train (or resume) this process's rank per cfg; returns its summary (the chief's is summary.json)."""
     started = time.time()
     cfg.validate()
-    team = distributed.join(cfg)
-    if not team.chief:
-        return distributed.follow(cfg, team)  # trains its share; prints and writes nothing
-    console = Console(out if out is not None else sys.stdout)
-    say = console.say
-    if team.size > 1:
-        say(team.describe(cfg))
-    if not cfg.data_path:
-        say("training on the built-in synthetic set ({} slices of {}x{}, seed {}); pass --data_path for real "
-            "data".format(cfg.synthetic_count, cfg.synthetic_size, cfg.synthetic_size, cfg.seed))
-    model_dir = cfg.model_dir
-    run_dir.check_model_dir(model_dir)
-    train_pairs, val_pairs, weights = load_dataset(cfg)
-    engine = augment.describe_engine(cfg)
-    say("data: train {}{}; augmentation: {}".format(
-        describe(train_pairs), "; validation {}".format(describe(val_pairs)) if val_pairs is not None else "",
-        engine))
-
-    if os.path.isdir(model_dir):
-        for path in checkpoints.remove_partial_files(model_dir):
-            say("removed the partial file of an interrupted save: {}".format(path))
-    prefix, start_step = newest_restorable(model_dir)
-    start_step = team.handshake(cfg, train_pairs, start_step)
-    total = cfg.total_steps
-    if prefix is not None and start_step >= total:
-        say("{} already holds a checkpoint at step {} >= {} total steps: nothing to train (raise --max_steps to "
-            "continue)".format(model_dir, start_step, total))
-        return {"status": "already_done", "end_step": start_step, "total_steps": total}
-    if (total - start_step) % cfg.iterations_per_loop:
-        raise UserError("the checkpoint in {} is at step {}: the remaining {} steps are not a multiple of "
-                        "--iterations_per_loop {}; use the --iterations_per_loop of the first run".format(
-                            model_dir, start_step, total - start_step, cfg.iterations_per_loop))
-
-    compat.enable_graph_mode()
-    if cfg.deterministic:
-        compat.enable_op_determinism()
-    probe_count = min(max(cfg.summary_images, cfg.batch_size), max(len(train_pairs.images), 1))
-    training = graph.build(team.run_config(cfg), graph.pipeline_source(cfg, train_pairs, weights, start_step,
-                                                                      *team.share),
-                           backend=team.backend, extras=inference_graphs(cfg, val_pairs, probe_count))
-    team.build_vote(training)
-    if prefix is not None:
-        checkpoints.check_compatible(prefix, training.variables, model_dir, cfg)
-    run_dir.make_model_dir(model_dir)
-    atomic_write_json(os.path.join(model_dir, run_dir.CONFIG_FILE), config_to_dict(cfg))
-
-    with training.graph.as_default():
-        saved = RunCheckpoints.create(model_dir, training.variables, cfg.keep_checkpoints,
-                                      with_best=training.extras.validator is not None)
-    probe = probe_tiles(cfg, train_pairs, probe_count)
-
-    def recover_and_restore(sess):
-        saved.recover_and_restore(sess, prefix)
-        if prefix is not None:
-            say("resumed from {} at step {} (continuing to step {})".format(
-                prefix, int(sess.run(training.global_step)), total))
-
-    log = SummaryLog(model_dir, say)
-    sess = None
-    try:
-        with team.peer_errors("training"):
-            sess, fetches = graph.open_session(training, cfg, restore=recover_and_restore)
-            start_step = int(sess.run(training.global_step))
-            run = Run(cfg, sess, training, fetches, saved, log, console, probe, team)
-            summary = run.loop(start_step, total)
-    finally:
-        log.close()
-        if sess is not None:
-            sess.close()
-    if summary["status"] == "interrupted":
-        return summary
-    summary.update({"duration_sec": time.time() - started, "config": config_to_dict(cfg),
-                    "backend": training.backend.name, "augmentation": engine, "workers": team.size,
-                    "global_batch_size": cfg.batch_size * team.size})
-    summary.update(compat.describe())
-    atomic_write_json(os.path.join(model_dir, run_dir.SUMMARY_FILE), summary)
-    say("Final Performance images/sec : {:.2f}".format(summary["images_per_sec"]))
-    say("E2E Training Duration sec : {:.2f}".format(summary["duration_sec"]))
-    say("Final Train Accuracy : {:.4f}".format(summary["train_accuracy"]))
-    return summary
+    team = join(cfg)
+    duties = ChiefDuties(cfg, team, out) if team.chief else FollowerDuties(cfg, team)
+    return TrainingRun(cfg, team, duties).execute(started)
 
 
-class Run(object):
-    """The loop of one process: Session.runs of K steps, logging, checkpoints, validation, stop handling."""
+class LossGuard(object):
+    """Without loss scaling a non-finite loss means the weights are already broken: stop, save nothing.
 
-    def __init__(self, cfg, sess, training, fetches, saved, log, console, probe, team=None):
-        self.cfg, self.sess, self.training, self.fetches = cfg, sess, training, fetches
-        self.saved, self.log, self.console, self.probe = saved, log, console, probe
-        self.team = team if team is not None else distributed.Team(SINGLE, training.backend)
-        self.say = console.say
-        self.history = []
-        self.validation = None
-        self.check_loss = training.backend.loss_scale_kind(cfg)[0] == "none"
+    With loss scaling (as the backend resolves it: on the NPU, precision_mode decides) an overflowing step is
+    skipped by the optimizer and training goes on.
+    """
 
-    def run_probe(self, step):
-        images, raws, masks = self.probe
-        extras = self.training.extras
-        prob = self.sess.run(extras.probe_prob, {extras.probe_input: images})
-        accuracy = pixel_accuracy(prob, masks)
-        self.log.scalars(step, {"train_accuracy": accuracy})
-        if self.cfg.summary_images:
-            count = self.cfg.summary_images  # encode only the tiles that are logged
-            self.log.images(step, "predictions", prediction_panels(raws[:count], masks[:count], prob[:count]))
-        return accuracy
+    def __init__(self, backend, cfg):
+        self.active = backend.loss_scale_kind(cfg)[0] == "none"
 
-    def validate(self, step):
-        validator = self.training.extras.validator
-        if validator is None:
+    def check(self, values, step, last_good):
+        """UserError when the loss is fatal; last_good() names the checkpoint to go back to."""
+        loss, mean_loss = float(values["loss"]), float(values["mean_loss"])
+        if not self.active or (math.isfinite(loss) and math.isfinite(mean_loss)):
             return
-        metrics = dict((key, float(value)) for key, value in validator.run(self.sess).items())
-        self.validation = dict(metrics, step=step)
-        self.log.scalars(step, dict(("validation/" + key, value) for key, value in metrics.items()))
-        note = ""
-        if self.saved.offer_best(self.sess, step, metrics):
-            note = " (best so far, saved to {})".format(self.saved.best.directory)
-        self.say("validation at step {}: {}{}".format(
-            step, "  ".join("{} {:.4f}".format(k, metrics[k]) for k in sorted(metrics)), note))
+        raise UserError("the loss became {} by step {} (no loss scaling); nothing was saved after it, {}; lower "
+                        "--learning_rate or use another --precision".format(
+                            mean_loss if not math.isfinite(mean_loss) else loss, step, last_good()))
 
-    def save(self, step):
-        path = self.saved.latest.save(self.sess, step)
-        if path:
-            self.say("saved checkpoint {}".format(path))
-        return path
 
-    def loop(self, start_step, total):
-        cfg = self.cfg
-        global_batch = cfg.batch_size * self.team.size  # the rates are the whole job's
-        images_per_run = global_batch * cfg.iterations_per_loop
-        progress = Progress(total, start_step, global_batch, cfg.steps_per_epoch, out=self.console.out)
-        self.console.progress = progress
-        step = start_step
-        meter = RateMeter(images_per_run)
-        values = None
-        with StopRequest(self.say) as stop:
+class TrainingRun(object):
+    """The life of one rank's run; `duties` (training.duties) decides what it reports and keeps."""
+
+    def __init__(self, cfg, team, duties):
+        self.cfg, self.team, self.duties = cfg, team, duties
+
+    def execute(self, started):
+        from unet_perf.data.loading import load_dataset
+        from unet_perf.input import augment
+
+        cfg, team, duties = self.cfg, self.team, self.duties
+        duties.announce()
+        train_pairs, val_pairs, weights = load_dataset(cfg)
+        engine = augment.describe_engine(cfg)
+        prefix, start_step = duties.resume_point(train_pairs, val_pairs, engine)
+        start_step = team.handshake(cfg, train_pairs, start_step)
+        total = cfg.total_steps
+        if start_step >= total:
+            duties.already_done(start_step, prefix)
+            return {"status": "already_done", "end_step": start_step, "total_steps": total}
+        if (total - start_step) % cfg.iterations_per_loop:
+            raise UserError("the run resumes at step {} (the checkpoint in {}): the remaining {} steps are not a "
+                            "multiple of --iterations_per_loop {}; use the --iterations_per_loop of the first "
+                            "run".format(start_step, cfg.model_dir, total - start_step, cfg.iterations_per_loop))
+
+        compat.enable_graph_mode()
+        if cfg.deterministic:
+            compat.enable_op_determinism()
+        training = assembly.build(team.run_config(cfg),
+                                  assembly.pipeline_source(cfg, train_pairs, weights, start_step, *team.share),
+                                  backend=team.backend, extras=duties.extras(val_pairs, train_pairs))
+        team.build_vote(training)
+        duties.prepare(training, prefix)
+        sess = None
+        try:
+            with team.peer_errors("training"):
+                sess, fetches = assembly.open_session(training, cfg, restore=duties.restore)
+                result = self.loop(sess, fetches, LossGuard(training.backend, cfg),
+                                   int(sess.run(training.global_step)), total)
+        finally:
+            duties.close()
+            if sess is not None:
+                sess.close()
+        return duties.report(result, started, training, engine)
+
+    def loop(self, sess, fetches, guard, start_step, total):
+        """Session.runs of K steps until `total` or until any worker asks to stop; returns the duties' result."""
+        duties, team = self.duties, self.team
+        duties.start_loop(sess, start_step, total)
+        step, values = start_step, None
+        with StopRequest(duties.say) as stop:
             try:
-                while step < total and not self.team.agree_to_stop(self.sess, stop.requested):
+                while step < total and not team.agree_to_stop(sess, stop.requested):
                     tick = time.time()
-                    values = self.sess.run(self.fetches)
-                    rate = meter.add(time.time() - tick)
+                    values = sess.run(fetches)
+                    seconds = time.time() - tick
                     previous, step = step, int(values["global_step"])
-                    self.check_finite(values, step)
-                    self.history.append({"step": step, "loss": float(values["loss"]),
-                                         "mean_loss": float(values["mean_loss"])})
-                    progress.update(step, values["loss"], values["mean_loss"], values["loss_scale"],
-                                    values["skipped_steps"], rate)
-                    self.log.scalars(step, {"loss": values["loss"], "mean_loss": values["mean_loss"],
-                                            "loss_scale": values["loss_scale"],
-                                            "skipped_steps": values["skipped_steps"], "images_per_sec": rate})
-                    if _crossed(previous, step, cfg.save_checkpoints_steps) and step < total:
-                        self.save(step)
-                        self.run_probe(step)
-                    if _crossed(previous, step, cfg.val_every) and step < total:
-                        self.validate(step)
+                    guard.check(values, step, duties.last_good)
+                    duties.after_run(previous, step, values, seconds)
             finally:
-                progress.close()
-                self.console.progress = None
+                duties.end_loop()
             if step < total:  # stopped early: this worker or another asked
-                path = self.save(step)
-                self.say("interrupted at step {} ({}); rerun the same command to resume".format(
-                    step, "saved {}".format(path) if path else "checkpoint already saved"))
-                return {"status": "interrupted", "end_step": step, "signal": stop.signal_name}
-        self.save(step)
-        accuracy = self.run_probe(step)
-        self.validate(step)
-        images_per_sec, note = meter.result()
-        last = values or {}
-        return {
-            "status": "finished", "start_step": start_step, "end_step": step, "total_steps": total,
-            "steps_run": step - start_step, "history": self.history,
-            "first_mean_loss": self.history[0]["mean_loss"] if self.history else None,
-            "final_loss": float(last["loss"]) if values else None,
-            "final_mean_loss": float(last["mean_loss"]) if values else None,
-            "images_per_sec": images_per_sec, "images_per_sec_note": note, "train_accuracy": accuracy,
-            "loss_scale": float(last["loss_scale"]) if values else None,
-            "skipped_steps": int(last["skipped_steps"]) if values else None,
-            "scale_changes": int(last["scale_changes"]) if values else None,
-            "validation": self.validation, "best_v_rand": self.saved.best_v_rand,
-            "checkpoint": self.saved.latest.newest,
-        }
-
-    def check_finite(self, values, step):
-        """Without loss scaling a non-finite loss means the weights are already broken: stop, save nothing.
-
-        With loss scaling (as the backend resolves it: on the NPU, precision_mode decides) an overflowing step is
-        skipped by the optimizer and training goes on.
-        """
-        if not self.check_loss or _finite(values["loss"], values["mean_loss"]):
-            return
-        previous = checkpoints.latest_checkpoint(self.saved.latest.directory)
-        raise UserError("the loss became {} by step {} (no loss scaling); nothing was saved after it, the last good "
-                        "checkpoint is {}; lower --learning_rate or use another --precision".format(
-                            float(values["mean_loss"]) if not _finite(values["mean_loss"]) else float(values["loss"]),
-                            step, previous or "none (delete --model_dir to start again)"))
+                return duties.interrupted(step, stop.signal_name)
+        return duties.finished(start_step, step, values)

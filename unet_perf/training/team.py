@@ -1,10 +1,9 @@
-"""What training does differently with several workers, kept out of trainer.py.
+"""The workers of one job and how they agree: who they are, the start-up handshake, the stop vote.
 
-    team = distributed.join(cfg)                      # from TF_CONFIG / the rank table; one worker otherwise
+    team = join(cfg)                                  # from TF_CONFIG / the rank table; one worker otherwise
     start = team.handshake(cfg, train_pairs, start)   # same config and data everywhere; the chief's start step
-    training = graph.build(team.run_config(cfg), graph.pipeline_source(cfg, ..., *team.share), team.backend)
+    training = assembly.build(team.run_config(cfg), assembly.pipeline_source(cfg, ..., *team.share), team.backend)
     while step < total and not team.agree_to_stop(sess, stop.requested): ...
-    distributed.follow(cfg, team)                     # the whole life of a non-chief worker
 
 Roles: the chief (rank 0) restores, broadcasts (graph.open_session), logs, validates and writes model_dir; the
 other workers only train and never touch model_dir. Every worker agrees before each Session.run whether to stop
@@ -13,7 +12,6 @@ other workers only train and never touch model_dir. Every worker agrees before e
 """
 import hashlib
 import json
-import math
 import zlib
 
 import numpy as np
@@ -148,43 +146,3 @@ def config_fingerprint(cfg, train_pairs):
         digest.update(str(array.shape).encode("utf-8"))
         digest.update(str(zlib.crc32(array.tobytes())).encode("utf-8"))
     return int(digest.hexdigest(), 16) % (2 ** _HASH_BITS)
-
-
-# --- a non-chief worker -------------------------------------------------------------------------------------------
-
-def follow(cfg, team):
-    """The life of a non-chief worker: same data and graph as the chief, its share of every batch, the chief's
-    variables (broadcast at session start), no output and nothing written. Returns a small summary dict."""
-    from unet_perf import compat
-    from unet_perf.training import assembly as graph
-    from unet_perf.data.loading import load_dataset
-    from unet_perf.training.interrupts import StopRequest
-
-    train_pairs, _, weights = load_dataset(cfg)
-    start_step = team.handshake(cfg, train_pairs, 0)
-    total = cfg.total_steps
-    if start_step >= total:
-        return {"status": "already_done", "end_step": start_step, "total_steps": total}
-    if (total - start_step) % cfg.iterations_per_loop:
-        raise UserError("the chief resumes at step {}: the remaining {} steps are not a multiple of "
-                        "--iterations_per_loop {}".format(start_step, total - start_step, cfg.iterations_per_loop))
-    compat.enable_graph_mode()
-    if cfg.deterministic:
-        compat.enable_op_determinism()
-    training = graph.build(team.run_config(cfg), graph.pipeline_source(cfg, train_pairs, weights, start_step,
-                                                                      *team.share), backend=team.backend)
-    team.build_vote(training)
-    check_loss = team.backend.loss_scale_kind(cfg)[0] == "none"
-    sess, fetches = graph.open_session(training, cfg)
-    step = start_step
-    try:
-        with StopRequest(lambda message: None) as stop, team.peer_errors("training"):
-            while step < total and not team.agree_to_stop(sess, stop.requested):
-                values = sess.run(fetches)
-                step = int(values["global_step"])
-                if check_loss and not all(math.isfinite(float(values[key])) for key in ("loss", "mean_loss")):
-                    raise UserError("the loss became non-finite by step {} (no loss scaling); the chief stops "
-                                    "too and names its last good checkpoint".format(step))
-    finally:
-        sess.close()
-    return {"status": "finished" if step >= total else "interrupted", "end_step": step, "rank": team.cluster.rank}
