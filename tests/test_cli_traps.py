@@ -10,11 +10,12 @@ import cv2
 import numpy as np
 import pytest
 
-from unet_perf import evaluate, export, predict, tf_logging
+from unet_perf import evaluate, export, predict
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HARD_TIMEOUT = 300
 # absl/TensorFlow log lines and absl's pre-initialisation banner; cuInit is the CPU machine's GPU probe.
+VERBOSE_ENV = "UNET_PERF_VERBOSE"  # unet_perf.VERBOSE_ENV
 TF_NOISE = re.compile(r"^([IWEF]\d{4} |WARNING: All log messages before absl)|cuInit")
 
 
@@ -129,7 +130,7 @@ def test_tensorflow_import_noise_is_filtered_unless_verbose(tmp_path, verbose, f
     (tmp_path / "tensorflow").mkdir()
     (tmp_path / "tensorflow" / "__init__.py").write_text(FAKE_TENSORFLOW)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), REPO]))
-    env.pop(tf_logging.VERBOSE_ENV, None)
+    env.pop(VERBOSE_ENV, None)
     if fails:
         env["FAKE_TF_FAILS"] = "1"
     script = ("import sys; from unet_perf import tf_logging; tf_logging.use_verbose_flag(sys.argv[1:]); "
@@ -151,7 +152,7 @@ def test_tensorflow_import_noise_is_filtered_unless_verbose(tmp_path, verbose, f
 
 def run_module(module, args, cwd):
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    for name in ("TF_CPP_MIN_LOG_LEVEL", tf_logging.VERBOSE_ENV):
+    for name in ("TF_CPP_MIN_LOG_LEVEL", VERBOSE_ENV):
         env.pop(name, None)  # as a user's shell has it: nothing set
     return subprocess.run([sys.executable, "-m", module] + args, cwd=cwd, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, universal_newlines=True, timeout=HARD_TIMEOUT)

@@ -274,3 +274,15 @@ def test_export_rejects_shapes_the_unet_cannot_take(tmp_path, model_dir, capsys)
     code, _, err = run(export.main, ["--model_dir", model_dir, "--output", str(tmp_path / "x"), "--height", "30"],
                        capsys)
     assert code == 2 and "--height 30" in err and "2^depth = 4" in err
+
+
+def test_evaluate_replaces_its_previous_output_and_leaves_nothing_when_it_fails(tmp_path, model_dir, capsys):
+    write_slices(tmp_path / "data", 4, labels=True)
+    output = tmp_path / "eval"
+    argv = ["--model_dir", model_dir, "--data_path", str(tmp_path / "data"), "--output", str(output)]
+    assert run(evaluate.main, argv + ["--val_split", "1-2"], capsys)[0] == 0
+    assert run(evaluate.main, argv + ["--val_split", "2"], capsys)[0] == 0
+    assert sorted(os.listdir(str(output))) == ["2_overlay.png", "metrics.csv", "metrics.json"]  # no stale overlays
+    code, _, err = run(evaluate.main, argv[:-1] + [str(tmp_path / "new"), "--overlap", "40"], capsys)
+    assert code == 2 and "--overlap" in err
+    assert not (tmp_path / "new").exists()

@@ -63,7 +63,11 @@ def _import_filtering_stderr():
     """Import TensorFlow with file descriptor 2 sent to a temporary file (the native libraries write there
     directly), then replay what was written without the loading noise; everything when the import fails."""
     sys.stderr.flush()
-    saved = os.dup(2)
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr descriptor at all (a daemon): nothing to keep quiet
+        import tensorflow
+        return tensorflow
     failed = True
     with tempfile.TemporaryFile() as capture:
         os.dup2(capture.fileno(), 2)
