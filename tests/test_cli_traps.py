@@ -79,10 +79,13 @@ def cli_mains():
 
 
 def test_a_truncated_flag_is_rejected_by_every_cli(capsys, tmp_path, monkeypatch):
+    """Each CLI gets its required flags, one flag cut short and an unknown flag last: the unknown flag stops a CLI
+    that accepts the short one (it would name only the unknown flag) before it does any work."""
     monkeypatch.chdir(tmp_path)  # nothing may be written, but if it were, not into the repository
     for name, main, argv, short in cli_mains():
+        split = argv.index("--") if "--" in argv else len(argv)
         with pytest.raises(SystemExit) as stop:
-            main(argv)
+            main(argv[:split] + ["--no_such_flag"] + argv[split:])
         err = capsys.readouterr().err
         assert stop.value.code == 2, name
         assert "unrecognized arguments: {}".format(short) in err, (name, err)
