@@ -75,7 +75,7 @@ class Runner(object):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     parser.add_argument("--bases", default="4,16")
     parser.add_argument("--sizes", default="64,128")
     parser.add_argument("--ks", default="1,10,100")

@@ -278,7 +278,7 @@ def _line(name, result):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--batches", type=int, default=24, help="batches per timed repeat")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats (median and min-max reported)")
     parser.add_argument("--warmup", type=int, default=4,

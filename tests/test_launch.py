@@ -105,3 +105,19 @@ def test_bad_nproc_is_one_line():
                              stderr=subprocess.PIPE, universal_newlines=True, timeout=HARD_TIMEOUT)
     assert process.returncode == 2 and process.stderr.strip().count("\n") == 0
     assert "--nproc must be at least 1" in process.stderr
+
+
+def test_more_workers_than_cores_warns_in_one_line(probe_module):
+    """The launcher pinned to one core: --nproc 2 warns once on stderr (and still runs); --nproc 1 does not."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, probe_module, os.environ.get("PYTHONPATH", "")]))
+    one_core = sorted(os.sched_getaffinity(0))[:1]
+    for nproc, warned in ((2, True), (1, False)):
+        process = subprocess.run(
+            [sys.executable, "-m", "unet_perf.launch", "--nproc", str(nproc), "--entry", "launch_probe", "--",
+             "ok"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
+            timeout=HARD_TIMEOUT, preexec_fn=lambda: os.sched_setaffinity(0, one_core))
+        assert process.returncode == 0, process.stdout + process.stderr
+        warnings = [line for line in process.stderr.splitlines() if line.startswith("warning: --nproc")]
+        assert len(warnings) == (1 if warned else 0), process.stderr
+        if warned:
+            assert "1 core" in warnings[0]

@@ -83,6 +83,7 @@ def test_predict_multipage_tiff_writes_stacks(tmp_path, model_dir, capsys):
     ("empty_input", "holds no images"),
     ("missing_input", "--input"),
     ("big_overlap", "--overlap"),
+    ("model_dir_is_file", "is a file"),
 ])
 def test_predict_user_errors(tmp_path, capsys, case, message, tiny_config):
     model_dir = str(tmp_path / "model")
@@ -90,13 +91,15 @@ def test_predict_user_errors(tmp_path, capsys, case, message, tiny_config):
     write_slices(inputs, 1)
     input_path = str(inputs / "image")
     extra = []
-    if case == "no_config":
+    if case == "model_dir_is_file":
+        open(model_dir, "w").close()
+    elif case == "no_config":
         os.makedirs(model_dir)
     elif case == "no_checkpoint":
         os.makedirs(model_dir)
         with open(os.path.join(model_dir, "config.json"), "w") as handle:
             json.dump(tiny_config().__dict__, handle)
-    elif case != "no_model_dir":
+    elif case not in ("no_model_dir", "model_dir_is_file"):
         make_model_dir(model_dir)
     if case == "empty_input":
         input_path = str(tmp_path / "empty")
@@ -110,6 +113,60 @@ def test_predict_user_errors(tmp_path, capsys, case, message, tiny_config):
     assert code == 2
     assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
     assert "Traceback" not in err
+    assert not os.path.exists(str(tmp_path / "out"))  # a failed predict leaves no (empty) output folder
+
+
+def test_predict_refuses_inputs_that_would_write_the_same_file(tmp_path, model_dir, capsys):
+    (tmp_path / "in").mkdir()
+    for name in ("a.png", "a.tif", "b.png"):
+        cv2.imwrite(str(tmp_path / "in" / name), np.zeros((32, 32), np.uint8))
+    code, out, err = run(predict.main, ["--model_dir", model_dir, "--input", str(tmp_path / "in"),
+                                        "--output", str(tmp_path / "out")], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "a.png" in err and "a.tif" in err and "a_prob.png" in err
+    assert not os.path.exists(str(tmp_path / "out")) and "wrote" not in out
+
+
+def prediction_files(folder):
+    return {name: open(os.path.join(folder, name), "rb").read() for name in os.listdir(folder)}
+
+
+def test_predict_into_an_existing_output_needs_overwrite(tmp_path, model_dir, capsys):
+    write_slices(tmp_path / "in", 2)
+    output = str(tmp_path / "out")
+    argv = ["--model_dir", model_dir, "--input", str(tmp_path / "in" / "image"), "--output", output]
+    assert run(predict.main, argv, capsys)[0] == 0
+    first = prediction_files(output)
+    code, _, err = run(predict.main, argv, capsys)
+    assert code == 2 and "not empty" in err and "--overwrite" in err
+    assert prediction_files(output) == first
+    os.remove(str(tmp_path / "in" / "image" / "1.png"))
+    assert run(predict.main, argv + ["--overwrite"], capsys)[0] == 0
+    assert sorted(prediction_files(output)) == ["0_mask.png", "0_prob.png"]  # replaced, not merged
+    open(os.path.join(output, "notes.txt"), "w").close()
+    code, _, err = run(predict.main, argv + ["--overwrite"], capsys)
+    assert code == 2 and "notes.txt" in err  # --overwrite never deletes what predict did not write
+    assert sorted(os.listdir(output)) == ["0_mask.png", "0_prob.png", "notes.txt"]
+
+
+def test_failed_predict_keeps_the_previous_predictions_and_leaves_nothing(tmp_path, model_dir, capsys,
+                                                                           monkeypatch):
+    write_slices(tmp_path / "in", 3)
+    output = str(tmp_path / "out")
+    argv = ["--model_dir", model_dir, "--input", str(tmp_path / "in" / "image"), "--output", output]
+    assert run(predict.main, argv, capsys)[0] == 0
+    before = prediction_files(output)
+    writes = []
+
+    def fail_on_third(path, image):
+        writes.append(path)
+        if len(writes) == 3:
+            raise OSError("disk full")
+        cv2.imwrite(path, image)
+    monkeypatch.setattr(predict, "write_output_image", fail_on_third)
+    with pytest.raises(OSError):
+        predict.main(argv + ["--overwrite"])
+    assert prediction_files(output) == before  # the old predictions, no half-written new ones, no staging folder
 
 
 # --- evaluate ----------------------------------------------------------------------------------------------
@@ -180,12 +237,52 @@ def test_export_frozen_graph_and_saved_model_match_the_session(tmp_path, model_d
 
     info = json.loads(open(os.path.join(output, "export.json")).read())
     assert info["input"] == "input:0" and info["output"] == "probability:0" and info["shape"] == [2, 32, 64, 1]
-    # exporting again into the same folder replaces the previous export
-    code, _, _ = run(export.main, ["--model_dir", model_dir, "--output", output], capsys)
+    # exporting again into the same folder is refused without --overwrite, and replaces the export with it
+    code, _, err = run(export.main, ["--model_dir", model_dir, "--output", output], capsys)
+    assert code == 2 and "not empty" in err and "--overwrite" in err
+    assert json.loads(open(os.path.join(output, "export.json")).read()) == info
+    code, _, _ = run(export.main, ["--model_dir", model_dir, "--output", output, "--overwrite"], capsys)
     assert code == 0
+    assert json.loads(open(os.path.join(output, "export.json")).read())["shape"] == [1, 32, 32, 1]
+    assert sorted(os.listdir(output)) == ["export.json", "saved_model", "unet.pb"]
+
+
+def test_failed_export_overwrite_leaves_the_previous_export_intact(tmp_path, model_dir, capsys, monkeypatch):
+    output = str(tmp_path / "export")
+    assert run(export.main, ["--model_dir", model_dir, "--output", output], capsys)[0] == 0
+    before = {name: open(os.path.join(output, name), "rb").read() for name in ("unet.pb", "export.json")}
+    saved_model = sorted(os.listdir(os.path.join(output, "saved_model")))
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+    monkeypatch.setattr(v1.saved_model.builder.SavedModelBuilder, "save", fail)
+    with pytest.raises(OSError):
+        export.export_model(model_dir, output, height=64, width=64, overwrite=True)
+    assert sorted(os.listdir(output)) == ["export.json", "saved_model", "unet.pb"]
+    assert {name: open(os.path.join(output, name), "rb").read() for name in before} == before
+    assert sorted(os.listdir(os.path.join(output, "saved_model"))) == saved_model
+
+
+def test_failed_export_leaves_no_output_folder(tmp_path, model_dir, capsys, monkeypatch):
+    monkeypatch.setattr(v1.saved_model.builder.SavedModelBuilder, "save", lambda *a, **k: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        export.export_model(model_dir, str(tmp_path / "new" / "export"))
+    assert os.listdir(str(tmp_path)) == ["model"]
 
 
 def test_export_rejects_shapes_the_unet_cannot_take(tmp_path, model_dir, capsys):
     code, _, err = run(export.main, ["--model_dir", model_dir, "--output", str(tmp_path / "x"), "--height", "30"],
                        capsys)
     assert code == 2 and "--height 30" in err and "2^depth = 4" in err
+
+
+def test_evaluate_replaces_its_previous_output_and_leaves_nothing_when_it_fails(tmp_path, model_dir, capsys):
+    write_slices(tmp_path / "data", 4, labels=True)
+    output = tmp_path / "eval"
+    argv = ["--model_dir", model_dir, "--data_path", str(tmp_path / "data"), "--output", str(output)]
+    assert run(evaluate.main, argv + ["--val_split", "1-2"], capsys)[0] == 0
+    assert run(evaluate.main, argv + ["--val_split", "2"], capsys)[0] == 0
+    assert sorted(os.listdir(str(output))) == ["2_overlay.png", "metrics.csv", "metrics.json"]  # no stale overlays
+    code, _, err = run(evaluate.main, argv[:-1] + [str(tmp_path / "new"), "--overlap", "40"], capsys)
+    assert code == 2 and "--overlap" in err
+    assert not (tmp_path / "new").exists()

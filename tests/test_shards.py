@@ -95,19 +95,45 @@ def test_pack_reads_tiff_volumes_page_by_page(tmp_path):
         np.testing.assert_array_equal(shard_set.read(index)[1], reference.masks[index])
 
 
-def test_interrupted_pack_leaves_no_shard_set(tmp_path):
+def test_interrupted_pack_leaves_nothing_behind(tmp_path):
     source = write_folder(tmp_path / "src", [(SIDE, SIDE)] * 6)
     with open(os.path.join(source, "image", "4.png"), "wb") as handle:
         handle.write(b"not a png")
-    output = str(tmp_path / "out")
+    output = str(tmp_path / "out" / "set")
+    with pytest.raises(UserError, match="4.png"):
+        pack.pack(source, output, shard_mb=0.003)  # fails after complete shards were written
+    assert not os.path.exists(str(tmp_path / "out"))  # the folders this run created are gone too
+    os.makedirs(output)
     with pytest.raises(UserError, match="4.png"):
         pack.pack(source, output, shard_mb=0.003)
-    assert not shards.is_shard_set(output)
-    assert not [name for name in os.listdir(output) if name.endswith(".tmp") and not name.startswith(".")]
+    assert os.listdir(output) == []  # a folder that existed before stays, empty as it was
     with pytest.raises(UserError):
         load_dataset(make_cfg(output))
+
+
+def test_failed_overwrite_keeps_the_previous_shard_set(tmp_path):
+    source, output = packed(tmp_path, count=4)
+    before = {name: open(os.path.join(output, name), "rb").read() for name in os.listdir(output)}
     with pytest.raises(UserError, match="not empty"):
         pack.pack(source, output)
+    with open(os.path.join(source, "image", "2.png"), "wb") as handle:
+        handle.write(b"not a png")
+    with pytest.raises(UserError, match="2.png"):
+        pack.pack(source, output, shard_mb=0.003, overwrite=True)
+    assert {name: open(os.path.join(output, name), "rb").read() for name in os.listdir(output)} == before
+    assert len(shards.open_shard_set(output)) == 4
+
+
+def test_pack_overwrite_replaces_only_its_own_files(tmp_path, capsys):
+    from unet_perf.errors import run_cli
+    source, output = packed(tmp_path, count=4)
+    with pytest.raises(SystemExit) as stop:
+        run_cli(pack.main, ["--data_path", source, "--output", output, "--overwrite", "--shard_mb", "1"])
+    assert stop.value.code == 0
+    assert sorted(os.listdir(output)) == [shards.MANIFEST, shards.shard_name(0)]  # old shards replaced
+    open(os.path.join(output, "notes.txt"), "w").close()
+    with pytest.raises(UserError, match="notes.txt"):
+        pack.pack(source, output, overwrite=True)
 
 
 def test_pack_cli_exits_2_on_user_errors(tmp_path, capsys):

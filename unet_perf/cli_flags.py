@@ -1,8 +1,6 @@
 """What the predict, evaluate and export CLIs share: the flags naming a trained model and how to run it, their
-checks, the predictor they open, and the --output folder they write to. No TensorFlow is imported here until a
-predictor is opened, so a bad flag fails fast."""
-import os
-
+checks, the predictor they open, and how they write an output file (the --output folder itself:
+unet_perf.output_folder). No TensorFlow is imported here until a predictor is opened, so a bad flag fails fast."""
 import cv2
 
 from unet_perf.config import PRECISIONS, WEIGHT_CHOICES
@@ -62,14 +60,6 @@ def open_predictor(args, cfg=None):
         raise UserError("--overlap {} must be smaller than the tile (--crop_size {} of the model)".format(
             args.overlap, predictor.cfg.crop_size))
     return predictor
-
-
-def make_output_dir(path):
-    """Create the --output folder `path` (and its parents) unless it exists."""
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as err:
-        raise UserError("cannot create --output {} ({}); choose a writable folder".format(path, err))
 
 
 def write_output_image(path, image):

@@ -5,9 +5,9 @@ stays inside the API both versions share (checked by tools/check_tf115.py agains
 """
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep C++ INFO/WARNING noise off user output
+from unet_perf.tf_logging import import_tensorflow
 
-import tensorflow as tf  # noqa: E402
+tf = import_tensorflow()  # quiet unless --verbose: see unet_perf.tf_logging
 
 v1 = tf.compat.v1
 

@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 
 from unet_perf.errors import UserError
+from unet_perf.tf_logging import add_verbose_flag
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 NORMALIZE_MODES = ("unit", "symmetric", "standard")
@@ -210,8 +211,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser(description="Train a U-Net", fields=None):
-    """An argparse parser with one flag per Config field (or per name in `fields`), defaults from the dataclass."""
-    parser = _Parser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    """An argparse parser with one flag per Config field (or per name in `fields`), defaults from the dataclass,
+    and --verbose (not a Config field: it only decides what TensorFlow may print, see unet_perf.tf_logging)."""
+    # allow_abbrev=False: a typo such as --base_filter must be an error, not silently --base_filters.
+    parser = _Parser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                     allow_abbrev=False)
     for field in dataclasses.fields(Config):
         if fields is not None and field.name not in fields:
             continue
@@ -221,13 +225,14 @@ def build_parser(description="Train a U-Net", fields=None):
         parser.add_argument("--" + field.name, type=kind, default=field.default,
                             choices=field.metadata.get("choices"), help=field.metadata["help"],
                             metavar=None if kind is not _str2bool else "BOOL")
-    return parser
+    return add_verbose_flag(parser)
 
 
 def config_from_args(argv=None, description="Train a U-Net"):
     """Parse argv into a validated Config (UserError on bad combinations)."""
-    args = build_parser(description).parse_args(argv)
-    return Config(**vars(args)).validate()
+    values = vars(build_parser(description).parse_args(argv))
+    values.pop("verbose")
+    return Config(**values).validate()
 
 
 def config_to_dict(cfg):

@@ -2,6 +2,8 @@
 import re
 import sys
 
+from unet_perf.tf_logging import use_verbose_flag
+
 
 class UserError(Exception):
     """A problem the user can fix (bad path, bad flag, bad data). The message names the file and the fix."""
@@ -17,7 +19,9 @@ def relayed_user_error(err):
 
 
 def run_cli(main, argv=None):
-    """Run `main(argv)`; print a UserError (also one relayed by TensorFlow) as one line on stderr and exit 2."""
+    """Run `main(argv)`; print a UserError (also one relayed by TensorFlow) as one line on stderr and exit 2.
+    --verbose among the flags is noted first, before main can import TensorFlow (unet_perf.tf_logging)."""
+    use_verbose_flag(list(sys.argv[1:] if argv is None else argv))
     try:
         code = main(argv)
     except UserError as err:

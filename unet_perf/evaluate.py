@@ -4,7 +4,9 @@
 
 Prints a table (one row per slice, then the mean), writes `metrics.json` and `metrics.csv`, and one overlay PNG
 per slice (image | ground truth | prediction | errors: false membrane red, missed membrane blue) to --output
-(default `<model_dir>/eval`). Without --data_path it scores the held-out slices of the model's own config.
+(default `<model_dir>/eval`), replacing an earlier evaluation there once complete (a folder holding other files is
+refused; a failed run leaves nothing behind). Without --data_path it scores the held-out slices of the model's own
+config.
 """
 import csv
 import dataclasses
@@ -13,8 +15,7 @@ import os
 import re
 import time
 
-from unet_perf.cli_flags import (add_inference_flags, check_inference_flags, make_output_dir, open_predictor,
-                                 write_output_image)
+from unet_perf.cli_flags import add_inference_flags, check_inference_flags, open_predictor, write_output_image
 from unet_perf.config import build_parser
 from unet_perf.data.loading import read_slices, subset
 from unet_perf.data.split import split_indices
@@ -22,6 +23,7 @@ from unet_perf.storage import run_dir
 from unet_perf.errors import run_cli
 from unet_perf.inference.metrics import METRIC_KEYS, THRESHOLD_KEYS, evaluate_slices
 from unet_perf.inference.panels import error_overlay
+from unet_perf.output_folder import OutputFolder
 from unet_perf.progress import ItemProgress
 
 
@@ -34,6 +36,11 @@ def labelled_slices(data_path, val_split, cfg, rgb):
         pairs = subset(pairs, split_indices(len(pairs.names), val_split, cfg.seed)[1])
         source += " slices {}".format(val_split)
     return pairs, source
+
+
+def is_evaluation_output(name):
+    """True for a file name evaluate writes (what a new evaluation replaces in --output)."""
+    return name in ("metrics.json", "metrics.csv") or name.endswith("_overlay.png")
 
 
 def safe_name(name):
@@ -96,32 +103,33 @@ def main(argv=None):
     val_split = args.val_split if args.val_split is not None else (cfg.val_split if args.data_path is None else "")
     pairs, source = labelled_slices(data_path, val_split, cfg, args.rgb)
     output = args.output or os.path.join(args.model_dir, run_dir.EVAL_DIR)
-    make_output_dir(output)
-    predictor = open_predictor(args, cfg)
     names = [safe_name(name) for name in pairs.names]
-    try:
-        print("evaluating {} slice(s) of {} with {} ({} weights)".format(
-            len(names), source, predictor.checkpoint, predictor.weights), flush=True)
-        progress = ItemProgress(len(names))
-        probs = []
-        for name, image, mask in zip(names, pairs.images, pairs.masks):
-            start = time.time()
-            prob = predictor.predict(image)
-            probs.append(prob)
-            write_output_image(os.path.join(output, name + "_overlay.png"),
-                               error_overlay(image, mask, prob, args.threshold))
-            progress.step(name, time.time() - start)
-        progress.close()
-    finally:
-        predictor.close()
-    scores = evaluate_slices(probs, pairs.masks)
-    print(format_table(names, scores))
-    print("best thresholds: V_rand {:.1f}, V_info {:.1f}".format(scores["v_rand_threshold"],
-                                                               scores["v_info_threshold"]))
-    write_reports(output, names, scores, {"source": source, "checkpoint": predictor.checkpoint,
-                                          "precision": predictor.cfg.precision, "tta": args.tta,
-                                          "weights": predictor.weights,
-                                          "overlap": args.overlap})
+    # A new evaluation replaces the previous one in --output as a whole, once complete (never other files).
+    with OutputFolder(output, True, is_evaluation_output, last=("metrics.json",), command="evaluate") as staging:
+        predictor = open_predictor(args, cfg)
+        try:
+            print("evaluating {} slice(s) of {} with {} ({} weights)".format(
+                len(names), source, predictor.checkpoint, predictor.weights), flush=True)
+            progress = ItemProgress(len(names))
+            probs = []
+            for name, image, mask in zip(names, pairs.images, pairs.masks):
+                start = time.time()
+                prob = predictor.predict(image)
+                probs.append(prob)
+                write_output_image(os.path.join(staging, name + "_overlay.png"),
+                                   error_overlay(image, mask, prob, args.threshold))
+                progress.step(name, time.time() - start)
+            progress.close()
+        finally:
+            predictor.close()
+        scores = evaluate_slices(probs, pairs.masks)
+        print(format_table(names, scores))
+        print("best thresholds: V_rand {:.1f}, V_info {:.1f}".format(scores["v_rand_threshold"],
+                                                                   scores["v_info_threshold"]))
+        write_reports(staging, names, scores, {"source": source, "checkpoint": predictor.checkpoint,
+                                               "precision": predictor.cfg.precision, "tta": args.tta,
+                                               "weights": predictor.weights,
+                                               "overlap": args.overlap})
     print("wrote metrics.json, metrics.csv and {} overlay(s) to {}".format(len(names), output))
     return 0
 

@@ -7,6 +7,8 @@ Writes
     <output>/saved_model/      SavedModel (tag "serve", signature "serving_default": images -> probability)
     <output>/export.json       names, shapes and the normalisation the input expects
 
+An existing export in --output is replaced only with --overwrite, once the new one is complete.
+
 Tensors (both files):
     input:0        float32 [batch, height, width, 1], the image already NORMALISED as in training
                    (--normalize of the model: unit = x/255, symmetric = x/127.5-1, standard = per-image z-score)
@@ -18,24 +20,28 @@ Ascend: atc --model=<output>/unet.pb --framework=3 --output=unet --soc_version=A
 """
 import json
 import os
-import shutil
 
-from unet_perf.cli_flags import add_model_flags, make_output_dir
+from unet_perf.cli_flags import add_model_flags
 from unet_perf.config import build_parser
 from unet_perf.errors import UserError, run_cli
+from unet_perf.output_folder import OutputFolder, add_overwrite_flag
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "probability"
 FROZEN_NAME = "unet.pb"
 SAVED_MODEL_DIR = "saved_model"
 SIGNATURE_INPUT = "images"
+INFO_NAME = "export.json"
+EXPORT_FILES = (FROZEN_NAME, SAVED_MODEL_DIR, INFO_NAME)
 
 
 def export_model(model_dir, output, height=None, width=None, batch=1, checkpoint=None, precision="fp32",
-                 weights="ema"):
+                 weights="ema", overwrite=False):
     """Write the frozen graph, the SavedModel and export.json; returns the export.json dict.
 
     weights: "ema" bakes in the checkpoint's EMA weights when it has them, "raw" the trained weights.
+    An existing export in `output` is replaced only with overwrite=True, and only once the new one is complete
+    (unet_perf.output_folder): a failed export leaves the previous one intact.
     """
     from unet_perf.compat import v1
     from unet_perf.inference.predictor import load_config, with_precision
@@ -44,12 +50,12 @@ def export_model(model_dir, output, height=None, width=None, batch=1, checkpoint
     verbosity = v1.logging.get_verbosity()
     v1.logging.set_verbosity(v1.logging.ERROR)  # the v1 freeze/SavedModel APIs log deprecation notices on 2.x
     try:
-        return _export(cfg, model_dir, output, height, width, batch, checkpoint, weights)
+        return _export(cfg, model_dir, output, height, width, batch, checkpoint, weights, overwrite)
     finally:
         v1.logging.set_verbosity(verbosity)
 
 
-def _export(cfg, model_dir, output, height, width, batch, checkpoint, weights):
+def _export(cfg, model_dir, output, height, width, batch, checkpoint, weights, overwrite):
     from unet_perf.compat import v1
     from unet_perf.inference.predictor import build_predictor, resolve_checkpoint, restore
 
@@ -64,41 +70,32 @@ def _export(cfg, model_dir, output, height, width, batch, checkpoint, weights):
         raise UserError("--batch must be positive, got {}".format(batch))
     prefix = resolve_checkpoint(model_dir, checkpoint)
     saved_model_dir = os.path.join(output, SAVED_MODEL_DIR)
-    _prepare_output(output, saved_model_dir)
-    graph = v1.Graph()
-    with graph.as_default(), v1.Session(graph=graph) as sess:
-        images, probability = build_predictor(cfg, batch, height, width, INPUT_NAME, OUTPUT_NAME)
-        loaded = restore(sess, prefix, model_dir, cfg, weights)
-        frozen = v1.graph_util.convert_variables_to_constants(sess, graph.as_graph_def(), [OUTPUT_NAME])
-        with open(os.path.join(output, FROZEN_NAME), "wb") as handle:
-            handle.write(frozen.SerializeToString())
-        builder = v1.saved_model.builder.SavedModelBuilder(saved_model_dir)
-        signature = v1.saved_model.signature_def_utils.predict_signature_def(
-            inputs={SIGNATURE_INPUT: images}, outputs={OUTPUT_NAME: probability})
-        builder.add_meta_graph_and_variables(
-            sess, [v1.saved_model.tag_constants.SERVING],
-            signature_def_map={v1.saved_model.signature_constants.DEFAULT_SERVING_SIGNATURE_DEF_KEY: signature})
-        builder.save()
     info = {
-        "checkpoint": prefix, "weights": loaded, "frozen_graph": os.path.join(output, FROZEN_NAME),
+        "checkpoint": prefix, "weights": None, "frozen_graph": os.path.join(output, FROZEN_NAME),
         "saved_model": saved_model_dir,
         "input": INPUT_NAME + ":0", "output": OUTPUT_NAME + ":0", "shape": [batch, height, width, 1],
         "dtype": "float32", "normalize": cfg.normalize, "input_scale": cfg.input_scale, "precision": cfg.precision,
         "signature": "serving_default", "signature_input": SIGNATURE_INPUT, "signature_output": OUTPUT_NAME,
     }
-    with open(os.path.join(output, "export.json"), "w") as handle:
-        json.dump(info, handle, indent=2)
+    with OutputFolder(output, overwrite, lambda name: name in EXPORT_FILES, last=(INFO_NAME,),
+                      command="export") as staging:
+        graph = v1.Graph()
+        with graph.as_default(), v1.Session(graph=graph) as sess:
+            images, probability = build_predictor(cfg, batch, height, width, INPUT_NAME, OUTPUT_NAME)
+            info["weights"] = restore(sess, prefix, model_dir, cfg, weights)
+            frozen = v1.graph_util.convert_variables_to_constants(sess, graph.as_graph_def(), [OUTPUT_NAME])
+            with open(os.path.join(staging, FROZEN_NAME), "wb") as handle:
+                handle.write(frozen.SerializeToString())
+            builder = v1.saved_model.builder.SavedModelBuilder(os.path.join(staging, SAVED_MODEL_DIR))
+            signature = v1.saved_model.signature_def_utils.predict_signature_def(
+                inputs={SIGNATURE_INPUT: images}, outputs={OUTPUT_NAME: probability})
+            builder.add_meta_graph_and_variables(
+                sess, [v1.saved_model.tag_constants.SERVING],
+                signature_def_map={v1.saved_model.signature_constants.DEFAULT_SERVING_SIGNATURE_DEF_KEY: signature})
+            builder.save()
+        with open(os.path.join(staging, INFO_NAME), "w") as handle:
+            json.dump(info, handle, indent=2)
     return info
-
-
-def _prepare_output(output, saved_model_dir):
-    """Create `output`; replace a previous SavedModel export there, refuse to delete anything else."""
-    make_output_dir(output)
-    if os.path.exists(saved_model_dir):
-        if not os.path.isfile(os.path.join(saved_model_dir, "saved_model.pb")):
-            raise UserError("{} exists and is not a SavedModel; remove it or choose another --output".format(
-                saved_model_dir))
-        shutil.rmtree(saved_model_dir)  # a previous export: the builder needs a fresh directory
 
 
 def main(argv=None):
@@ -110,9 +107,10 @@ def main(argv=None):
     parser.add_argument("--height", type=int, default=None, help="input height (default: the model's --crop_size)")
     parser.add_argument("--width", type=int, default=None, help="input width (default: the model's --crop_size)")
     parser.add_argument("--batch", type=int, default=1, help="fixed batch size of the input")
+    add_overwrite_flag(parser, "replace an existing export in --output (kept intact until the new one is complete)")
     args = parser.parse_args(argv)
     info = export_model(args.model_dir, args.output, args.height, args.width, args.batch, args.checkpoint,
-                        args.precision, args.weights)
+                        args.precision, args.weights, args.overwrite)
     print("frozen graph  {}  ({} -> {}, shape {})".format(info["frozen_graph"], info["input"], info["output"],
                                                          info["shape"]))
     print("saved model   {}  (signature serving_default: {} -> {})".format(info["saved_model"], SIGNATURE_INPUT,

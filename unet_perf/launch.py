@@ -136,7 +136,7 @@ def affinity_setter(cores):
 
 def build_parser():
     parser = argparse.ArgumentParser(
-        prog="python -m unet_perf.launch", description=__doc__.split("\n\n")[0],
+        prog="python -m unet_perf.launch", description=__doc__.split("\n\n")[0], allow_abbrev=False,
         usage="python -m unet_perf.launch --nproc N [--cores_per_worker C] -- <unet_perf.train flags>")
     parser.add_argument("--nproc", type=int, required=True, help="number of local workers")
     parser.add_argument("--cores_per_worker", type=int, default=0,
@@ -160,6 +160,10 @@ def launch_from_args(argv):
     if args.cores_per_worker < 0 or args.cores_per_worker * args.nproc > max(len(available), 1):
         raise UserError("--cores_per_worker {} x --nproc {} exceeds the {} cores available here".format(
             args.cores_per_worker, args.nproc, len(available)))
+    if available and args.nproc > len(available):
+        print("warning: --nproc {} is more than the {} core(s) this launcher may use; workers will share cores "
+              "and the run is slower than with --nproc {}".format(args.nproc, len(available), len(available)),
+              file=sys.stderr, flush=True)
     pool = available[:args.cores_per_worker * args.nproc] if args.cores_per_worker else available
     shares = core_shares(pool, args.nproc) if pool else [None] * args.nproc
     addresses = ["127.0.0.1:{}".format(port) for port in free_ports(args.nproc)]

@@ -51,6 +51,7 @@ def augmented_pairs(cfg, count):
 def main(argv=None):
     args = vars(build_preview_parser().parse_args(argv))
     out, count = args.pop("out"), args.pop("count")
+    args.pop("verbose")
     if count <= 0:
         raise UserError("--count must be positive, got {}".format(count))
     cfg = dataclasses.replace(Config(), **args)

@@ -114,13 +114,14 @@ def device_of_rank(path, rank):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="python -m unet_perf.rank_table", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m unet_perf.rank_table", description=__doc__.splitlines()[0],
+                                     allow_abbrev=False)
     commands = parser.add_subparsers(dest="command")
-    make = commands.add_parser("generate", help="write a one-server rank table")
+    make = commands.add_parser("generate", help="write a one-server rank table", allow_abbrev=False)
     make.add_argument("--devices", type=int, default=8)
     make.add_argument("--output", required=True)
     make.add_argument("--server_id", default="127.0.0.1")
-    ranks = commands.add_parser("ranks", help="print 'rank device' for each rank of one server")
+    ranks = commands.add_parser("ranks", help="print 'rank device' for each rank of one server", allow_abbrev=False)
     ranks.add_argument("--rank_table", required=True)
     ranks.add_argument("--rank_size", type=int, required=True)
     ranks.add_argument("--server_index", type=int, default=0)

@@ -13,7 +13,7 @@ def main(argv=None):
     """Check `argv` (paths, --compat_dir, --root); print violations and the summary. Returns the exit code:
     0 clean, 1 violations, 2 a usage error such as a missing listing."""
     package_doc = sys.modules[__package__].__doc__
-    parser = argparse.ArgumentParser(description=package_doc.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=package_doc.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("paths", nargs="*", help="files or folders (default: unet_perf benchmarks tools)")
     parser.add_argument("--compat_dir", default=DATA_DIR,
                         help="folder with {} (each may be gzip-compressed as NAME.gz; default: the copies in "

@@ -1,12 +1,13 @@
 """Pack a dataset into TFRecord shards for streaming training (format: unet_perf.data.shards).
 
     python -m unet_perf.data.pack --data_path DIR --output SHARDS/ [--shard_mb 256] [--weight_map true]
-        [--weight_w0 10 --weight_sigma 5] [--rgb convert|refuse] [--overwrite]
+        [--weight_w0 10 --weight_sigma 5] [--rgb convert|refuse] [--overwrite] [--verbose]
 
 Reads any layout unet_perf.data.sources accepts, one slice at a time (folders file by file, multipage TIFF page
 by page), so sets larger than memory pack in bounded memory; validates every slice like training does. Each shard
 is written under a temporary name and renamed when complete; the manifest is written last (also temp + rename),
-so an interrupted pack leaves no manifest and nothing a training run would read. Then train with
+all inside a staging folder moved into --output only when the set is complete: a failed or interrupted pack leaves
+nothing behind, and --overwrite keeps the previous set until the new one replaces it. Then train with
 `--data_path SHARDS/`.
 """
 import argparse
@@ -21,7 +22,9 @@ from unet_perf.data import shards
 from unet_perf.data.sources import iter_pairs
 from unet_perf.data.weights import border_weight_map
 from unet_perf.errors import UserError, run_cli
+from unet_perf.output_folder import OutputFolder, add_overwrite_flag
 from unet_perf.progress import BarOrLines
+from unet_perf.tf_logging import add_verbose_flag
 
 
 # A plain progress line every this many slices (and at the end) when no bar is shown.
@@ -68,16 +71,26 @@ class ShardWriter(object):
 
 def pack(data_path, output, shard_mb=256.0, weight_map=False, weight_w0=10.0, weight_sigma=5.0, rgb="convert",
          overwrite=False, progress_stream=sys.stderr):
-    """Pack `data_path` into shards under `output`; returns the manifest dict (also written as manifest.json)."""
+    """Pack `data_path` into shards under `output`; returns the manifest dict (also written as manifest.json).
+
+    The set is written into a staging folder inside `output` and moved into place when complete
+    (unet_perf.output_folder): a failed pack leaves nothing behind and, under overwrite, the previous set intact
+    (the disk needs room for both sets meanwhile)."""
     if shard_mb <= 0:
         raise UserError("--shard_mb must be positive, got {}".format(shard_mb))
     if weight_map and (weight_sigma <= 0 or weight_w0 < 0):
         raise UserError("--weight_map needs --weight_sigma > 0 and --weight_w0 >= 0, got {} and {}".format(
             weight_sigma, weight_w0))
-    _prepare_output(output, overwrite)
     total, pairs = iter_pairs(data_path, rgb)
     weights = {"w0": weight_w0, "sigma": weight_sigma} if weight_map else None
-    return write_shard_set(pairs, total, output, shard_mb, weights, os.path.abspath(data_path), progress_stream)
+    with OutputFolder(output, overwrite, is_pack_output, last=(shards.MANIFEST,), command="pack") as staging:
+        return write_shard_set(pairs, total, staging, shard_mb, weights, os.path.abspath(data_path),
+                               progress_stream)
+
+
+def is_pack_output(name):
+    """A name pack writes: the manifest, shards, and hidden temporary files."""
+    return name == shards.MANIFEST or name.startswith("shard-") or name.startswith(".")
 
 
 def write_shard_set(pairs, total, output, shard_mb=256.0, weights=None, source="", progress_stream=sys.stderr):
@@ -115,29 +128,8 @@ def _manifest_text(manifest):
     return re.sub(r"\[[-\d,\s]+\]", one_line, json.dumps(manifest, indent=1))
 
 
-def _prepare_output(output, overwrite):
-    """Create `output`, or empty an old shard set in it (manifest first) under --overwrite."""
-    if os.path.isdir(output) and os.listdir(output):
-        if not overwrite:
-            raise UserError("--output {} is not empty; choose a new folder or pass --overwrite true".format(output))
-        names = os.listdir(output)
-        strangers = [name for name in names if not (name == shards.MANIFEST or name.startswith("shard-")
-                                                    or name.startswith("."))]
-        if strangers:
-            raise UserError("--output {} holds {} which pack did not write; choose another folder".format(
-                output, strangers[0]))
-        if shards.MANIFEST in names:
-            os.remove(os.path.join(output, shards.MANIFEST))  # first: the old set stops being a set at once
-        for name in names:
-            if name != shards.MANIFEST:
-                os.remove(os.path.join(output, name))
-    elif os.path.exists(output) and not os.path.isdir(output):
-        raise UserError("--output {} is a file; pass a folder".format(output))
-    os.makedirs(output, exist_ok=True)
-
-
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--data_path", required=True, help="folder in any layout unet_perf.data.sources reads")
     parser.add_argument("--output", required=True, help="new folder for the shards and manifest.json")
     parser.add_argument("--shard_mb", type=float, default=256.0, help="approximate shard size in MiB")
@@ -145,7 +137,8 @@ def main(argv=None):
     parser.add_argument("--weight_w0", type=float, default=10.0, help="w0 of the border weight map")
     parser.add_argument("--weight_sigma", type=float, default=5.0, help="sigma of the border weight map (px)")
     parser.add_argument("--rgb", default="convert", choices=("convert", "refuse"), help="colour input handling")
-    parser.add_argument("--overwrite", type=_str2bool, default=False, help="replace an existing shard set")
+    add_overwrite_flag(parser, "replace an existing shard set (kept intact until the new one is complete)")
+    add_verbose_flag(parser)
     args = parser.parse_args(argv)
     manifest = pack(args.data_path, args.output, args.shard_mb, args.weight_map, args.weight_w0,
                     args.weight_sigma, args.rgb, args.overwrite)

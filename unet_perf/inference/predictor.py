@@ -17,7 +17,6 @@ import os
 
 import cv2
 import numpy as np
-import tensorflow as tf
 
 from unet_perf.storage import run_dir
 from unet_perf.storage.checkpoints import check_compatible, latest_checkpoint
@@ -162,14 +161,17 @@ def build_predictor(cfg, batch_size, height=None, width=None, input_name="input"
     """
     height = height or cfg.crop_size
     width = width or cfg.crop_size
-    images = v1.placeholder(tf.float32, [batch_size, height, width, 1], name=input_name)
+    images = v1.placeholder(v1.float32, [batch_size, height, width, 1], name=input_name)
     logits = unet(images, cfg, training=False)
-    probability = v1.identity(v1.math.sigmoid(v1.cast(logits, tf.float32)), name=output_name)
+    probability = v1.identity(v1.math.sigmoid(v1.cast(logits, v1.float32)), name=output_name)
     return images, probability
 
 
 def load_config(model_dir):
     """The Config the model was trained with (`<model_dir>/config.json`); unknown keys are ignored."""
+    if os.path.exists(model_dir) and not os.path.isdir(model_dir):
+        raise UserError("--model_dir {} is a file; pass the directory written by python -m unet_perf.train (the "
+                        "one holding config.json)".format(model_dir))
     if not os.path.isdir(model_dir):
         raise UserError("--model_dir {} does not exist; train a model first (python -m unet_perf.train "
                         "--model_dir {})".format(model_dir, model_dir))
