@@ -15,7 +15,7 @@ from unet_perf import errors
 from unet_perf.input import pipeline
 from unet_perf.compat import v1
 from unet_perf.config import Config
-from unet_perf.data import pack, shards
+from unet_perf.data import pack, shard_format, shard_reader, shard_stream
 from unet_perf.data.loading import load_dataset
 from unet_perf.data.sources import load_pairs
 from unet_perf.data.weights import border_weight_map
@@ -68,10 +68,10 @@ def identities(batches):
 def test_pack_round_trip_sizes_and_atomic_names(tmp_path):
     sizes = [(SIDE, SIDE), (40, 36), (SIDE, 48), (36, 40), (SIDE, SIDE)]
     source, output = packed(tmp_path, sizes=sizes, shard_mb=0.006)
-    manifest = json.load(open(os.path.join(output, shards.MANIFEST)))
+    manifest = json.load(open(os.path.join(output, shard_format.MANIFEST)))
     assert manifest["slices"] == 5 and len(manifest["shards"]) > 1
-    assert sorted(os.listdir(output)) == sorted([shards.MANIFEST] + [e["file"] for e in manifest["shards"]])
-    shard_set = shards.open_shard_set(output)
+    assert sorted(os.listdir(output)) == sorted([shard_format.MANIFEST] + [e["file"] for e in manifest["shards"]])
+    shard_set = shard_reader.open_shard_set(output)
     assert shard_set.min_size == (SIDE, SIDE) and len(shard_set) == 5
     for index, (height, width) in enumerate(sizes):
         image, mask, weights, _ = shard_set.read(index)
@@ -88,7 +88,7 @@ def test_pack_reads_tiff_volumes_page_by_page(tmp_path):
     cv2.imwritemulti(str(tmp_path / "vol" / "train-volume.tif"), volume)
     cv2.imwritemulti(str(tmp_path / "vol" / "train-labels.tif"), labels)
     pack.pack(str(tmp_path / "vol"), str(tmp_path / "out"))
-    shard_set = shards.open_shard_set(str(tmp_path / "out"))
+    shard_set = shard_reader.open_shard_set(str(tmp_path / "out"))
     reference = load_pairs(str(tmp_path / "vol"))
     for index in range(3):
         np.testing.assert_array_equal(shard_set.read(index)[0], reference.images[index])
@@ -102,7 +102,7 @@ def test_interrupted_pack_leaves_no_shard_set(tmp_path):
     output = str(tmp_path / "out")
     with pytest.raises(UserError, match="4.png"):
         pack.pack(source, output, shard_mb=0.003)
-    assert not shards.is_shard_set(output)
+    assert not shard_format.is_shard_set(output)
     assert not [name for name in os.listdir(output) if name.endswith(".tmp") and not name.startswith(".")]
     with pytest.raises(UserError):
         load_dataset(make_cfg(output))
@@ -121,7 +121,7 @@ def test_pack_cli_exits_2_on_user_errors(tmp_path, capsys):
 @pytest.mark.parametrize("damage", ["truncate", "flip"])
 def test_damaged_shard_is_a_user_error_or_skipped(tmp_path, damage):
     _, output = packed(tmp_path, count=8)
-    manifest = json.load(open(os.path.join(output, shards.MANIFEST)))
+    manifest = json.load(open(os.path.join(output, shard_format.MANIFEST)))
     victim = os.path.join(output, manifest["shards"][1]["file"])
     data = bytearray(open(victim, "rb").read())
     if damage == "truncate":
@@ -158,7 +158,7 @@ def test_unverified_corruption_stops_at_the_first_read_of_the_shard(tmp_path, ca
 
 def test_a_shard_cut_short_after_opening_is_an_error_naming_it(tmp_path):
     _, output = packed(tmp_path, count=4, shard_mb=100)
-    shard_set = shards.open_shard_set(output)
+    shard_set = shard_reader.open_shard_set(output)
     victim = os.path.join(output, "shard-00000.tfrecord")
     with open(victim, "r+b") as handle:
         handle.truncate(os.path.getsize(victim) // 2)
@@ -169,7 +169,7 @@ def test_a_shard_cut_short_after_opening_is_an_error_naming_it(tmp_path):
 def test_tiles_are_read_by_offset_exactly_as_cut_from_the_slice(tmp_path):
     sizes = [(48, 40), (40, 56), (SIDE, SIDE), (64, 64)]
     source, output = packed(tmp_path, sizes=sizes, shard_mb=0.01, weight_map=True)
-    shard_set = shards.open_shard_set(output)
+    shard_set = shard_reader.open_shard_set(output)
     rng = np.random.RandomState(0)
     for index, (height, width) in enumerate(sizes):
         mask = cv2.imread(os.path.join(source, "label", "{}.png".format(index)), 0) > 0
@@ -185,14 +185,14 @@ def test_tiles_are_read_by_offset_exactly_as_cut_from_the_slice(tmp_path):
 @pytest.mark.parametrize("buffer_size", [0, 5])
 def test_epoch_order_is_a_seeded_permutation_and_a_small_buffer_keeps_reads_local(buffer_size):
     shares = [np.arange(start, start + 10, dtype=np.int64) for start in range(0, 60, 10)]
-    order = shards.epoch_order(shares, buffer_size, seed=3, epoch=1)
+    order = shard_stream.epoch_order(shares, buffer_size, seed=3, epoch=1)
     assert sorted(order) == list(range(60))
-    np.testing.assert_array_equal(order, shards.epoch_order(shares, buffer_size, seed=3, epoch=1))
-    assert not np.array_equal(order, shards.epoch_order(shares, buffer_size, seed=3, epoch=2))
+    np.testing.assert_array_equal(order, shard_stream.epoch_order(shares, buffer_size, seed=3, epoch=1))
+    assert not np.array_equal(order, shard_stream.epoch_order(shares, buffer_size, seed=3, epoch=2))
     if buffer_size:
         # with the same draws, the round-robin stream the buffer shuffles: nothing leaves more than buffer_size early
         rng = np.random.RandomState([3, 1, 0x5EED])
-        stream = shards._round_robin([shares[i] for i in rng.permutation(len(shares))], shards._CYCLE)
+        stream = shard_stream._round_robin([shares[i] for i in rng.permutation(len(shares))], shard_stream._CYCLE)
         assert len({value // 10 for value in stream[:4 * 10]}) == 4
         position = {value: place for place, value in enumerate(order)}
         assert all(position[value] >= place - buffer_size for place, value in enumerate(stream))

@@ -1,4 +1,4 @@
-"""Pack a dataset into TFRecord shards for streaming training (format: unet_perf.data.shards).
+"""Pack a dataset into TFRecord shards for streaming training (format: unet_perf.data.shard_format).
 
     python -m unet_perf.data.pack --data_path DIR --output SHARDS/ [--shard_mb 256] [--weight_map true]
         [--weight_w0 10 --weight_sigma 5] [--rgb convert|refuse] [--overwrite]
@@ -17,7 +17,7 @@ import sys
 import time
 
 from unet_perf.config import _str2bool
-from unet_perf.data import shards
+from unet_perf.data import shard_format
 from unet_perf.data.sources import iter_pairs
 from unet_perf.data.weights import border_weight_map
 from unet_perf.errors import UserError, run_cli
@@ -38,15 +38,15 @@ class ShardWriter(object):
         self.entries, self._writer, self._size, self._slices, self._min = [], None, 0, 0, None
 
     def write(self, record, payloads, height, width):
-        """Append one serialized slice; `payloads` are its raw field bytes (shards.encode_example)."""
+        """Append one serialized slice; `payloads` are its raw field bytes (shard_format.encode_example)."""
         if self._writer is None:
-            self._temp = os.path.join(self.output, "." + shards.shard_name(len(self.entries)) + ".tmp")
+            self._temp = os.path.join(self.output, "." + shard_format.shard_name(len(self.entries)) + ".tmp")
             self._writer = self._v1.io.TFRecordWriter(self._temp)
             self._size, self._slices, self._min, self._records = 0, 0, (height, width), []
         self._writer.write(record)
         data_start = self._size + 12  # TFRecord framing: length (8 bytes), its CRC (4), data, data CRC (4)
         self._records.append([height, width] + [data_start + offset
-                                                for offset in shards.payload_offsets(record, payloads)])
+                                                for offset in shard_format.payload_offsets(record, payloads)])
         self._size += len(record) + 16
         self._slices += 1
         self._min = (min(self._min[0], height), min(self._min[1], width))
@@ -58,11 +58,11 @@ class ShardWriter(object):
             return
         self._writer.close()
         self._writer = None
-        name = shards.shard_name(len(self.entries))
+        name = shard_format.shard_name(len(self.entries))
         final = os.path.join(self.output, name)
         os.replace(self._temp, final)
         self.entries.append({"file": name, "slices": self._slices, "bytes": os.path.getsize(final),
-                             "crc32": shards.file_crc32(final), "min_height": self._min[0],
+                             "crc32": shard_format.file_crc32(final), "min_height": self._min[0],
                              "min_width": self._min[1], "records": self._records})
 
 
@@ -91,20 +91,20 @@ def write_shard_set(pairs, total, output, shard_mb=256.0, weights=None, source="
     try:
         for done, (image, mask, name) in enumerate(pairs, 1):
             weight_map = border_weight_map(mask, weights["w0"], weights["sigma"]) if weights else None
-            record, payloads = shards.encode_example(image, mask, weight_map, name)
+            record, payloads = shard_format.encode_example(image, mask, weight_map, name)
             writer.write(record, payloads, image.shape[0], image.shape[1])
             due = done % PROGRESS_EVERY == 0 or done == total
             progress.advance(1, None, "packed {}/{} slices".format(done, total) if due else None)
         writer.close_shard()
     finally:
         progress.close()
-    manifest = {"format": shards.FORMAT, "version": shards.VERSION, "source": source,
+    manifest = {"format": shard_format.FORMAT, "version": shard_format.VERSION, "source": source,
                 "slices": sum(entry["slices"] for entry in writer.entries), "shards": writer.entries,
                 "weights": weights, "seconds": round(time.time() - started, 1)}
-    temp = os.path.join(output, "." + shards.MANIFEST + ".tmp")
+    temp = os.path.join(output, "." + shard_format.MANIFEST + ".tmp")
     with open(temp, "w") as handle:
         handle.write(_manifest_text(manifest))
-    os.replace(temp, os.path.join(output, shards.MANIFEST))
+    os.replace(temp, os.path.join(output, shard_format.MANIFEST))
     return manifest
 
 
@@ -121,15 +121,15 @@ def _prepare_output(output, overwrite):
         if not overwrite:
             raise UserError("--output {} is not empty; choose a new folder or pass --overwrite true".format(output))
         names = os.listdir(output)
-        strangers = [name for name in names if not (name == shards.MANIFEST or name.startswith("shard-")
+        strangers = [name for name in names if not (name == shard_format.MANIFEST or name.startswith("shard-")
                                                     or name.startswith("."))]
         if strangers:
             raise UserError("--output {} holds {} which pack did not write; choose another folder".format(
                 output, strangers[0]))
-        if shards.MANIFEST in names:
-            os.remove(os.path.join(output, shards.MANIFEST))  # first: the old set stops being a set at once
+        if shard_format.MANIFEST in names:
+            os.remove(os.path.join(output, shard_format.MANIFEST))  # first: the old set stops being a set at once
         for name in names:
-            if name != shards.MANIFEST:
+            if name != shard_format.MANIFEST:
                 os.remove(os.path.join(output, name))
     elif os.path.exists(output) and not os.path.isdir(output):
         raise UserError("--output {} is a file; pass a folder".format(output))

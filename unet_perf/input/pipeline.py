@@ -6,7 +6,7 @@ gathers its B slices right before the augmentation. That keeps the shuffle buffe
 cheap: `start_batch` skips whole batches of indices (exact continuation of the interrupted stream), and batch
 k is always augmented with the stateless seed [seed, k].
 
-A packed shard set (unet_perf.data.shards, too large to embed) streams instead: make_shard_dataset reads tiles
+A packed shard set (unet_perf.data.shard_format, too large to embed) streams instead: make_shard_dataset reads tiles
 from the shards and feeds them to the same augmentation; make_dataset dispatches to it for the shard-set views
 that data.loading.load_dataset returns.
 """
@@ -16,7 +16,7 @@ import tensorflow as tf
 from unet_perf.input import augment
 from unet_perf.compat import AUTOTUNE, set_dataset_deterministic, set_dataset_threading, v1
 from unet_perf.config import NORMALIZE_MODES
-from unet_perf.data import shards
+from unet_perf.data import shard_reader, shard_stream
 from unet_perf.errors import UserError
 from unet_perf.model.precision import compute_dtype  # noqa: F401  (re-exported: part of this module's API)
 
@@ -99,7 +99,7 @@ def make_dataset(images, masks, weights, cfg, seed=None, start_batch=0, worker_i
     """
     if not 0 <= worker_index < num_workers:
         raise ValueError("worker_index {} is not in [0, {})".format(worker_index, num_workers))
-    if isinstance(images, shards.SliceView):  # a packed shard set (data.loading.load_dataset): stream it
+    if isinstance(images, shard_reader.SliceView):  # a packed shard set (data.loading.load_dataset): stream it
         return make_shard_dataset(images.shard_set, cfg, seed, start_batch, worker_index, num_workers,
                                   with_weights=weights is not None)
     images, masks, weights = _check_arrays(images, masks, weights)
@@ -145,11 +145,11 @@ def _batch_finisher(cfg, seed, worker_index=0, num_workers=1):
 
 
 def make_shard_dataset(shard_set, cfg, seed=None, start_batch=0, worker_index=0, num_workers=1, with_weights=False):
-    """The training dataset streamed from a packed shard set (data.shards.ShardSet); yields what make_dataset
+    """The training dataset streamed from a packed shard set (data.shard_reader.ShardSet); yields what make_dataset
     yields.
 
     Crops are placed on each slice as make_dataset places them, and a tile of side min(augment.source_extent(cfg),
-    smallest slice side) is read around each (see data.shards.tile_reader); the fused augmentation then samples
+    smallest slice side) is read around each (see data.shard_stream.tile_reader); the fused augmentation then samples
     the crop_size output from the tile with the crop centre passed in, so the output equals what it would sample
     from the whole slice, except where the map reaches beyond the tile (elastic tails beyond three sigmas, or
     tiles cut smaller than the bound because some slices are small). Worker w of n reads its own share of the shards
@@ -165,9 +165,9 @@ def make_shard_dataset(shard_set, cfg, seed=None, start_batch=0, worker_index=0,
     finish = _batch_finisher(cfg, seed)
     threads = cfg.data_threads or AUTOTUNE
     span = cfg.crop_size / float(cfg.input_scale)
-    read = shards.tile_reader(shard_set, tile, span, seed, with_weights)
-    slices = shards.slice_stream(shard_set, seed, cfg.shuffle_buffer, start_batch * cfg.batch_size, worker_index,
-                                 num_workers).batch(cfg.batch_size, drop_remainder=True)
+    read = shard_stream.tile_reader(shard_set, tile, span, seed, with_weights)
+    slices = shard_stream.slice_stream(shard_set, seed, cfg.shuffle_buffer, start_batch * cfg.batch_size,
+                                       worker_index, num_workers).batch(cfg.batch_size, drop_remainder=True)
     # k * num_workers + worker_index for k = start_batch, start_batch + 1, ...
     numbers = tf.data.Dataset.range(start_batch * num_workers + worker_index, _BATCH_COUNTER_END, num_workers)
 
