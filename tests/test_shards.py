@@ -278,12 +278,13 @@ def test_resume_continues_each_workers_stream(tmp_path):
 
 
 def test_tile_extent_holds_every_sampled_position():
-    from unet_perf.input import augment
+    from unet_perf.input import geometry
+    from unet_perf.input.draws import draw
     cfg = dataclasses.replace(Config(), crop_size=32, input_scale=0.5, rotate_deg=40.0, scale_range=0.3, shear=0.1,
                               translate=0.2, elastic=False)
-    draws = augment.draw(cfg, 256, (32, 32), tf.constant([0, 1], tf.int64))
-    x, y = augment.coordinate_map(cfg, (500, 500), (32, 32), draws)
+    draws = draw(cfg, 256, (32, 32), tf.constant([0, 1], tf.int64))
+    x, y = geometry.coordinate_map(cfg, (500, 500), (32, 32), draws)
     with v1.Session() as sess:
         x, y = sess.run([x, y])
     spread = max((x.max(axis=(1, 2)) - x.min(axis=(1, 2))).max(), (y.max(axis=(1, 2)) - y.min(axis=(1, 2))).max())
-    assert spread + 2 <= augment.source_extent(cfg) < 2 * spread
+    assert spread + 2 <= geometry.source_extent(cfg) < 2 * spread

@@ -13,7 +13,7 @@ that data.loading.load_dataset returns.
 import numpy as np
 import tensorflow as tf
 
-from unet_perf.input import augment
+from unet_perf.input import augment, draws, geometry
 from unet_perf.compat import AUTOTUNE, set_dataset_deterministic, set_dataset_threading, v1
 from unet_perf.config import NORMALIZE_MODES
 from unet_perf.data import shard_reader, shard_stream
@@ -134,7 +134,7 @@ def _batch_finisher(cfg, seed, worker_index=0, num_workers=1):
         has_weights = len(slices) > 2
         image, mask, weight = augment.augment_batch(
             slices[0], slices[1], slices[2] if has_weights else None, cfg, out_size,
-            augment.batch_seed(seed, batch_number), engine=engine, crop_centres=crop_centres,
+            draws.batch_seed(seed, batch_number), engine=engine, crop_centres=crop_centres,
             worker_index=worker_index, num_workers=num_workers)
         image = tf.cast(normalize(image, cfg.normalize), dtype)
         outputs = (image, mask) + ((weight,) if has_weights else ())
@@ -148,7 +148,7 @@ def make_shard_dataset(shard_set, cfg, seed=None, start_batch=0, worker_index=0,
     """The training dataset streamed from a packed shard set (data.shard_reader.ShardSet); yields what make_dataset
     yields.
 
-    Crops are placed on each slice as make_dataset places them, and a tile of side min(augment.source_extent(cfg),
+    Crops are placed on each slice as make_dataset places them, and a tile of side min(geometry.source_extent(cfg),
     smallest slice side) is read around each (see data.shard_stream.tile_reader); the fused augmentation then samples
     the crop_size output from the tile with the crop centre passed in, so the output equals what it would sample
     from the whole slice, except where the map reaches beyond the tile (elastic tails beyond three sigmas, or
@@ -161,7 +161,7 @@ def make_shard_dataset(shard_set, cfg, seed=None, start_batch=0, worker_index=0,
     the stream that resume continues).
     """
     seed = cfg.seed if seed is None else seed
-    tile = min(augment.source_extent(cfg), min(shard_set.min_size))
+    tile = min(geometry.source_extent(cfg), min(shard_set.min_size))
     finish = _batch_finisher(cfg, seed)
     threads = cfg.data_threads or AUTOTUNE
     span = cfg.crop_size / float(cfg.input_scale)
