@@ -16,7 +16,7 @@ import re
 import sys
 import time
 
-from unet_perf.config import _str2bool
+from unet_perf.config import str2bool
 from unet_perf.data import shard_format
 from unet_perf.data.sources import iter_pairs
 from unet_perf.data.weights import border_weight_map
@@ -141,11 +141,11 @@ def main(argv=None):
     parser.add_argument("--data_path", required=True, help="folder in any layout unet_perf.data.sources reads")
     parser.add_argument("--output", required=True, help="new folder for the shards and manifest.json")
     parser.add_argument("--shard_mb", type=float, default=256.0, help="approximate shard size in MiB")
-    parser.add_argument("--weight_map", type=_str2bool, default=False, help="also store U-Net border weight maps")
+    parser.add_argument("--weight_map", type=str2bool, default=False, help="also store U-Net border weight maps")
     parser.add_argument("--weight_w0", type=float, default=10.0, help="w0 of the border weight map")
     parser.add_argument("--weight_sigma", type=float, default=5.0, help="sigma of the border weight map (px)")
     parser.add_argument("--rgb", default="convert", choices=("convert", "refuse"), help="colour input handling")
-    parser.add_argument("--overwrite", type=_str2bool, default=False, help="replace an existing shard set")
+    parser.add_argument("--overwrite", type=str2bool, default=False, help="replace an existing shard set")
     args = parser.parse_args(argv)
     manifest = pack(args.data_path, args.output, args.shard_mb, args.weight_map, args.weight_w0,
                     args.weight_sigma, args.rgb, args.overwrite)
