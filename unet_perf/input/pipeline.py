@@ -17,10 +17,10 @@ from unet_perf.input import augment, draws, geometry
 from unet_perf.compat import AUTOTUNE, set_dataset_deterministic, set_dataset_threading, v1
 from unet_perf.config import NORMALIZE_MODES
 from unet_perf.data import shard_reader, shard_stream
+from unet_perf.data.normalization import STD_FLOOR
 from unet_perf.errors import UserError
 from unet_perf.model.precision import compute_dtype  # noqa: F401  (re-exported: part of this module's API)
 
-STD_FLOOR = 1e-6  # in [0, 1] units: a flat image normalises to zeros (inference.normalize_array uses it too)
 MAX_EMBEDDED_BYTES = 1800 * 1024 * 1024  # the arrays live in the GraphDef, which must stay under 2 GB
 _BATCH_COUNTER_END = 2 ** 62  # "infinite" batch numbering
 
