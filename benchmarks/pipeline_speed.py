@@ -127,7 +127,7 @@ def measure_side_by_side(named, batches, repeats, warmup):
     for name, cfg, threads in named:
         results[name] = {
             "pairs_per_s": bench_lib.stats(samples[name][0]), "pairs_per_cpu_s": bench_lib.stats(samples[name][1]),
-            "engine": augment.resolve_engine(cfg), "xla": augment.use_xla(cfg),
+            "engine": augment.resolve_engine(cfg), "xla": augment.resolve_engine(cfg) == "xla",
             "source": "shards" if is_shard_set(cfg.data_path) else "memory", "batches": batches,
             "repeats": repeats, "warmup": warmup, "session_threads": threads or cfg.data_threads or 1,
             "batch_size": cfg.batch_size, "crop_size": cfg.crop_size, "input_scale": cfg.input_scale,

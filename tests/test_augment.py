@@ -30,10 +30,11 @@ def random_batch(batch, height, width, seed=0):
 
 
 def run(images, masks, cfg, out_size, seed=(0, 0), weights=None, xla=False):
-    """Augment numpy arrays in the test's graph; returns numpy (image, mask, weights or None) [B, h, w]."""
+    """Augment numpy arrays in the test's graph with the XLA or the plain-ops engine; returns numpy (image, mask,
+    weights or None) [B, h, w]."""
     outputs = augment.augment_batch(tf.constant(images), tf.constant(masks),
                                      None if weights is None else tf.constant(weights), cfg, out_size,
-                                     tf.constant(seed, tf.int64), xla=xla)
+                                     tf.constant(seed, tf.int64), engine="xla" if xla else "graph")
     with v1.Session() as sess:
         values = sess.run([output for output in outputs if output is not None])
     values = [value[..., 0] for value in values]
@@ -235,7 +236,7 @@ def test_weight_map_moves_with_the_image():
 def test_outputs_have_static_shapes_and_dtypes():
     images, masks = random_batch(2, 30, 30)
     outputs = augment.augment_batch(tf.constant(images), tf.constant(masks), tf.zeros([2, 30, 30]),
-                                    make_cfg(), (16, 16), batch_seed(0, 5), xla=False)
+                                    make_cfg(), (16, 16), batch_seed(0, 5), engine="graph")
     for output in outputs:
         assert output.shape.as_list() == [2, 16, 16, 1]
         assert output.dtype == tf.float32

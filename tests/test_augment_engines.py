@@ -149,7 +149,6 @@ def test_resolve_engine_flags_and_aliases(monkeypatch):
     assert augment.resolve_engine(make_cfg(xla_augment="off")) == "graph"
     monkeypatch.setattr(compat, "xla_jit_available", lambda: False)
     assert augment.resolve_engine(make_cfg()) == "opencv"
-    assert not augment.use_xla(make_cfg())
     monkeypatch.setattr(compat, "xla_jit_available", lambda: True)
     assert augment.resolve_engine(make_cfg()) == "xla"
 

@@ -37,19 +37,14 @@ def resolve_engine(cfg):
     return "xla" if compat.xla_jit_available() else "opencv"
 
 
-def use_xla(cfg):
-    """True when resolve_engine(cfg) picks the XLA engine."""
-    return resolve_engine(cfg) == "xla"
-
-
-def augment_batch(images, masks, weights, cfg, out_size, seed, xla=None, engine=None, crop_centres=None,
+def augment_batch(images, masks, weights, cfg, out_size, seed, engine=None, crop_centres=None,
                   worker_index=0, num_workers=1):
     """Augment one batch with one fused coordinate map and one sampling pass.
 
     images, masks: uint8 [B, H, W] (masks in {0, 1}); weights: float32 [B, H, W] or None; out_size: (h, w);
     seed: int64 [2] (see draws.batch_seed); engine: "xla", "graph" or "opencv" (None = resolve_engine(cfg));
-    xla: older switch, used when engine is None: True = "xla", False = "graph"; crop_centres: float32 [B, 2]
-    source (x, y) of each crop centre, or None to draw random crops (see geometry.tile_centre).
+    crop_centres: float32 [B, 2] source (x, y) of each crop centre, or None to draw random crops (see
+    geometry.tile_centre).
     worker_index, num_workers: with num_workers > 1 the B images are this worker's rows of a global batch of
     B*num_workers: the random numbers are drawn for the global batch and this worker's rows kept, so each sample is
     augmented exactly as one worker with the whole batch would augment it.
@@ -66,7 +61,7 @@ def augment_batch(images, masks, weights, cfg, out_size, seed, xla=None, engine=
         raise ValueError("augment_batch needs images of at least 2x2 pixels, got {}x{}".format(height, width))
     out_size = (int(out_size[0]), int(out_size[1]))
     if engine is None:
-        engine = resolve_engine(cfg) if xla is None else ("xla" if xla else "graph")
+        engine = resolve_engine(cfg)
     if engine not in ENGINES:
         raise ValueError("augment_batch engine must be one of {}, got {!r}".format(ENGINES, engine))
     draws = draw(cfg, batch * num_workers, out_size, tf.convert_to_tensor(seed, tf.int64))
