@@ -98,7 +98,7 @@ def measure_side_by_side(named, batches, repeats, warmup):
     another's for its whole life here, so reusing one would bias a set-up), waits until the process is idle and
     takes `warmup` untimed batches (XLA compiles there). Returns {name: result dict}."""
     from unet_perf.input import augment
-    from unet_perf.data import shards
+    from unet_perf.data.shard_format import is_shard_set
     from unet_perf.data.loading import load_dataset
 
     loaded = {}  # the set-ups differ in engine and threads, not in data: load (or synthesise) each source once
@@ -127,8 +127,8 @@ def measure_side_by_side(named, batches, repeats, warmup):
     for name, cfg, threads in named:
         results[name] = {
             "pairs_per_s": bench_lib.stats(samples[name][0]), "pairs_per_cpu_s": bench_lib.stats(samples[name][1]),
-            "engine": augment.resolve_engine(cfg), "xla": augment.use_xla(cfg),
-            "source": "shards" if shards.is_shard_set(cfg.data_path) else "memory", "batches": batches,
+            "engine": augment.resolve_engine(cfg), "xla": augment.resolve_engine(cfg) == "xla",
+            "source": "shards" if is_shard_set(cfg.data_path) else "memory", "batches": batches,
             "repeats": repeats, "warmup": warmup, "session_threads": threads or cfg.data_threads or 1,
             "batch_size": cfg.batch_size, "crop_size": cfg.crop_size, "input_scale": cfg.input_scale,
             "data_threads": cfg.data_threads, "data_intra_op": cfg.data_intra_op}

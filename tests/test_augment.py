@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from unet_perf.input import augment
+from unet_perf.input import augment, geometry
 from unet_perf.input import sampling
 from unet_perf.compat import v1
 from unet_perf.config import Config
+from unet_perf.input.draws import batch_seed, draw
 
 ALL_OFF = dict(flip=False, rotate_deg=0.0, scale_range=0.0, shear=0.0, translate=0.0, elastic=False,
                brightness=0.0, contrast=0.0, gamma=0.0, noise=0.0)
@@ -29,10 +30,11 @@ def random_batch(batch, height, width, seed=0):
 
 
 def run(images, masks, cfg, out_size, seed=(0, 0), weights=None, xla=False):
-    """Augment numpy arrays in the test's graph; returns numpy (image, mask, weights or None) [B, h, w]."""
+    """Augment numpy arrays in the test's graph with the XLA or the plain-ops engine; returns numpy (image, mask,
+    weights or None) [B, h, w]."""
     outputs = augment.augment_batch(tf.constant(images), tf.constant(masks),
                                      None if weights is None else tf.constant(weights), cfg, out_size,
-                                     tf.constant(seed, tf.int64), xla=xla)
+                                     tf.constant(seed, tf.int64), engine="xla" if xla else "graph")
     with v1.Session() as sess:
         values = sess.run([output for output in outputs if output is not None])
     values = [value[..., 0] for value in values]
@@ -129,8 +131,8 @@ def test_elastic_displacement_at_grid_points_has_configured_sigma():
     """Only the elastic part on: the map minus the identity, read at the 3x3 control points, is N(0, sigma)."""
     sigma, grid, size, batch = 7.0, 3, 33, 200
     cfg = make_cfg(**dict(ALL_OFF, elastic=True, elastic_sigma=sigma, elastic_grid=grid))
-    draws = augment.draw(cfg, batch, (size, size), tf.constant([4, 2], tf.int64))
-    x, y = augment.coordinate_map(cfg, (size, size), (size, size), draws)
+    draws = draw(cfg, batch, (size, size), tf.constant([4, 2], tf.int64))
+    x, y = geometry.coordinate_map(cfg, (size, size), (size, size), draws)
     with v1.Session() as sess:
         x, y = sess.run([x, y])
     points = [0, size // 2, size - 1]  # where the control points sit (corners and centre)
@@ -147,12 +149,12 @@ def test_elastic_displacement_at_grid_points_has_configured_sigma():
 
 
 def test_cubic_weights_interpolate_the_control_points():
-    weights = augment.cubic_weights(9, 3)
+    weights = geometry.cubic_weights(9, 3)
     np.testing.assert_allclose(weights.sum(axis=1), 1.0, atol=1e-6)
     np.testing.assert_allclose(weights[[0, 4, 8]], np.eye(3), atol=1e-6)
     np.testing.assert_allclose(weights, weights[::-1, ::-1], atol=1e-6)  # symmetric about the centre
     # Keys' cubic (a = -0.5) reproduces quadratics exactly where all four taps are inside the grid
-    dense = augment.cubic_weights(51, 6)  # control points at rows 0, 10, ..., 50
+    dense = geometry.cubic_weights(51, 6)  # control points at rows 0, 10, ..., 50
     quadratic = np.arange(6.0) ** 2
     interior = slice(10, 41)
     np.testing.assert_allclose((dense @ quadratic)[interior], (np.arange(51) / 10.0)[interior] ** 2, atol=1e-4)
@@ -234,7 +236,7 @@ def test_weight_map_moves_with_the_image():
 def test_outputs_have_static_shapes_and_dtypes():
     images, masks = random_batch(2, 30, 30)
     outputs = augment.augment_batch(tf.constant(images), tf.constant(masks), tf.zeros([2, 30, 30]),
-                                    make_cfg(), (16, 16), augment.batch_seed(0, 5), xla=False)
+                                    make_cfg(), (16, 16), batch_seed(0, 5), engine="graph")
     for output in outputs:
         assert output.shape.as_list() == [2, 16, 16, 1]
         assert output.dtype == tf.float32

@@ -9,11 +9,12 @@ import pytest
 import tensorflow as tf
 
 from unet_perf import compat
-from unet_perf.input import augment
+from unet_perf.input import augment, geometry
 from unet_perf.input import opencv_engine as augment_cv
 from unet_perf.compat import v1
 from unet_perf.config import Config
 from unet_perf.errors import UserError
+from unet_perf.input.draws import draw
 
 ALL_OFF = dict(flip=False, rotate_deg=0.0, scale_range=0.0, shear=0.0, translate=0.0, elastic=False,
                brightness=0.0, contrast=0.0, gamma=0.0, noise=0.0)
@@ -109,10 +110,10 @@ def test_opencv_border_modes_equal_numpy_padding(border, pad_mode):
 
 def test_opencv_map_equals_the_graph_map():
     cfg = make_cfg(rotate_deg=25.0, scale_range=0.2, shear=0.1, translate=0.1, elastic_sigma=6.0)
-    draws = augment.draw(cfg, 4, (40, 36), tf.constant([1, 2], tf.int64))
-    x, y = augment.coordinate_map(cfg, (50, 60), (40, 36), draws)
-    a, b, c, d = augment.linear_part(draws["uniforms"], cfg)
-    centre_x, centre_y = augment.tile_centre(draws["uniforms"], cfg, (50, 60), (40, 36))
+    draws = draw(cfg, 4, (40, 36), tf.constant([1, 2], tf.int64))
+    x, y = geometry.coordinate_map(cfg, (50, 60), (40, 36), draws)
+    a, b, c, d = geometry.linear_part(draws["uniforms"], cfg)
+    centre_x, centre_y = geometry.tile_centre(draws["uniforms"], cfg, (50, 60), (40, 36))
     with v1.Session() as sess:
         x, y, affine, offsets = sess.run([x, y, tf.stack([a, b, c, d, centre_x, centre_y], 1), draws["elastic"]])
     for sample in range(4):
@@ -148,7 +149,6 @@ def test_resolve_engine_flags_and_aliases(monkeypatch):
     assert augment.resolve_engine(make_cfg(xla_augment="off")) == "graph"
     monkeypatch.setattr(compat, "xla_jit_available", lambda: False)
     assert augment.resolve_engine(make_cfg()) == "opencv"
-    assert not augment.use_xla(make_cfg())
     monkeypatch.setattr(compat, "xla_jit_available", lambda: True)
     assert augment.resolve_engine(make_cfg()) == "xla"
 

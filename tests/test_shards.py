@@ -15,7 +15,7 @@ from unet_perf import errors
 from unet_perf.input import pipeline
 from unet_perf.compat import v1
 from unet_perf.config import Config
-from unet_perf.data import pack, shards
+from unet_perf.data import pack, shard_format, shard_reader, shard_stream
 from unet_perf.data.loading import load_dataset
 from unet_perf.data.sources import load_pairs
 from unet_perf.data.weights import border_weight_map
@@ -68,10 +68,10 @@ def identities(batches):
 def test_pack_round_trip_sizes_and_atomic_names(tmp_path):
     sizes = [(SIDE, SIDE), (40, 36), (SIDE, 48), (36, 40), (SIDE, SIDE)]
     source, output = packed(tmp_path, sizes=sizes, shard_mb=0.006)
-    manifest = json.load(open(os.path.join(output, shards.MANIFEST)))
+    manifest = json.load(open(os.path.join(output, shard_format.MANIFEST)))
     assert manifest["slices"] == 5 and len(manifest["shards"]) > 1
-    assert sorted(os.listdir(output)) == sorted([shards.MANIFEST] + [e["file"] for e in manifest["shards"]])
-    shard_set = shards.open_shard_set(output)
+    assert sorted(os.listdir(output)) == sorted([shard_format.MANIFEST] + [e["file"] for e in manifest["shards"]])
+    shard_set = shard_reader.open_shard_set(output)
     assert shard_set.min_size == (SIDE, SIDE) and len(shard_set) == 5
     for index, (height, width) in enumerate(sizes):
         image, mask, weights, _ = shard_set.read(index)
@@ -88,7 +88,7 @@ def test_pack_reads_tiff_volumes_page_by_page(tmp_path):
     cv2.imwritemulti(str(tmp_path / "vol" / "train-volume.tif"), volume)
     cv2.imwritemulti(str(tmp_path / "vol" / "train-labels.tif"), labels)
     pack.pack(str(tmp_path / "vol"), str(tmp_path / "out"))
-    shard_set = shards.open_shard_set(str(tmp_path / "out"))
+    shard_set = shard_reader.open_shard_set(str(tmp_path / "out"))
     reference = load_pairs(str(tmp_path / "vol"))
     for index in range(3):
         np.testing.assert_array_equal(shard_set.read(index)[0], reference.images[index])
@@ -121,7 +121,7 @@ def test_failed_overwrite_keeps_the_previous_shard_set(tmp_path):
     with pytest.raises(UserError, match="2.png"):
         pack.pack(source, output, shard_mb=0.003, overwrite=True)
     assert {name: open(os.path.join(output, name), "rb").read() for name in os.listdir(output)} == before
-    assert len(shards.open_shard_set(output)) == 4
+    assert len(shard_reader.open_shard_set(output)) == 4
 
 
 def test_pack_overwrite_replaces_only_its_own_files(tmp_path, capsys):
@@ -130,7 +130,7 @@ def test_pack_overwrite_replaces_only_its_own_files(tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         run_cli(pack.main, ["--data_path", source, "--output", output, "--overwrite", "--shard_mb", "1"])
     assert stop.value.code == 0
-    assert sorted(os.listdir(output)) == [shards.MANIFEST, shards.shard_name(0)]  # old shards replaced
+    assert sorted(os.listdir(output)) == [shard_format.MANIFEST, shard_format.shard_name(0)]  # old shards replaced
     open(os.path.join(output, "notes.txt"), "w").close()
     with pytest.raises(UserError, match="notes.txt"):
         pack.pack(source, output, overwrite=True)
@@ -147,7 +147,7 @@ def test_pack_cli_exits_2_on_user_errors(tmp_path, capsys):
 @pytest.mark.parametrize("damage", ["truncate", "flip"])
 def test_damaged_shard_is_a_user_error_or_skipped(tmp_path, damage):
     _, output = packed(tmp_path, count=8)
-    manifest = json.load(open(os.path.join(output, shards.MANIFEST)))
+    manifest = json.load(open(os.path.join(output, shard_format.MANIFEST)))
     victim = os.path.join(output, manifest["shards"][1]["file"])
     data = bytearray(open(victim, "rb").read())
     if damage == "truncate":
@@ -184,7 +184,7 @@ def test_unverified_corruption_stops_at_the_first_read_of_the_shard(tmp_path, ca
 
 def test_a_shard_cut_short_after_opening_is_an_error_naming_it(tmp_path):
     _, output = packed(tmp_path, count=4, shard_mb=100)
-    shard_set = shards.open_shard_set(output)
+    shard_set = shard_reader.open_shard_set(output)
     victim = os.path.join(output, "shard-00000.tfrecord")
     with open(victim, "r+b") as handle:
         handle.truncate(os.path.getsize(victim) // 2)
@@ -195,7 +195,7 @@ def test_a_shard_cut_short_after_opening_is_an_error_naming_it(tmp_path):
 def test_tiles_are_read_by_offset_exactly_as_cut_from_the_slice(tmp_path):
     sizes = [(48, 40), (40, 56), (SIDE, SIDE), (64, 64)]
     source, output = packed(tmp_path, sizes=sizes, shard_mb=0.01, weight_map=True)
-    shard_set = shards.open_shard_set(output)
+    shard_set = shard_reader.open_shard_set(output)
     rng = np.random.RandomState(0)
     for index, (height, width) in enumerate(sizes):
         mask = cv2.imread(os.path.join(source, "label", "{}.png".format(index)), 0) > 0
@@ -211,14 +211,14 @@ def test_tiles_are_read_by_offset_exactly_as_cut_from_the_slice(tmp_path):
 @pytest.mark.parametrize("buffer_size", [0, 5])
 def test_epoch_order_is_a_seeded_permutation_and_a_small_buffer_keeps_reads_local(buffer_size):
     shares = [np.arange(start, start + 10, dtype=np.int64) for start in range(0, 60, 10)]
-    order = shards.epoch_order(shares, buffer_size, seed=3, epoch=1)
+    order = shard_stream.epoch_order(shares, buffer_size, seed=3, epoch=1)
     assert sorted(order) == list(range(60))
-    np.testing.assert_array_equal(order, shards.epoch_order(shares, buffer_size, seed=3, epoch=1))
-    assert not np.array_equal(order, shards.epoch_order(shares, buffer_size, seed=3, epoch=2))
+    np.testing.assert_array_equal(order, shard_stream.epoch_order(shares, buffer_size, seed=3, epoch=1))
+    assert not np.array_equal(order, shard_stream.epoch_order(shares, buffer_size, seed=3, epoch=2))
     if buffer_size:
         # with the same draws, the round-robin stream the buffer shuffles: nothing leaves more than buffer_size early
         rng = np.random.RandomState([3, 1, 0x5EED])
-        stream = shards._round_robin([shares[i] for i in rng.permutation(len(shares))], shards._CYCLE)
+        stream = shard_stream._round_robin([shares[i] for i in rng.permutation(len(shares))], shard_stream._CYCLE)
         assert len({value // 10 for value in stream[:4 * 10]}) == 4
         position = {value: place for place, value in enumerate(order)}
         assert all(position[value] >= place - buffer_size for place, value in enumerate(stream))
@@ -304,12 +304,13 @@ def test_resume_continues_each_workers_stream(tmp_path):
 
 
 def test_tile_extent_holds_every_sampled_position():
-    from unet_perf.input import augment
+    from unet_perf.input import geometry
+    from unet_perf.input.draws import draw
     cfg = dataclasses.replace(Config(), crop_size=32, input_scale=0.5, rotate_deg=40.0, scale_range=0.3, shear=0.1,
                               translate=0.2, elastic=False)
-    draws = augment.draw(cfg, 256, (32, 32), tf.constant([0, 1], tf.int64))
-    x, y = augment.coordinate_map(cfg, (500, 500), (32, 32), draws)
+    draws = draw(cfg, 256, (32, 32), tf.constant([0, 1], tf.int64))
+    x, y = geometry.coordinate_map(cfg, (500, 500), (32, 32), draws)
     with v1.Session() as sess:
         x, y = sess.run([x, y])
     spread = max((x.max(axis=(1, 2)) - x.min(axis=(1, 2))).max(), (y.max(axis=(1, 2)) - y.min(axis=(1, 2))).max())
-    assert spread + 2 <= augment.source_extent(cfg) < 2 * spread
+    assert spread + 2 <= geometry.source_extent(cfg) < 2 * spread

@@ -194,7 +194,9 @@ class Config:
         return "fixed", value
 
 
-def _str2bool(text):
+def str2bool(text):
+    """argparse type of every boolean flag: true|false (also 1|0, yes|no, on|off, any case), else an argparse
+    error naming the value."""
     lowered = str(text).strip().lower()
     if lowered in ("1", "true", "yes", "on"):
         return True
@@ -219,12 +221,12 @@ def build_parser(description="Train a U-Net", fields=None):
     for field in dataclasses.fields(Config):
         if fields is not None and field.name not in fields:
             continue
-        kind = _str2bool if field.type in (bool, "bool") else field.type
+        kind = str2bool if field.type in (bool, "bool") else field.type
         if isinstance(kind, str):
             kind = {"int": int, "float": float, "str": str}[kind]
         parser.add_argument("--" + field.name, type=kind, default=field.default,
                             choices=field.metadata.get("choices"), help=field.metadata["help"],
-                            metavar=None if kind is not _str2bool else "BOOL")
+                            metavar=None if kind is not str2bool else "BOOL")
     return add_verbose_flag(parser)
 
 

@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 
-from unet_perf.config import _str2bool
+from unet_perf.config import str2bool
 from unet_perf.errors import UserError
 
 STAGING_PREFIX = ".staging-"
@@ -23,7 +23,7 @@ REPLACED_PREFIX = ".replaced-"
 
 def add_overwrite_flag(parser, help):
     """--overwrite (alone, or --overwrite true/false as pack has always taken it)."""
-    parser.add_argument("--overwrite", nargs="?", const=True, default=False, type=_str2bool, metavar="BOOL",
+    parser.add_argument("--overwrite", nargs="?", const=True, default=False, type=str2bool, metavar="BOOL",
                         help=help)
     return parser
 

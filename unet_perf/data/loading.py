@@ -3,7 +3,7 @@ import math
 
 import numpy as np
 
-from unet_perf.data import shards
+from unet_perf.data import shard_format, shard_reader
 from unet_perf.data.sources import Pairs, load_pairs
 from unet_perf.data.split import split_indices
 from unet_perf.data.synthetic import membranes
@@ -21,7 +21,7 @@ def load_dataset(cfg):
         raise UserError("--weight_map needs --weight_sigma > 0 and --weight_w0 >= 0, got {} and {}".format(
             cfg.weight_sigma, cfg.weight_w0))
     min_size = required_size(cfg.crop_size, cfg.input_scale)
-    if shards.is_shard_set(cfg.data_path):
+    if shard_format.is_shard_set(cfg.data_path):
         return _load_shard_set(cfg, min_size)
     if not cfg.data_path and cfg.synthetic_size < min_size:
         raise UserError("--synthetic_size {} is smaller than the {} px that --crop_size {} at --input_scale {} "
@@ -54,7 +54,7 @@ def _load_shard_set(cfg, min_size):
     if cfg.val_split:
         raise UserError("--val_split is not supported with the packed shard set {}; pack the held-out slices into "
                         "their own folder and evaluate on it, or train from the unpacked folder".format(cfg.data_path))
-    shard_set = shards.open_shard_set(cfg.data_path, verify=cfg.verify_shards, skip_bad=cfg.skip_bad_shards)
+    shard_set = shard_reader.open_shard_set(cfg.data_path, verify=cfg.verify_shards, skip_bad=cfg.skip_bad_shards)
     height, width = shard_set.min_size
     if min(height, width) < min_size:
         raise UserError("the smallest slice in {} is {}x{} but training samples {}x{} px; use a smaller --crop_size "
@@ -90,7 +90,7 @@ def subset(pairs, indices):
 def describe(pairs):
     """One line: count, size and membrane share, e.g. '24 slices 512x512, membrane 21.9%' (a shard set: count,
     smallest size, shard count and folder)."""
-    if isinstance(pairs, shards.ShardSet):
+    if isinstance(pairs, shard_reader.ShardSet):
         height, width = pairs.min_size
         return "{} slices >= {}x{} streamed from {} shard{} in {}".format(
             len(pairs), width, height, len(pairs.shards), "" if len(pairs.shards) == 1 else "s", pairs.directory)

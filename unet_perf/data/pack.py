@@ -1,4 +1,4 @@
-"""Pack a dataset into TFRecord shards for streaming training (format: unet_perf.data.shards).
+"""Pack a dataset into TFRecord shards for streaming training (format: unet_perf.data.shard_format).
 
     python -m unet_perf.data.pack --data_path DIR --output SHARDS/ [--shard_mb 256] [--weight_map true]
         [--weight_w0 10 --weight_sigma 5] [--rgb convert|refuse] [--overwrite] [--verbose]
@@ -17,8 +17,8 @@ import re
 import sys
 import time
 
-from unet_perf.config import _str2bool
-from unet_perf.data import shards
+from unet_perf.config import str2bool
+from unet_perf.data import shard_format
 from unet_perf.data.sources import iter_pairs
 from unet_perf.data.weights import border_weight_map
 from unet_perf.errors import UserError, run_cli
@@ -41,15 +41,15 @@ class ShardWriter(object):
         self.entries, self._writer, self._size, self._slices, self._min = [], None, 0, 0, None
 
     def write(self, record, payloads, height, width):
-        """Append one serialized slice; `payloads` are its raw field bytes (shards.encode_example)."""
+        """Append one serialized slice; `payloads` are its raw field bytes (shard_format.encode_example)."""
         if self._writer is None:
-            self._temp = os.path.join(self.output, "." + shards.shard_name(len(self.entries)) + ".tmp")
+            self._temp = os.path.join(self.output, "." + shard_format.shard_name(len(self.entries)) + ".tmp")
             self._writer = self._v1.io.TFRecordWriter(self._temp)
             self._size, self._slices, self._min, self._records = 0, 0, (height, width), []
         self._writer.write(record)
         data_start = self._size + 12  # TFRecord framing: length (8 bytes), its CRC (4), data, data CRC (4)
         self._records.append([height, width] + [data_start + offset
-                                                for offset in shards.payload_offsets(record, payloads)])
+                                                for offset in shard_format.payload_offsets(record, payloads)])
         self._size += len(record) + 16
         self._slices += 1
         self._min = (min(self._min[0], height), min(self._min[1], width))
@@ -61,11 +61,11 @@ class ShardWriter(object):
             return
         self._writer.close()
         self._writer = None
-        name = shards.shard_name(len(self.entries))
+        name = shard_format.shard_name(len(self.entries))
         final = os.path.join(self.output, name)
         os.replace(self._temp, final)
         self.entries.append({"file": name, "slices": self._slices, "bytes": os.path.getsize(final),
-                             "crc32": shards.file_crc32(final), "min_height": self._min[0],
+                             "crc32": shard_format.file_crc32(final), "min_height": self._min[0],
                              "min_width": self._min[1], "records": self._records})
 
 
@@ -83,14 +83,14 @@ def pack(data_path, output, shard_mb=256.0, weight_map=False, weight_w0=10.0, we
             weight_sigma, weight_w0))
     total, pairs = iter_pairs(data_path, rgb)
     weights = {"w0": weight_w0, "sigma": weight_sigma} if weight_map else None
-    with OutputFolder(output, overwrite, is_pack_output, last=(shards.MANIFEST,), command="pack") as staging:
+    with OutputFolder(output, overwrite, is_pack_output, last=(shard_format.MANIFEST,), command="pack") as staging:
         return write_shard_set(pairs, total, staging, shard_mb, weights, os.path.abspath(data_path),
                                progress_stream)
 
 
 def is_pack_output(name):
     """A name pack writes: the manifest, shards, and hidden temporary files."""
-    return name == shards.MANIFEST or name.startswith("shard-") or name.startswith(".")
+    return name == shard_format.MANIFEST or name.startswith("shard-") or name.startswith(".")
 
 
 def write_shard_set(pairs, total, output, shard_mb=256.0, weights=None, source="", progress_stream=sys.stderr):
@@ -104,20 +104,20 @@ def write_shard_set(pairs, total, output, shard_mb=256.0, weights=None, source="
     try:
         for done, (image, mask, name) in enumerate(pairs, 1):
             weight_map = border_weight_map(mask, weights["w0"], weights["sigma"]) if weights else None
-            record, payloads = shards.encode_example(image, mask, weight_map, name)
+            record, payloads = shard_format.encode_example(image, mask, weight_map, name)
             writer.write(record, payloads, image.shape[0], image.shape[1])
             due = done % PROGRESS_EVERY == 0 or done == total
             progress.advance(1, None, "packed {}/{} slices".format(done, total) if due else None)
         writer.close_shard()
     finally:
         progress.close()
-    manifest = {"format": shards.FORMAT, "version": shards.VERSION, "source": source,
+    manifest = {"format": shard_format.FORMAT, "version": shard_format.VERSION, "source": source,
                 "slices": sum(entry["slices"] for entry in writer.entries), "shards": writer.entries,
                 "weights": weights, "seconds": round(time.time() - started, 1)}
-    temp = os.path.join(output, "." + shards.MANIFEST + ".tmp")
+    temp = os.path.join(output, "." + shard_format.MANIFEST + ".tmp")
     with open(temp, "w") as handle:
         handle.write(_manifest_text(manifest))
-    os.replace(temp, os.path.join(output, shards.MANIFEST))
+    os.replace(temp, os.path.join(output, shard_format.MANIFEST))
     return manifest
 
 
@@ -133,7 +133,7 @@ def main(argv=None):
     parser.add_argument("--data_path", required=True, help="folder in any layout unet_perf.data.sources reads")
     parser.add_argument("--output", required=True, help="new folder for the shards and manifest.json")
     parser.add_argument("--shard_mb", type=float, default=256.0, help="approximate shard size in MiB")
-    parser.add_argument("--weight_map", type=_str2bool, default=False, help="also store U-Net border weight maps")
+    parser.add_argument("--weight_map", type=str2bool, default=False, help="also store U-Net border weight maps")
     parser.add_argument("--weight_w0", type=float, default=10.0, help="w0 of the border weight map")
     parser.add_argument("--weight_sigma", type=float, default=5.0, help="sigma of the border weight map (px)")
     parser.add_argument("--rgb", default="convert", choices=("convert", "refuse"), help="colour input handling")

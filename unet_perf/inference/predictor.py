@@ -24,7 +24,7 @@ from unet_perf.compat import v1
 from unet_perf.config import NORMALIZE_MODES, PRECISIONS, Config
 from unet_perf.errors import UserError
 from unet_perf.model.network import unet
-from unet_perf.input.pipeline import STD_FLOOR
+from unet_perf.data.normalization import STD_FLOOR
 
 DIHEDRAL = 8
 

@@ -1,9 +1,10 @@
-"""The OpenCV augmentation engine: the fused coordinate map of unet_perf.input.augment, sampled with cv2.remap.
+"""The OpenCV augmentation engine: the fused coordinate map of unet_perf.input.geometry, sampled with cv2.remap.
 
 Used where XLA is off (the Ascend host path). The random draws and the per-sample parameters (2x2 matrix, tile
 centre, elastic offsets, intensity table, noise sigma and shift) are computed in TensorFlow by
-unet_perf.input.augment exactly as for the XLA and plain-ops engines; only the per-pixel work runs here, in numpy and
-OpenCV, through one tf.numpy_function per batch (PyFunc stays on the host under the Ascend adapter).
+unet_perf.input.geometry and unet_perf.input.intensity exactly as for the XLA and plain-ops engines; only the
+per-pixel work runs here, in numpy and OpenCV, through one tf.numpy_function per batch (PyFunc stays on the host
+under the Ascend adapter).
 
 Per sample: the coordinate map is one small matrix product, x = U @ K @ V^T, where U = [bicubic rows | row
 offsets | 1] ([h, g+2]), V likewise for the columns and K holds the elastic offsets, the affine matrix and the
@@ -23,8 +24,7 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
-from unet_perf.input import augment
-from unet_perf.input import sampling
+from unet_perf.input import geometry, intensity, sampling
 from unet_perf.compat import v1
 
 _BORDERS = {"reflect": cv2.BORDER_REFLECT_101, "nearest": cv2.BORDER_REPLICATE, "constant": cv2.BORDER_CONSTANT}
@@ -65,7 +65,7 @@ def _limit_bundled_openblas():
 @functools.lru_cache(maxsize=16)
 def basis(length, grid):
     """[length, grid + 2] float32 rows [bicubic weights of the `grid` control points | centred offset | 1]."""
-    columns = [augment.cubic_weights(length, grid)] if grid else []
+    columns = [geometry.cubic_weights(length, grid)] if grid else []
     centred = np.arange(length, dtype=np.float32) - (length - 1) / 2.0
     columns += [centred[:, None], np.ones((length, 1), np.float32)]
     return np.ascontiguousarray(np.concatenate(columns, axis=1), np.float32)
@@ -80,7 +80,7 @@ def basis_t(length, grid):
 def coordinate_maps(affine, offsets, out_size):
     """Source coordinates of every output pixel of one sample: (x, y), float32 [h, w] each.
 
-    affine: [6] = (a, b, c, d, centre_x, centre_y) (see augment.linear_part and augment.tile_centre);
+    affine: [6] = (a, b, c, d, centre_x, centre_y) (see geometry.linear_part and geometry.tile_centre);
     offsets: elastic control-point offsets [2, g, g] in source pixels, or None.
     """
     grid = 0 if offsets is None else offsets.shape[-1]
@@ -144,19 +144,21 @@ def sample_batch(images, masks, weights, affine, offsets, tables, noise, noise_p
 
 
 def opencv_stage(cfg, in_size, out_size):
-    """inputs (images, masks, weights, draws) -> outputs like _sampling_stage, sampled by unet_perf.input.opencv_engine
-    in one tf.numpy_function; the per-sample parameters come from the same TensorFlow code as the graph map."""
+    """inputs (images, masks, weights, draws) -> outputs like graph_engine.graph_stage, sampled with OpenCV in one
+    tf.numpy_function; the per-sample parameters come from the same TensorFlow code as the graph map."""
     def stage(inputs):
         draws = inputs["draws"]
         uniforms = draws["uniforms"]
         batch = uniforms.shape[0]
-        a, b, c, d = augment.linear_part(uniforms, cfg)
-        centre_x, centre_y = augment.tile_centre(uniforms, cfg, in_size, out_size, draws.get("crop_centres"))
+        a, b, c, d = geometry.linear_part(uniforms, cfg)
+        centre_x, centre_y = geometry.tile_centre(uniforms, cfg, in_size, out_size, draws.get("crop_centres"))
         has_weights = inputs["weights"] is not None
         noise_params = None
         if draws["noise"] is not None:
-            noise_params = tf.stack(augment.noise_parameters(uniforms, cfg, out_size), axis=1)
-        table = tf.reshape(augment.intensity_table(uniforms, cfg), [batch, 256]) if augment.intensity_on(cfg) else None
+            noise_params = tf.stack(intensity.noise_parameters(uniforms, cfg, out_size), axis=1)
+        table = None
+        if intensity.intensity_on(cfg):
+            table = tf.reshape(intensity.intensity_table(uniforms, cfg), [batch, 256])
         affine = tf.stack([a, b, c, d, centre_x, centre_y], axis=1)
         arguments = [inputs["images"], inputs["masks"], inputs["weights"], affine, draws["elastic"], table,
                      draws["noise"], noise_params]

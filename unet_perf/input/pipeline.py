@@ -6,21 +6,21 @@ gathers its B slices right before the augmentation. That keeps the shuffle buffe
 cheap: `start_batch` skips whole batches of indices (exact continuation of the interrupted stream), and batch
 k is always augmented with the stateless seed [seed, k].
 
-A packed shard set (unet_perf.data.shards, too large to embed) streams instead: make_shard_dataset reads tiles
+A packed shard set (unet_perf.data.shard_format, too large to embed) streams instead: make_shard_dataset reads tiles
 from the shards and feeds them to the same augmentation; make_dataset dispatches to it for the shard-set views
 that data.loading.load_dataset returns.
 """
 import numpy as np
 import tensorflow as tf
 
-from unet_perf.input import augment
+from unet_perf.input import augment, draws, geometry
 from unet_perf.compat import AUTOTUNE, set_dataset_deterministic, set_dataset_threading, v1
 from unet_perf.config import NORMALIZE_MODES
-from unet_perf.data import shards
+from unet_perf.data import shard_reader, shard_stream
+from unet_perf.data.normalization import STD_FLOOR
 from unet_perf.errors import UserError
 from unet_perf.model.precision import compute_dtype  # noqa: F401  (re-exported: part of this module's API)
 
-STD_FLOOR = 1e-6  # in [0, 1] units: a flat image normalises to zeros (inference.normalize_array uses it too)
 MAX_EMBEDDED_BYTES = 1800 * 1024 * 1024  # the arrays live in the GraphDef, which must stay under 2 GB
 _BATCH_COUNTER_END = 2 ** 62  # "infinite" batch numbering
 
@@ -99,7 +99,7 @@ def make_dataset(images, masks, weights, cfg, seed=None, start_batch=0, worker_i
     """
     if not 0 <= worker_index < num_workers:
         raise ValueError("worker_index {} is not in [0, {})".format(worker_index, num_workers))
-    if isinstance(images, shards.SliceView):  # a packed shard set (data.loading.load_dataset): stream it
+    if isinstance(images, shard_reader.SliceView):  # a packed shard set (data.loading.load_dataset): stream it
         return make_shard_dataset(images.shard_set, cfg, seed, start_batch, worker_index, num_workers,
                                   with_weights=weights is not None)
     images, masks, weights = _check_arrays(images, masks, weights)
@@ -134,7 +134,7 @@ def _batch_finisher(cfg, seed, worker_index=0, num_workers=1):
         has_weights = len(slices) > 2
         image, mask, weight = augment.augment_batch(
             slices[0], slices[1], slices[2] if has_weights else None, cfg, out_size,
-            augment.batch_seed(seed, batch_number), engine=engine, crop_centres=crop_centres,
+            draws.batch_seed(seed, batch_number), engine=engine, crop_centres=crop_centres,
             worker_index=worker_index, num_workers=num_workers)
         image = tf.cast(normalize(image, cfg.normalize), dtype)
         outputs = (image, mask) + ((weight,) if has_weights else ())
@@ -145,11 +145,11 @@ def _batch_finisher(cfg, seed, worker_index=0, num_workers=1):
 
 
 def make_shard_dataset(shard_set, cfg, seed=None, start_batch=0, worker_index=0, num_workers=1, with_weights=False):
-    """The training dataset streamed from a packed shard set (data.shards.ShardSet); yields what make_dataset
+    """The training dataset streamed from a packed shard set (data.shard_reader.ShardSet); yields what make_dataset
     yields.
 
-    Crops are placed on each slice as make_dataset places them, and a tile of side min(augment.source_extent(cfg),
-    smallest slice side) is read around each (see data.shards.tile_reader); the fused augmentation then samples
+    Crops are placed on each slice as make_dataset places them, and a tile of side min(geometry.source_extent(cfg),
+    smallest slice side) is read around each (see data.shard_stream.tile_reader); the fused augmentation then samples
     the crop_size output from the tile with the crop centre passed in, so the output equals what it would sample
     from the whole slice, except where the map reaches beyond the tile (elastic tails beyond three sigmas, or
     tiles cut smaller than the bound because some slices are small). Worker w of n reads its own share of the shards
@@ -161,13 +161,13 @@ def make_shard_dataset(shard_set, cfg, seed=None, start_batch=0, worker_index=0,
     the stream that resume continues).
     """
     seed = cfg.seed if seed is None else seed
-    tile = min(augment.source_extent(cfg), min(shard_set.min_size))
+    tile = min(geometry.source_extent(cfg), min(shard_set.min_size))
     finish = _batch_finisher(cfg, seed)
     threads = cfg.data_threads or AUTOTUNE
     span = cfg.crop_size / float(cfg.input_scale)
-    read = shards.tile_reader(shard_set, tile, span, seed, with_weights)
-    slices = shards.slice_stream(shard_set, seed, cfg.shuffle_buffer, start_batch * cfg.batch_size, worker_index,
-                                 num_workers).batch(cfg.batch_size, drop_remainder=True)
+    read = shard_stream.tile_reader(shard_set, tile, span, seed, with_weights)
+    slices = shard_stream.slice_stream(shard_set, seed, cfg.shuffle_buffer, start_batch * cfg.batch_size,
+                                       worker_index, num_workers).batch(cfg.batch_size, drop_remainder=True)
     # k * num_workers + worker_index for k = start_batch, start_batch + 1, ...
     numbers = tf.data.Dataset.range(start_batch * num_workers + worker_index, _BATCH_COUNTER_END, num_workers)
 

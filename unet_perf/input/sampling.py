@@ -1,4 +1,4 @@
-"""Sampling for the graph engines of unet_perf.input.augment: border handling and one gather pass of uint8 bytes.
+"""Sampling for the graph engines (unet_perf.input.graph_engine): border handling and one gather pass of uint8 bytes.
 
 Everything here is elementwise plus a few gathers, so under XLA it fuses into one loop over the output pixels.
 """
