@@ -15,7 +15,7 @@ import os
 import re
 import time
 
-from unet_perf.cli_flags import add_inference_flags, check_inference_flags, open_predictor, write_output_image
+from unet_perf.inference.cli_flags import add_inference_flags, check_inference_flags, open_predictor, write_output_image
 from unet_perf.config import build_parser
 from unet_perf.data.loading import read_slices, subset
 from unet_perf.data.split import split_indices
@@ -23,7 +23,7 @@ from unet_perf.storage import run_dir
 from unet_perf.errors import run_cli
 from unet_perf.inference.metrics import METRIC_KEYS, THRESHOLD_KEYS, evaluate_slices
 from unet_perf.inference.panels import error_overlay
-from unet_perf.output_folder import OutputFolder
+from unet_perf.storage.output_folder import OutputFolder
 from unet_perf.progress import ItemProgress
 
 

@@ -21,10 +21,10 @@ Ascend: atc --model=<output>/unet.pb --framework=3 --output=unet --soc_version=A
 import json
 import os
 
-from unet_perf.cli_flags import add_model_flags
+from unet_perf.inference.cli_flags import add_model_flags
 from unet_perf.config import build_parser
 from unet_perf.errors import UserError, run_cli
-from unet_perf.output_folder import OutputFolder, add_overwrite_flag
+from unet_perf.storage.output_folder import OutputFolder, add_overwrite_flag
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "probability"
@@ -41,7 +41,7 @@ def export_model(model_dir, output, height=None, width=None, batch=1, checkpoint
 
     weights: "ema" bakes in the checkpoint's EMA weights when it has them, "raw" the trained weights.
     An existing export in `output` is replaced only with overwrite=True, and only once the new one is complete
-    (unet_perf.output_folder): a failed export leaves the previous one intact.
+    (unet_perf.storage.output_folder): a failed export leaves the previous one intact.
     """
     from unet_perf.compat import v1
     from unet_perf.inference.predictor import load_config, with_precision

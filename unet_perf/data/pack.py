@@ -22,7 +22,7 @@ from unet_perf.data import shard_format
 from unet_perf.data.sources import iter_pairs
 from unet_perf.data.weights import border_weight_map
 from unet_perf.errors import UserError, run_cli
-from unet_perf.output_folder import OutputFolder, add_overwrite_flag
+from unet_perf.storage.output_folder import OutputFolder, add_overwrite_flag
 from unet_perf.progress import BarOrLines
 from unet_perf.tf_logging import add_verbose_flag
 
@@ -74,7 +74,7 @@ def pack(data_path, output, shard_mb=256.0, weight_map=False, weight_w0=10.0, we
     """Pack `data_path` into shards under `output`; returns the manifest dict (also written as manifest.json).
 
     The set is written into a staging folder inside `output` and moved into place when complete
-    (unet_perf.output_folder): a failed pack leaves nothing behind and, under overwrite, the previous set intact
+    (unet_perf.storage.output_folder): a failed pack leaves nothing behind and, under overwrite, the previous set intact
     (the disk needs room for both sets meanwhile)."""
     if shard_mb <= 0:
         raise UserError("--shard_mb must be positive, got {}".format(shard_mb))
