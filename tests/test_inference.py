@@ -6,7 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from unet_perf.inference import predictor as inference
+from unet_perf.inference import tiling
+from unet_perf.inference.predictor import Predictor, build_predictor
 from unet_perf.input import pipeline
 from unet_perf.compat import v1
 from unet_perf.config import Config
@@ -61,14 +62,14 @@ def test_tiler_reassembles_the_image_exactly(shape, overlap):
         calls.append(batch.shape)
         return identity(batch)
 
-    out = inference.predict_tiled(fn, image, tile=16, overlap=overlap, batch_size=3)
+    out = tiling.predict_tiled(fn, image, tile=16, overlap=overlap, batch_size=3)
     assert out.shape == shape and out.dtype == np.float32
     np.testing.assert_allclose(out, image, atol=1e-6)
     assert all(call == (3, 16, 16, 1) for call in calls)  # static batch shape, last batch padded
 
 
 def test_tiler_blends_constant_predictions_to_the_constant():
-    out = inference.predict_tiled(lambda b: np.full(b.shape, 0.3, np.float32), np.zeros((45, 60)), 16, 6, 4)
+    out = tiling.predict_tiled(lambda b: np.full(b.shape, 0.3, np.float32), np.zeros((45, 60)), 16, 6, 4)
     np.testing.assert_allclose(out, 0.3, atol=1e-6)
 
 
@@ -82,30 +83,30 @@ def test_tta_inverts_each_dihedral_transform():
         return batch * column[None, None, :, None]
 
     image = np.random.default_rng(1).random((40, 29)).astype(np.float32)
-    out = inference.predict_tiled(fn, image, tile, 4, 5, tta=True)
+    out = tiling.predict_tiled(fn, image, tile, 4, 5, tta=True)
     np.testing.assert_allclose(out, 0.5 * image, atol=1e-5)
-    plain = inference.predict_tiled(fn, image, tile, 4, 5, tta=False)
+    plain = tiling.predict_tiled(fn, image, tile, 4, 5, tta=False)
     assert not np.allclose(plain, 0.5 * image, atol=1e-3)
 
 
 def test_tta_runs_eight_transforms_per_tile():
     seen = []
-    inference.predict_tiled(lambda b: seen.append(1) or b, np.zeros((16, 16)), 16, 0, 1, tta=True)
+    tiling.predict_tiled(lambda b: seen.append(1) or b, np.zeros((16, 16)), 16, 0, 1, tta=True)
     assert len(seen) == 8
 
 
 def test_dihedral_inverse_round_trip():
     array = np.arange(12.0).reshape(3, 4)
     square = np.arange(16.0).reshape(4, 4)
-    transformed = [inference.dihedral(square, k) for k in range(8)]
+    transformed = [tiling.dihedral(square, k) for k in range(8)]
     assert len({t.tobytes() for t in transformed}) == 8  # all 8 are distinct
     for k in range(8):
-        np.testing.assert_array_equal(inference.inverse_dihedral(inference.dihedral(array, k), k), array)
+        np.testing.assert_array_equal(tiling.inverse_dihedral(tiling.dihedral(array, k), k), array)
 
 
 @pytest.mark.parametrize("kind", ["cosine", "gaussian", "flat"])
 def test_blend_window_is_positive_and_peaks_in_the_centre(kind):
-    window = inference.blend_window(16, kind)
+    window = tiling.blend_window(16, kind)
     assert window.shape == (16, 16) and (window > 0).all()
     assert window[8, 8] >= window[0, 0] and window[8, 8] >= window[0, 8]
     np.testing.assert_allclose(window, window.T)
@@ -113,7 +114,7 @@ def test_blend_window_is_positive_and_peaks_in_the_centre(kind):
 
 def test_overlap_must_be_smaller_than_the_tile():
     with pytest.raises(UserError, match="--overlap"):
-        inference.predict_tiled(identity, np.zeros((20, 20)), 16, 16, 1)
+        tiling.predict_tiled(identity, np.zeros((20, 20)), 16, 16, 1)
 
 
 def test_predict_image_rescales_and_restores_the_size():
@@ -126,7 +127,7 @@ def test_predict_image_rescales_and_restores_the_size():
         seen.append(batch.shape)
         return identity(batch)
 
-    prob = inference.predict_image(fn, ramp, cfg, batch_size=2)
+    prob = tiling.predict_image(fn, ramp, cfg, batch_size=2)
     assert prob.shape == (48, 64)
     np.testing.assert_allclose(prob[:, 4:-4], ramp[:, 4:-4] / 255.0, atol=2e-3)
     assert seen and seen[0] == (2, 16, 16, 1)
@@ -141,26 +142,26 @@ def test_graph_and_numpy_normalisation_agree(mode):
     with v1.Session() as sess:
         graph_values = sess.run(tensor)
     for index in range(2):
-        np.testing.assert_allclose(graph_values[index], inference.normalize_array(images[index], mode), atol=1e-5)
+        np.testing.assert_allclose(graph_values[index], tiling.normalize_array(images[index], mode), atol=1e-5)
     if mode == "standard":
         assert abs(graph_values[0].mean()) < 1e-5 and graph_values[0].std() == pytest.approx(1.0, abs=1e-4)
     if mode == "symmetric":
-        assert inference.normalize_array(np.array([0.0, 255.0]), mode).tolist() == [-1.0, 1.0]
+        assert tiling.normalize_array(np.array([0.0, 255.0]), mode).tolist() == [-1.0, 1.0]
 
 
 def test_standard_normalisation_of_a_flat_image_is_zero():
-    assert np.all(inference.normalize_array(np.full((4, 4), 7.0), "standard") == 0)
+    assert np.all(tiling.normalize_array(np.full((4, 4), 7.0), "standard") == 0)
 
 
 # --- graph and model dir --------------------------------------------------------------------------------------
 
 def test_build_predictor_static_shapes_and_shared_variables():
     cfg = tiny_config()
-    images, prob = inference.build_predictor(cfg, 3)
+    images, prob = build_predictor(cfg, 3)
     count = len(v1.global_variables())
     assert images.shape.as_list() == [3, 32, 32, 1] and prob.shape.as_list() == [3, 32, 32, 1]
     assert all(v.op.name.startswith("unet/") for v in v1.global_variables())
-    inference.build_predictor(cfg, 1, input_name="again", output_name="again_prob")
+    build_predictor(cfg, 1, input_name="again", output_name="again_prob")
     assert len(v1.global_variables()) == count  # the second predictor reuses the "unet" variables
     with v1.Session() as sess:
         sess.run(v1.global_variables_initializer())
@@ -170,7 +171,7 @@ def test_build_predictor_static_shapes_and_shared_variables():
 
 def test_predictor_restores_the_saved_weights(tmp_path):
     model_dir, cfg, tile, expected = make_model_dir(tmp_path / "model")
-    with inference.Predictor.from_model_dir(model_dir, batch_size=2) as predictor:
+    with Predictor.from_model_dir(model_dir, batch_size=2) as predictor:
         got = predictor.predict_batch(np.concatenate([tile, tile]))
         assert predictor.checkpoint.endswith("model.ckpt-0")
         full = predictor.predict(np.random.default_rng(3).integers(0, 256, (45, 70)).astype(np.uint8))
@@ -182,15 +183,15 @@ def test_predictor_restores_the_saved_weights(tmp_path):
 def test_predictor_prefers_best_and_honours_precision(tmp_path):
     model_dir, cfg, tile, expected = make_model_dir(tmp_path / "model", seed=0)
     make_model_dir(tmp_path / "model" / "best", seed=5)  # other weights in best/
-    with inference.Predictor.from_model_dir(model_dir, batch_size=1) as best:
+    with Predictor.from_model_dir(model_dir, batch_size=1) as best:
         from_best = best.predict_batch(tile)
         assert "best" in best.checkpoint
-    with inference.Predictor.from_model_dir(model_dir, checkpoint="latest", batch_size=1) as latest:
+    with Predictor.from_model_dir(model_dir, checkpoint="latest", batch_size=1) as latest:
         np.testing.assert_allclose(latest.predict_batch(tile), expected, atol=1e-5)
         assert conv_dtypes(latest.sess.graph) == {"float32"}
     assert not np.allclose(from_best, expected, atol=1e-3)
     for precision in ("bf16", "fp16"):
-        with inference.Predictor.from_model_dir(model_dir, checkpoint="latest", precision=precision,
+        with Predictor.from_model_dir(model_dir, checkpoint="latest", precision=precision,
                                                 batch_size=1) as low:
             assert low.cfg.precision == precision
             # the graph really computes in the low precision: every convolution, not only a cast at the input
@@ -207,23 +208,23 @@ def conv_dtypes(graph):
 
 def test_model_dir_errors(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
-        inference.Predictor.from_model_dir(str(tmp_path / "missing"))
+        Predictor.from_model_dir(str(tmp_path / "missing"))
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(UserError, match="config.json is missing"):
-        inference.Predictor.from_model_dir(str(empty))
+        Predictor.from_model_dir(str(empty))
     (empty / "config.json").write_text(json.dumps(dataclasses.asdict(tiny_config())))
     with pytest.raises(UserError, match="no checkpoint"):
-        inference.Predictor.from_model_dir(str(empty))
+        Predictor.from_model_dir(str(empty))
     model_dir, cfg, _, _ = make_model_dir(tmp_path / "model")
     with pytest.raises(UserError, match="--checkpoint"):
-        inference.Predictor.from_model_dir(model_dir, checkpoint=str(tmp_path / "nope"))
+        Predictor.from_model_dir(model_dir, checkpoint=str(tmp_path / "nope"))
     with pytest.raises(UserError, match="--precision"):
-        inference.Predictor.from_model_dir(model_dir, precision="fp8")
+        Predictor.from_model_dir(model_dir, precision="fp8")
     config = dataclasses.asdict(tiny_config(base_filters=8))  # config.json disagrees with the checkpoint
     (tmp_path / "model" / "config.json").write_text(json.dumps(config))
     with pytest.raises(UserError, match="different architecture"):
-        inference.Predictor.from_model_dir(model_dir)
+        Predictor.from_model_dir(model_dir)
 
 
 # --- validation hook ------------------------------------------------------------------------------------------

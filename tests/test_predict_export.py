@@ -199,7 +199,7 @@ def test_evaluate_reports_missing_data(tmp_path, model_dir, capsys):
 
 def session_prediction(model_dir, batch, height, width, inputs):
     """What a session restored from the model dir predicts for `inputs` at the exported shape."""
-    from unet_perf.inference.predictor import load_config, resolve_checkpoint
+    from unet_perf.inference.model_dir import load_config, resolve_checkpoint
 
     cfg = load_config(model_dir)
     with v1.Graph().as_default() as graph, v1.Session(graph=graph) as sess:

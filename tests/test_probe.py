@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from unet_perf.data.sources import Pairs
-from unet_perf.inference.predictor import normalize_array, rescale
+from unet_perf.inference.tiling import normalize_array, rescale
 from unet_perf.training.probe import centre_crop, pixel_accuracy, probe_tiles
 
 

@@ -96,7 +96,7 @@ def main(argv=None):
                                                        "(default: <model_dir>/eval)")
     args = parser.parse_args(argv)
     check_inference_flags(args)
-    from unet_perf.inference.predictor import load_config
+    from unet_perf.inference.model_dir import load_config
 
     cfg = load_config(args.model_dir)
     data_path = cfg.data_path if args.data_path is None else args.data_path

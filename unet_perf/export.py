@@ -44,7 +44,8 @@ def export_model(model_dir, output, height=None, width=None, batch=1, checkpoint
     (unet_perf.storage.output_folder): a failed export leaves the previous one intact.
     """
     from unet_perf.compat import v1
-    from unet_perf.inference.predictor import load_config, with_precision
+    from unet_perf.inference.model_dir import load_config
+    from unet_perf.inference.predictor import with_precision
 
     cfg = with_precision(load_config(model_dir), precision)
     verbosity = v1.logging.get_verbosity()
@@ -57,7 +58,8 @@ def export_model(model_dir, output, height=None, width=None, batch=1, checkpoint
 
 def _export(cfg, model_dir, output, height, width, batch, checkpoint, weights, overwrite):
     from unet_perf.compat import v1
-    from unet_perf.inference.predictor import build_predictor, resolve_checkpoint, restore
+    from unet_perf.inference.model_dir import resolve_checkpoint
+    from unet_perf.inference.predictor import build_predictor, restore
 
     height = height or cfg.crop_size
     width = width or cfg.crop_size

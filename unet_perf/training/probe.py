@@ -7,7 +7,7 @@ per-batch predictions, so the probe is the one look at what the network outputs 
 import cv2
 import numpy as np
 
-from unet_perf.inference.predictor import normalize_array, rescale
+from unet_perf.inference.tiling import normalize_array, rescale
 from unet_perf.inference.metrics import PIXEL_THRESHOLD
 
 

@@ -9,7 +9,8 @@
 import numpy as np
 
 from unet_perf.compat import v1
-from unet_perf.inference.predictor import build_predictor, predict_image
+from unet_perf.inference.predictor import build_predictor
+from unet_perf.inference.tiling import predict_image
 from unet_perf.inference.metrics import METRIC_KEYS, THRESHOLD_KEYS, evaluate_slices
 
 
