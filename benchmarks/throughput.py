@@ -189,14 +189,15 @@ def time_training(cfg, source_kind, steps, repeats, warmup_steps):
     runs = graph.steps_to_runs(steps, k)
     training = graph.build(cfg, graph.dataset_source(cfg, source_kind))
     sess, fetches = graph.open_session(training, cfg)
+    loop = graph.CheckedRuns(sess, fetches, k)  # a run that did not train K steps is an error, never a rate
     try:
         for _ in range(graph.steps_to_runs(warmup_steps, k)):
-            last = sess.run(fetches)
+            last = loop.run()
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
             for _ in range(runs):
-                last = sess.run(fetches)
+                last = loop.run()
             times.append(time.perf_counter() - start)
     finally:
         sess.close()

@@ -43,10 +43,18 @@ def rank_env(addresses, rank, table_path):
     return env
 
 
+def test_device_ip(device):
+    """A made-up NIC address for test rank tables (the stand-in's HCCL does not use it)."""
+    return "192.0.2.{}".format(10 + device)
+
+
+test_device_ip.__test__ = False  # a helper, not a test
+
+
 def write_rank_table(path, devices):
     from unet_perf import rank_table
     with open(path, "w") as handle:
-        json.dump(rank_table.generate(devices, device_ip=rank_table.conventional_device_ip), handle)
+        json.dump(rank_table.generate(devices, device_ip=test_device_ip), handle)
     return path
 
 
@@ -104,6 +112,22 @@ def test_the_wiring_uses_the_adapter_names(results):
         assert calls["hcom_parallel"] and calls["set_iteration_per_loop"] == [K]
 
 
+def test_the_start_up_session_carries_the_training_precision_mode(results):
+    """GE takes precision_mode from the process's first NPU session, HCCL's initialize_system session."""
+    for rank in ("0", "1"):
+        options = json.loads(str(results[("calls", rank)]["calls"]))["ge_startup_options"]
+        assert options["precision_mode"] == "allow_mix_precision"
+
+
+def test_start_up_agreement_in_int32_words_is_exact(results):
+    for rank in ("0", "1"):
+        data = results[("handshake", rank)]
+        assert data["max"].tolist() == [2.0 ** 52 - 1, -(2.0 ** 33) - 5, 8.0]
+        assert data["min"].tolist() == [2.0 ** 52 - 2, -(2.0 ** 33) - 7, -1.0]
+        assert int(data["chief_step"]) == 8  # rank 0's start step reaches every rank
+        assert "do not all run the same configuration" in str(data["refusal"])
+
+
 # --- the rank side (this file run as a script) -------------------------------------------------------------------
 
 def worker_main(out_dir):
@@ -120,7 +144,6 @@ def worker_main(out_dir):
     cluster = cluster_lib.from_environment()
     assert cluster.source == "RANK_TABLE_FILE" and cluster.size == 2
     collectives = NpuCollectives(cluster, timeout_sec=120)
-    collectives.start()  # initialize_system in its own session, then HCCL's rank and size are checked
     rank = cluster.rank
 
     def save(name, data):
@@ -128,6 +151,9 @@ def worker_main(out_dir):
 
     flags = TINY + ["--optimizer", "momentum", "--learning_rate", "0.01", "--max_steps", str(K * RUNS)]
     cfg = config_from_args(flags + ["--batch_size", str(BATCH)])
+    # initialize_system in its own session with the training session config, then HCCL's rank and size are checked
+    assert NpuBackend(collectives=collectives, cfg=cfg).session_target() == ""
+    save("handshake", _handshake(cfg, collectives, rank))
     save("equivalence", _train(cfg, NpuBackend(collectives=collectives), _share_source(cfg, rank, 2), 2))
     if rank == 0:
         single_cfg = config_from_args(flags + ["--batch_size", str(2 * BATCH)])
@@ -152,7 +178,42 @@ def worker_main(out_dir):
     save("calls", {"calls": json.dumps(_summarise_calls(stub_log))})
 
 
+def _handshake(cfg, collectives, rank):
+    """Start-up agreement over HCCL, whose stand-in refuses 64-bit all-reduces like adapters before 2026: exact
+    maxima/minima of float64 values beyond int32 (same and different high words), Team.handshake's chief step, and
+    its refusal of differing configs."""
+    import dataclasses
+
+    from unet_perf import distributed
+    from unet_perf.backends.npu import NpuBackend
+    from unet_perf.compat import v1
+    from unet_perf.errors import UserError
+
+    team = distributed.Team(collectives.cluster, NpuBackend(collectives=collectives))
+    mine = [[2.0 ** 52 - 1, -(2.0 ** 33) - 5, 8.0], [2.0 ** 52 - 2, -(2.0 ** 33) - 7, -1.0]][rank]
+    graph = v1.Graph()
+    with graph.as_default():
+        values = v1.constant(mine, v1.float64)
+        reduced = [collectives.all_reduce(values, merge_op=op, final_op="Id") for op in ("Max", "Min")]
+    with v1.Session(graph=graph, config=collectives.configure(v1.ConfigProto())) as sess:
+        maximum, minimum = sess.run(reduced)
+    pairs = _Pairs(np.zeros((2, 4, 4), np.float32), np.ones((2, 4, 4), np.float32))
+    chief_step = team.handshake(cfg, pairs, 8 if rank == 0 else 0)
+    try:
+        team.handshake(dataclasses.replace(cfg, seed=cfg.seed + rank), pairs, 0)
+        refusal = ""
+    except UserError as err:
+        refusal = str(err)
+    return {"max": maximum, "min": minimum, "chief_step": chief_step, "refusal": refusal}
+
+
+class _Pairs(object):
+    def __init__(self, images, masks):
+        self.images, self.masks = images, masks
+
+
 def _summarise_calls(stub_log):
+    from npu_bridge import ge_plugin
     names = [name for name, _ in stub_log.CALLS]
     first_init = names.index("npu_ops.initialize_system")
     config = stub_log.calls_named("session_config")
@@ -164,6 +225,7 @@ def _summarise_calls(stub_log):
         "hcom_parallel": all(call["hcom_parallel"] for call in config) and bool(config),
         "set_iteration_per_loop": sorted(set(call["iterations_per_loop"]
                                              for call in stub_log.calls_named("set_iteration_per_loop"))),
+        "ge_startup_options": ge_plugin.effective(),
     }
 
 
@@ -190,6 +252,7 @@ def _train(cfg, backend, source, size, keep_initial=False, inspect=False):
     from npu_bridge.stub_log import record
 
     from unet_perf import graph
+    from unet_perf.backends.base import FETCH_KEYS, check_loop_steps
     from unet_perf.compat import v1
 
     training = graph.build(cfg, source, backend=backend)
@@ -215,10 +278,12 @@ def _train(cfg, backend, source, size, keep_initial=False, inspect=False):
             data["initial"] = np.array(read(sess), dtype=object)
         sess.run(training.iterator.initializer)
         fetches = backend.prepare_session(sess, training.fetches)
+        step = 0
         for _ in range(RUNS):
             values = sess.run(fetches)
+            step = check_loop_steps(step, values, cfg.iterations_per_loop)
         data.update(read(sess))
-        data.update((key, np.asarray(value)) for key, value in values.items())
+        data.update((key, np.asarray(values[key])) for key in FETCH_KEYS)
     return data
 
 
