@@ -330,6 +330,64 @@ def test_environment_errors_are_one_line_and_name_the_variable(tmp_path):
     assert NpuCollectives(cluster, 60, env=dict(env, ASCEND_DEVICE_ID="", DEVICE_ID="1")).device_id == 1
 
 
+def test_the_rank_table_is_checked_against_the_physical_device(tmp_path):
+    """ASCEND_DEVICE_ID is logical; the table's device_id is physical: DEVICE_ID when set, else ASCEND_DEVICE_ID
+    through ASCEND_RT_VISIBLE_DEVICES."""
+    from unet_perf import cluster as cluster_lib
+    from unet_perf.backends.hccl import NpuCollectives
+    from unet_perf.errors import UserError
+
+    table = tmp_path / "table.json"
+    table.write_text(json.dumps({"server_count": "1", "status": "completed", "version": "1.0", "server_list": [
+        {"server_id": "10.0.0.1", "device": [{"device_id": str(4 + rank), "device_ip": test_device_ip(4 + rank),
+                                              "rank_id": str(rank)} for rank in range(2)]}]}))
+    cluster = cluster_lib.from_rank_table(str(table), 1, 2)
+    env = {"RANK_TABLE_FILE": str(table), "JOB_ID": "job"}
+    # devices 4 and 5 of the server seen as logical 0 and 1 (e.g. ASCEND_RT_VISIBLE_DEVICES=4,5)
+    collectives = NpuCollectives(cluster, 60, env=dict(env, ASCEND_DEVICE_ID="1", DEVICE_ID="5"))
+    assert collectives.device_id == 1  # the logical id the process uses
+    assert NpuCollectives(cluster, 60, env=dict(env, ASCEND_DEVICE_ID="1",
+                                                ASCEND_RT_VISIBLE_DEVICES="4,5")).device_id == 1
+    assert NpuCollectives(cluster, 60, env=dict(env, ASCEND_DEVICE_ID="5")).device_id == 5  # logical = physical
+    for wrong, needle in [(dict(ASCEND_DEVICE_ID="1", DEVICE_ID="4"), "physical device 4 (DEVICE_ID)"),
+                          (dict(ASCEND_DEVICE_ID="0", ASCEND_RT_VISIBLE_DEVICES="4,5"), "physical device 4"),
+                          (dict(ASCEND_DEVICE_ID="2", ASCEND_RT_VISIBLE_DEVICES="4,5"), "ASCEND_RT_VISIBLE_DEVICES")]:
+        with pytest.raises(UserError) as info:
+            NpuCollectives(cluster, 60, env=dict(env, **wrong))
+        assert needle in str(info.value) and "\n" not in str(info.value)
+
+
+def test_generated_rank_tables_read_hccn_tool_then_hccn_conf_and_never_guess(tmp_path, monkeypatch):
+    from unet_perf import rank_table
+    from unet_perf.errors import UserError
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    monkeypatch.setenv("PATH", str(bin_dir))  # no hccn_tool on PATH
+    monkeypatch.setattr(rank_table, "DRIVER_TOOLS", str(tmp_path / "driver_tools"))  # nor in the driver folder
+    conf = tmp_path / "hccn.conf"
+    conf.write_text("address_0=192.168.1.199\nnetmask_0=255.255.255.0\naddress_1=192.168.2.199\n")
+    table = rank_table.generate(2, hccn_conf=str(conf))
+    assert [device["device_ip"] for device in table["server_list"][0]["device"]] == ["192.168.1.199",
+                                                                                      "192.168.2.199"]
+    with pytest.raises(UserError) as info:  # device 2 has no address anywhere: refused, not guessed
+        rank_table.generate(3, hccn_conf=str(conf))
+    message = str(info.value)
+    assert "device(s) 2" in message and "--rank_table" in message and "\n" not in message
+    assert rank_table.main(["generate", "--devices", "2", "--output", str(tmp_path / "t.json"),
+                            "--hccn_conf", str(tmp_path / "missing.conf")]) == 2
+    assert not (tmp_path / "t.json").exists()
+    # hccn_tool, when present (here in the driver's tools folder, not on PATH), comes first
+    tools = tmp_path / "driver_tools"
+    tools.mkdir()
+    tool = tools / "hccn_tool"
+    tool.write_text("#!/bin/sh\necho \"ipaddr:10.9.0.$2\"\n")
+    tool.chmod(0o755)
+    table = rank_table.generate(3, hccn_conf=str(conf))
+    assert [device["device_ip"] for device in table["server_list"][0]["device"]] == ["10.9.0.0", "10.9.0.1",
+                                                                                      "10.9.0.2"]
+
+
 def test_collectives_config_adds_hcom_parallel_and_the_timeouts(tmp_path):
     from unet_perf import cluster as cluster_lib
     from unet_perf.backends.hccl import NpuCollectives
@@ -378,6 +436,10 @@ def test_hccl_module_and_stand_in_follow_the_listed_api():
         for module, name in imports:
             dotted = module + "." + name
             assert dotted in reexports or any(key == dotted or key.startswith(dotted + ".") for key in listed), dotted
+            try:  # a submodule (from npu_bridge.hccl import hccl_ops) or a name in a module
+                importlib.import_module(dotted)
+            except ImportError:
+                pass
             obj = getattr(importlib.import_module(module), name)
         for dotted in ("npu_bridge.hccl.hccl_ops.allreduce", "npu_bridge.hccl.hccl_ops.broadcast",
                        "npu_bridge.estimator.npu_ops.initialize_system",
