@@ -199,8 +199,8 @@ class NpuBackend(Backend):
         return self._chip
 
     def session_target(self):
-        """"": the device is in-process. Several NPUs: initialise HCCL first, in a session with the full session
-        config of this run (its precision_mode and profiling become the process's GE start-up options)."""
+        """The session target, "" (the device is in-process). Several NPUs: HCCL is initialised first, in a session
+        with this run's full session config (its precision_mode and profiling become the process's GE options)."""
         if self.collectives is None:
             return ""
         return self.collectives.start(self.session_config(self.startup_cfg) if self.startup_cfg is not None else None)
