@@ -156,6 +156,7 @@ def follow(cfg, team):
     """The life of a non-chief worker: same data and graph as the chief, its share of every batch, the chief's
     variables (broadcast at session start), no output and nothing written. Returns a small summary dict."""
     from unet_perf import compat, graph
+    from unet_perf.backends.base import check_loop_steps
     from unet_perf.data.loading import load_dataset
     from unet_perf.interrupts import StopRequest
 
@@ -180,7 +181,7 @@ def follow(cfg, team):
         with StopRequest(lambda message: None) as stop, team.peer_errors("training"):
             while step < total and not team.agree_to_stop(sess, stop.requested):
                 values = sess.run(fetches)
-                step = int(values["global_step"])
+                step = check_loop_steps(step, values, cfg.iterations_per_loop)  # global_step, moved by exactly K
                 if check_loss and not all(math.isfinite(float(values[key])) for key in ("loss", "mean_loss")):
                     raise UserError("the loss became non-finite by step {} (no loss scaling); the chief stops "
                                     "too and names its last good checkpoint".format(step))

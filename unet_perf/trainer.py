@@ -21,6 +21,7 @@ import sys
 import time
 
 from unet_perf import checkpoints, compat, distributed, graph
+from unet_perf.backends.base import check_loop_steps
 from unet_perf.cluster import SINGLE
 from unet_perf.config import config_to_dict
 from unet_perf.errors import UserError
@@ -191,6 +192,7 @@ class Run(object):
                     values = self.sess.run(self.fetches)
                     rate = meter.add(time.time() - tick)
                     previous, step = step, int(values["global_step"])
+                    check_loop_steps(previous, values, cfg.iterations_per_loop)  # loud when the loop ran != K steps
                     self.check_finite(values, step)
                     self.history.append({"step": step, "loss": float(values["loss"]),
                                          "mean_loss": float(values["mean_loss"])})
