@@ -26,8 +26,11 @@ import os
 import sys
 import time
 
+# The unet_perf of this checkout (benchmarks/ sits in it), not another installed copy: the fetches it hands over and
+# their per-run check (graph.CheckedRuns) must be the ones being measured.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # No TensorFlow import here: flag errors are reported at once. bench_lib (which imports it) is imported in main.
-from unet_perf.config import PRECISIONS, Config, build_parser
+from unet_perf.config import PRECISIONS, Config, build_parser  # noqa: E402
 from unet_perf.errors import UserError, run_cli
 
 SCHEMA = "unet_perf.throughput/1"
@@ -189,14 +192,15 @@ def time_training(cfg, source_kind, steps, repeats, warmup_steps):
     runs = graph.steps_to_runs(steps, k)
     training = graph.build(cfg, graph.dataset_source(cfg, source_kind))
     sess, fetches = graph.open_session(training, cfg)
+    loop = graph.CheckedRuns(sess, fetches, k)  # a run that did not train K steps is an error, never a rate
     try:
         for _ in range(graph.steps_to_runs(warmup_steps, k)):
-            last = sess.run(fetches)
+            last = loop.run()
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
             for _ in range(runs):
-                last = sess.run(fetches)
+                last = loop.run()
             times.append(time.perf_counter() - start)
     finally:
         sess.close()

@@ -152,3 +152,31 @@ def test_session_config_and_backend_selection(tiny_config):
         assert isinstance(get_backend(tiny_config(LOOP, device="auto")), HostBackend)
         with pytest.raises(UserError, match="--device"):
             get_backend(tiny_config(LOOP, device="npu"))
+
+
+def test_a_loop_that_runs_fewer_than_k_steps_is_a_one_line_error(tiny_config, tmp_path, monkeypatch):
+    """The check after every training Session.run (backends.base.check_loop_steps) covers the host loop too: here
+    a fault makes the in-graph while_loop stop one iteration early."""
+    import dataclasses
+    import io
+
+    from unet_perf.training import assembly as graph
+    from unet_perf.training import run as trainer
+
+    cfg = tiny_config(LOOP, iterations_per_loop=3, max_steps=6, save_checkpoints_steps=3)
+    healthy = _Run(cfg)
+    loop = graph.CheckedRuns(healthy.sess, healthy.fetches, cfg.iterations_per_loop)
+    assert [int(loop.run()["global_step"]) for _ in range(2)] == [3, 6] and loop.step == 6
+
+    build = HostBackend.build_train_loop
+
+    def short_loop(self, cfg, *args):
+        return build(self, dataclasses.replace(cfg, iterations_per_loop=cfg.iterations_per_loop - 1), *args)
+
+    monkeypatch.setattr(HostBackend, "build_train_loop", short_loop)
+    run_cfg = tiny_config(LOOP, iterations_per_loop=3, max_steps=6, save_checkpoints_steps=3, synthetic_count=4,
+                          synthetic_size=64, xla_augment="off", summary_images=0, model_dir=str(tmp_path / "run"))
+    with pytest.raises(UserError) as info:  # the trainer checks every run
+        trainer.train(run_cfg, out=io.StringIO())
+    message = str(info.value)
+    assert "from 0 to 2" in message and "--iterations_per_loop is 3" in message and "\n" not in message

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from test_host_loop import _assert_same_weights
-from unet_perf.backends.base import FETCH_KEYS
+from unet_perf.backends.base import FETCH_KEYS, ITERATION_OP_KEY
 from unet_perf.compat import npu_bridge_available, v1
 from unet_perf.config import Config
 from unet_perf.errors import UserError
@@ -40,9 +40,10 @@ def npu(monkeypatch):
     _drop_npu_bridge_modules()
     sys.path.insert(0, STUB_DIR)
     try:
-        from npu_bridge import stub_log
+        from npu_bridge import ge_plugin, stub_log
         from npu_bridge.estimator.npu import npu_plugin
         del stub_log.CALLS[:]
+        ge_plugin.reset()
         npu_plugin.INF_NAN_MODE = False
         yield stub_log
     finally:
@@ -210,12 +211,12 @@ def test_sink_mode_wraps_the_train_op_and_loads_k(npu):
     assert call["iterations_per_loop"] == 2 == backend_config_k.parameter_map["iterations_per_loop"].i
     (loop_var,) = v1.get_collection("npu_runconfig_iterations_per_loop")
     assert sess.run(loop_var) == 1  # K - 1
-    assert set(fetches) == set(FETCH_KEYS)
-    for key in FETCH_KEYS:  # every fetch runs through IterationOp, the op the device loops on
-        assert [op.name for op in fetches[key].op.control_inputs] == ["IterationOp"]
-    # Like the device, the stand-in runs the graph K times per Session.run of anything depending on IterationOp.
-    assert [sess.run(fetches["global_step"]) for _ in range(2)] == [2, 4]
-    assert sess.run(v1.train.get_global_step()) == 4  # a fetch outside the loop runs once
+    assert set(fetches) == set(FETCH_KEYS) | {ITERATION_OP_KEY}
+    assert fetches[ITERATION_OP_KEY].name == "IterationOp"  # fetched itself: Grappler keeps a fetch node
+    # Like the device, the stand-in runs the graph K times per Session.run that fetches IterationOp...
+    assert [sess.run(fetches)["global_step"] for _ in range(2)] == [2, 4]
+    # ...and once when the op is not fetched (on the device Grappler may have removed it).
+    assert sess.run(fetches["global_step"]) == 5
 
 
 def test_session_and_loop_must_agree_on_k(npu):
@@ -238,7 +239,7 @@ def test_steps_train_the_tiny_model(npu):
     after = _weights(sess)
     assert all(not np.array_equal(b, a) for b, a in zip(before, after))
     assert losses[-1] < losses[0]
-    assert sess.run(fetches["global_step"]) == 14  # 7 runs of K = 2
+    assert sess.run(fetches)["global_step"] == 14  # 7 runs of K = 2
 
 
 def test_gradients_reach_the_optimizer_unscaled(npu):
@@ -378,10 +379,10 @@ def test_prepare_session_twice_reuses_the_iteration_op(npu):
     assert len(npu.calls_named("set_iteration_per_loop")) == 1
     graph_ops = [op.name for op in v1.get_default_graph().get_operations()]
     assert [name for name in graph_ops if name.startswith("IterationOp")] == ["IterationOp"]
-    assert again["loss"] is fetches["loss"]
-    assert [op.name for op in raw_again["global_step"].op.control_inputs] == ["IterationOp"]
-    sess.run(raw_again["global_step"])  # K steps, too
-    assert [sess.run(again["global_step"]), sess.run(fetches["global_step"])] == [4, 6]
+    assert again["loss"] is fetches["loss"] and again[ITERATION_OP_KEY] is fetches[ITERATION_OP_KEY]
+    assert raw_again[ITERATION_OP_KEY] is fetches[ITERATION_OP_KEY]
+    sess.run(raw_again)  # K steps, too
+    assert [sess.run(again)["global_step"], sess.run(fetches)["global_step"]] == [4, 6]
 
 
 def test_prepare_session_inside_a_name_scope_still_makes_iteration_op(npu):
@@ -393,8 +394,8 @@ def test_prepare_session_inside_a_name_scope_still_makes_iteration_op(npu):
     sess.run(v1.global_variables_initializer())
     with v1.name_scope("outer"):
         fetches = backend.prepare_session(sess, fetches)
-    assert [op.name for op in fetches["loss"].op.control_inputs] == ["IterationOp"]
-    assert sess.run(fetches["global_step"]) == 2
+    assert fetches[ITERATION_OP_KEY].name == "IterationOp"
+    assert sess.run(fetches)["global_step"] == 2
 
 
 def test_a_taken_iteration_op_name_is_a_clear_error(npu):
@@ -483,6 +484,145 @@ def test_batch_norm_moving_statistics_update_like_the_host(npu):
         start = 0.0 if "moving_mean" in name else 1.0
         assert np.abs(npu_vars[name] - start).max() > 1e-3, name
     _assert_same_training(npu_result, _train(HostBackend(), cfg, unet_loss_fn, runs), k, runs)
+
+
+# --- the sink loop as the adapter sees it ---------------------------------------------------------------------
+
+def _open_npu_training(tiny_config, source_kind, k=10):
+    """cfg and graph.open_session's (sess, fetches) of the NPU training graph over one of the sources the trainer
+    (pipeline), the benchmarks and the profiler (pipeline, cached_batch) build."""
+    from unet_perf.training import assembly as graph
+    cfg = tiny_config(iterations_per_loop=k, max_steps=k, save_checkpoints_steps=k, synthetic_count=4,
+                      synthetic_size=64, xla_augment="off", precision_mode="allow_mix_precision")
+    training = graph.build(cfg, graph.dataset_source(cfg, source_kind), backend=_backend())
+    return cfg, training, graph.open_session(training, cfg)
+
+
+def _nodes_grappler_left(sess, fetches):
+    """(fetched values, names of the nodes TensorFlow executed): the partition graphs after Grappler, what the
+    adapter's partition pass receives."""
+    metadata = v1.RunMetadata()
+    values = sess.run(fetches, options=v1.RunOptions(output_partition_graphs=True), run_metadata=metadata)
+    return values, [node.name for graph_def in metadata.partition_graphs for node in graph_def.node]
+
+
+@pytest.mark.parametrize("source_kind", ["pipeline", "cached_batch"])
+def test_grappler_keeps_the_iteration_op_that_open_session_fetches(npu, tiny_config, source_kind):
+    """TensorFlow's own Grappler, with the rewriter settings of the session config (remapping and memory
+    optimisation off as the adapter's guide sets them, every other pass on), on the exact fetches open_session hands
+    to the trainer, the benchmarks and the profiler: a node named IterationOp must survive, or the device runs one
+    step per Session.run."""
+    from tensorflow.core.protobuf.rewriter_config_pb2 import RewriterConfig
+    cfg, training, (sess, fetches) = _open_npu_training(tiny_config, source_kind)
+    try:
+        rewrite = training.backend.session_config(cfg).graph_options.rewrite_options
+        assert not rewrite.disable_meta_optimizer and rewrite.dependency_optimization != RewriterConfig.OFF
+        values, nodes = _nodes_grappler_left(sess, fetches)
+        assert "IterationOp" in nodes
+        assert values["global_step"] == 10  # the stand-in looped: IterationOp was fetched
+        # Control: reached only through control edges of the fetched tensors (the wiring before issue 19), the
+        # dependency optimizer removes the NoOp.
+        with training.graph.as_default(), v1.control_dependencies([fetches[ITERATION_OP_KEY]]):
+            through_edges = dict((key, v1.identity(fetches[key])) for key in FETCH_KEYS)
+        _, nodes = _nodes_grappler_left(sess, through_edges)
+        assert "IterationOp" not in nodes and any(name.startswith("npu_train_step") for name in nodes)
+    finally:
+        sess.close()
+
+
+def _trainer_cfg(tiny_config, tmp_path, **overrides):
+    values = dict(iterations_per_loop=2, max_steps=4, save_checkpoints_steps=2, synthetic_count=4,
+                  synthetic_size=64, xla_augment="off", summary_images=0, model_dir=str(tmp_path / "run"))
+    values.update(overrides)
+    return tiny_config(**values)
+
+
+def test_a_device_that_runs_the_graph_once_stops_training_with_one_line(npu, tiny_config, tmp_path, monkeypatch):
+    """The trainer checks after every Session.run that global_step moved by K: a device loop that did not happen
+    (IterationOp optimised away) is a one-line error naming --iterations_per_loop, not a K-times too high rate."""
+    import io
+
+    from npu_bridge.estimator.npu import util
+
+    from unet_perf.training import run as trainer
+    # (a healthy stand-in run through the trainer passes the check: tests/test_modelzoo_scripts.py, 8p)
+    monkeypatch.setattr(util._DeviceLoop, "_fetches_iteration_op", lambda self, fetches: False)
+    cfg = _trainer_cfg(tiny_config, tmp_path, device="npu", model_dir=str(tmp_path / "once"))
+    with pytest.raises(UserError) as info:
+        trainer.train(cfg, out=io.StringIO())
+    message = str(info.value)
+    assert "from 0 to 1" in message and "--iterations_per_loop is 2" in message and "\n" not in message
+
+
+def test_bf16_precision_modes_are_refused_on_ascend_910_only(npu):
+    from unet_perf.backends.npu import NpuBackend
+    next_batch, loss_fn, _ = _tiny_problem()
+    step = v1.train.get_or_create_global_step()
+    for mode in ("allow_mix_precision_bf16", "allow_fp32_to_bf16"):
+        for chip in ("Ascend910A", "Ascend910ProB"):
+            with pytest.raises(UserError) as info:
+                NpuBackend(chip=lambda: chip).build_train_loop(_cfg(precision_mode=mode), next_batch, loss_fn, step)
+            message = str(info.value)
+            assert mode in message and chip in message and "\n" not in message
+            with pytest.raises(UserError, match=mode):
+                NpuBackend(chip=lambda: chip).session_config(_cfg(precision_mode=mode))
+    # Kept where the chip has bf16 (910B), and when the chip is unknown (no pyACL): the device decides.
+    for chip in ("Ascend910B1", None):
+        config = NpuBackend(chip=lambda: chip).session_config(_cfg(precision_mode="allow_mix_precision_bf16"))
+        assert config.graph_options.rewrite_options.custom_optimizers[0].parameter_map["precision_mode"].s == \
+            b"allow_mix_precision_bf16"
+    NpuBackend(chip=lambda: "Ascend910A").session_config(_cfg(precision_mode="allow_mix_precision"))
+
+
+def test_the_start_up_session_fixes_precision_mode_and_profiling_for_the_process(npu, tmp_path, monkeypatch):
+    """As GE does, the stand-in takes precision_mode/profiling from the first NPU session (HCCL's initialize_system
+    session with several devices) and ignores later sessions' values: that session must carry the training
+    config."""
+    from npu_bridge import ge_plugin
+
+    from test_npu_distributed import write_rank_table
+    from unet_perf import cluster as cluster_lib
+    from unet_perf.backends.hccl import NpuCollectives
+    from unet_perf.backends.npu import NpuBackend
+
+    table = write_rank_table(str(tmp_path / "table.json"), 2)
+    env = {"RANK_TABLE_FILE": table, "RANK_ID": "0", "RANK_SIZE": "2", "ASCEND_DEVICE_ID": "0", "JOB_ID": "job"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    cfg = _cfg(precision_mode="allow_fp32_to_fp16", iterations_per_loop=2, save_checkpoints_steps=4)
+    backend = NpuBackend(collectives=NpuCollectives(cluster_lib.from_rank_table(table, 0, 2), 60), cfg=cfg)
+    try:
+        assert backend.session_target() == ""
+        assert ge_plugin.effective()["precision_mode"] == "allow_fp32_to_fp16"
+        # a later session's precision_mode is ignored, as by the real plugin
+        with v1.Session(config=backend.session_config(_cfg(precision_mode="force_fp32"))) as later:
+            later.run(v1.constant(1.0))
+        assert ge_plugin.effective()["precision_mode"] == "allow_fp32_to_fp16"
+        assert [options["precision_mode"] for options in ge_plugin.ignored()] == ["force_fp32"]
+    finally:
+        backend.collectives.shutdown()
+
+
+def test_the_hccl_stand_in_refuses_64_bit_all_reduces_and_the_engine_sends_int32_words(npu, tmp_path, monkeypatch):
+    from npu_bridge.hccl import hccl_ops
+
+    from test_npu_distributed import write_rank_table
+    from unet_perf import cluster as cluster_lib
+    from unet_perf.backends.hccl import NpuCollectives
+
+    monkeypatch.setattr(hccl_ops, "_world_size", lambda: 2)  # build only: no peers
+    for dtype in (v1.int64, v1.float64):
+        with pytest.raises(TypeError, match="not in list of allowed values"):
+            hccl_ops.allreduce(v1.constant([1, 2], dtype), "max")
+    table = write_rank_table(str(tmp_path / "table.json"), 2)
+    collectives = NpuCollectives(cluster_lib.from_rank_table(table, 0, 2), 60,
+                                 env={"RANK_TABLE_FILE": table, "ASCEND_DEVICE_ID": "0", "JOB_ID": "job"})
+    del npu.CALLS[:]
+    reduced = collectives.all_reduce(v1.constant([2.0 ** 52 - 1, -3.0], v1.float64), merge_op="Max", final_op="Id")
+    assert reduced.dtype == v1.float64
+    assert [call["tensor"].dtype for call in npu.calls_named("hccl_ops.allreduce")] == [v1.int32, v1.int32]
+    with pytest.raises(ValueError, match="64-bit values only as Max/Min"):
+        collectives.all_reduce(v1.constant([1.0], v1.float64))  # a float64 mean has no int32 form here
 
 
 # --- device selection, validation, missing npu_bridge ---------------------------------------------------------

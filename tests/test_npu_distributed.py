@@ -43,10 +43,18 @@ def rank_env(addresses, rank, table_path):
     return env
 
 
+def test_device_ip(device):
+    """A made-up NIC address for test rank tables (the stand-in's HCCL does not use it)."""
+    return "192.0.2.{}".format(10 + device)
+
+
+test_device_ip.__test__ = False  # a helper, not a test
+
+
 def write_rank_table(path, devices):
     from unet_perf import rank_table
     with open(path, "w") as handle:
-        json.dump(rank_table.generate(devices, device_ip=rank_table.conventional_device_ip), handle)
+        json.dump(rank_table.generate(devices, device_ip=test_device_ip), handle)
     return path
 
 
@@ -104,6 +112,22 @@ def test_the_wiring_uses_the_adapter_names(results):
         assert calls["hcom_parallel"] and calls["set_iteration_per_loop"] == [K]
 
 
+def test_the_start_up_session_carries_the_training_precision_mode(results):
+    """GE takes precision_mode from the process's first NPU session, HCCL's initialize_system session."""
+    for rank in ("0", "1"):
+        options = json.loads(str(results[("calls", rank)]["calls"]))["ge_startup_options"]
+        assert options["precision_mode"] == "allow_mix_precision"
+
+
+def test_start_up_agreement_in_int32_words_is_exact(results):
+    for rank in ("0", "1"):
+        data = results[("handshake", rank)]
+        assert data["max"].tolist() == [2.0 ** 52 - 1, -(2.0 ** 33) - 5, 8.0]
+        assert data["min"].tolist() == [2.0 ** 52 - 2, -(2.0 ** 33) - 7, -1.0]
+        assert int(data["chief_step"]) == 8  # rank 0's start step reaches every rank
+        assert "do not all run the same configuration" in str(data["refusal"])
+
+
 # --- the rank side (this file run as a script) -------------------------------------------------------------------
 
 def worker_main(out_dir):
@@ -120,7 +144,6 @@ def worker_main(out_dir):
     cluster = cluster_lib.from_environment()
     assert cluster.source == "RANK_TABLE_FILE" and cluster.size == 2
     collectives = NpuCollectives(cluster, timeout_sec=120)
-    collectives.start()  # initialize_system in its own session, then HCCL's rank and size are checked
     rank = cluster.rank
 
     def save(name, data):
@@ -128,6 +151,9 @@ def worker_main(out_dir):
 
     flags = TINY + ["--optimizer", "momentum", "--learning_rate", "0.01", "--max_steps", str(K * RUNS)]
     cfg = config_from_args(flags + ["--batch_size", str(BATCH)])
+    # initialize_system in its own session with the training session config, then HCCL's rank and size are checked
+    assert NpuBackend(collectives=collectives, cfg=cfg).session_target() == ""
+    save("handshake", _handshake(cfg, collectives, rank))
     save("equivalence", _train(cfg, NpuBackend(collectives=collectives), _share_source(cfg, rank, 2), 2))
     if rank == 0:
         single_cfg = config_from_args(flags + ["--batch_size", str(2 * BATCH)])
@@ -152,7 +178,42 @@ def worker_main(out_dir):
     save("calls", {"calls": json.dumps(_summarise_calls(stub_log))})
 
 
+def _handshake(cfg, collectives, rank):
+    """Start-up agreement over HCCL, whose stand-in refuses 64-bit all-reduces like adapters before 2026: exact
+    maxima/minima of float64 values beyond int32 (same and different high words), Team.handshake's chief step, and
+    its refusal of differing configs."""
+    import dataclasses
+
+    from unet_perf.training import team as distributed
+    from unet_perf.backends.npu import NpuBackend
+    from unet_perf.compat import v1
+    from unet_perf.errors import UserError
+
+    team = distributed.Team(collectives.cluster, NpuBackend(collectives=collectives))
+    mine = [[2.0 ** 52 - 1, -(2.0 ** 33) - 5, 8.0], [2.0 ** 52 - 2, -(2.0 ** 33) - 7, -1.0]][rank]
+    graph = v1.Graph()
+    with graph.as_default():
+        values = v1.constant(mine, v1.float64)
+        reduced = [collectives.all_reduce(values, merge_op=op, final_op="Id") for op in ("Max", "Min")]
+    with v1.Session(graph=graph, config=collectives.configure(v1.ConfigProto())) as sess:
+        maximum, minimum = sess.run(reduced)
+    pairs = _Pairs(np.zeros((2, 4, 4), np.float32), np.ones((2, 4, 4), np.float32))
+    chief_step = team.handshake(cfg, pairs, 8 if rank == 0 else 0)
+    try:
+        team.handshake(dataclasses.replace(cfg, seed=cfg.seed + rank), pairs, 0)
+        refusal = ""
+    except UserError as err:
+        refusal = str(err)
+    return {"max": maximum, "min": minimum, "chief_step": chief_step, "refusal": refusal}
+
+
+class _Pairs(object):
+    def __init__(self, images, masks):
+        self.images, self.masks = images, masks
+
+
 def _summarise_calls(stub_log):
+    from npu_bridge import ge_plugin
     names = [name for name, _ in stub_log.CALLS]
     first_init = names.index("npu_ops.initialize_system")
     config = stub_log.calls_named("session_config")
@@ -164,6 +225,7 @@ def _summarise_calls(stub_log):
         "hcom_parallel": all(call["hcom_parallel"] for call in config) and bool(config),
         "set_iteration_per_loop": sorted(set(call["iterations_per_loop"]
                                              for call in stub_log.calls_named("set_iteration_per_loop"))),
+        "ge_startup_options": ge_plugin.effective(),
     }
 
 
@@ -190,6 +252,7 @@ def _train(cfg, backend, source, size, keep_initial=False, inspect=False):
     from npu_bridge.stub_log import record
 
     from unet_perf.training import assembly as graph
+    from unet_perf.backends.base import FETCH_KEYS, check_loop_steps
     from unet_perf.compat import v1
 
     training = graph.build(cfg, source, backend=backend)
@@ -215,10 +278,12 @@ def _train(cfg, backend, source, size, keep_initial=False, inspect=False):
             data["initial"] = np.array(read(sess), dtype=object)
         sess.run(training.iterator.initializer)
         fetches = backend.prepare_session(sess, training.fetches)
+        step = 0
         for _ in range(RUNS):
             values = sess.run(fetches)
+            step = check_loop_steps(step, values, cfg.iterations_per_loop)
         data.update(read(sess))
-        data.update((key, np.asarray(value)) for key, value in values.items())
+        data.update((key, np.asarray(values[key])) for key in FETCH_KEYS)
     return data
 
 
@@ -263,6 +328,64 @@ def test_environment_errors_are_one_line_and_name_the_variable(tmp_path):
         assert needle in str(info.value) and "\n" not in str(info.value)
     # DEVICE_ID is the fallback the ModelZoo scripts also export
     assert NpuCollectives(cluster, 60, env=dict(env, ASCEND_DEVICE_ID="", DEVICE_ID="1")).device_id == 1
+
+
+def test_the_rank_table_is_checked_against_the_physical_device(tmp_path):
+    """ASCEND_DEVICE_ID is logical; the table's device_id is physical: DEVICE_ID when set, else ASCEND_DEVICE_ID
+    through ASCEND_RT_VISIBLE_DEVICES."""
+    from unet_perf import cluster as cluster_lib
+    from unet_perf.backends.hccl import NpuCollectives
+    from unet_perf.errors import UserError
+
+    table = tmp_path / "table.json"
+    table.write_text(json.dumps({"server_count": "1", "status": "completed", "version": "1.0", "server_list": [
+        {"server_id": "10.0.0.1", "device": [{"device_id": str(4 + rank), "device_ip": test_device_ip(4 + rank),
+                                              "rank_id": str(rank)} for rank in range(2)]}]}))
+    cluster = cluster_lib.from_rank_table(str(table), 1, 2)
+    env = {"RANK_TABLE_FILE": str(table), "JOB_ID": "job"}
+    # devices 4 and 5 of the server seen as logical 0 and 1 (e.g. ASCEND_RT_VISIBLE_DEVICES=4,5)
+    collectives = NpuCollectives(cluster, 60, env=dict(env, ASCEND_DEVICE_ID="1", DEVICE_ID="5"))
+    assert collectives.device_id == 1  # the logical id the process uses
+    assert NpuCollectives(cluster, 60, env=dict(env, ASCEND_DEVICE_ID="1",
+                                                ASCEND_RT_VISIBLE_DEVICES="4,5")).device_id == 1
+    assert NpuCollectives(cluster, 60, env=dict(env, ASCEND_DEVICE_ID="5")).device_id == 5  # logical = physical
+    for wrong, needle in [(dict(ASCEND_DEVICE_ID="1", DEVICE_ID="4"), "physical device 4 (DEVICE_ID)"),
+                          (dict(ASCEND_DEVICE_ID="0", ASCEND_RT_VISIBLE_DEVICES="4,5"), "physical device 4"),
+                          (dict(ASCEND_DEVICE_ID="2", ASCEND_RT_VISIBLE_DEVICES="4,5"), "ASCEND_RT_VISIBLE_DEVICES")]:
+        with pytest.raises(UserError) as info:
+            NpuCollectives(cluster, 60, env=dict(env, **wrong))
+        assert needle in str(info.value) and "\n" not in str(info.value)
+
+
+def test_generated_rank_tables_read_hccn_tool_then_hccn_conf_and_never_guess(tmp_path, monkeypatch):
+    from unet_perf import rank_table
+    from unet_perf.errors import UserError
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    monkeypatch.setenv("PATH", str(bin_dir))  # no hccn_tool on PATH
+    monkeypatch.setattr(rank_table, "DRIVER_TOOLS", str(tmp_path / "driver_tools"))  # nor in the driver folder
+    conf = tmp_path / "hccn.conf"
+    conf.write_text("address_0=192.168.1.199\nnetmask_0=255.255.255.0\naddress_1=192.168.2.199\n")
+    table = rank_table.generate(2, hccn_conf=str(conf))
+    assert [device["device_ip"] for device in table["server_list"][0]["device"]] == ["192.168.1.199",
+                                                                                      "192.168.2.199"]
+    with pytest.raises(UserError) as info:  # device 2 has no address anywhere: refused, not guessed
+        rank_table.generate(3, hccn_conf=str(conf))
+    message = str(info.value)
+    assert "device(s) 2" in message and "--rank_table" in message and "\n" not in message
+    assert rank_table.main(["generate", "--devices", "2", "--output", str(tmp_path / "t.json"),
+                            "--hccn_conf", str(tmp_path / "missing.conf")]) == 2
+    assert not (tmp_path / "t.json").exists()
+    # hccn_tool, when present (here in the driver's tools folder, not on PATH), comes first
+    tools = tmp_path / "driver_tools"
+    tools.mkdir()
+    tool = tools / "hccn_tool"
+    tool.write_text("#!/bin/sh\necho \"ipaddr:10.9.0.$2\"\n")
+    tool.chmod(0o755)
+    table = rank_table.generate(3, hccn_conf=str(conf))
+    assert [device["device_ip"] for device in table["server_list"][0]["device"]] == ["10.9.0.0", "10.9.0.1",
+                                                                                      "10.9.0.2"]
 
 
 def test_collectives_config_adds_hcom_parallel_and_the_timeouts(tmp_path):
@@ -313,6 +436,10 @@ def test_hccl_module_and_stand_in_follow_the_listed_api():
         for module, name in imports:
             dotted = module + "." + name
             assert dotted in reexports or any(key == dotted or key.startswith(dotted + ".") for key in listed), dotted
+            try:  # a submodule (from npu_bridge.hccl import hccl_ops) or a name in a module
+                importlib.import_module(dotted)
+            except ImportError:
+                pass
             obj = getattr(importlib.import_module(module), name)
         for dotted in ("npu_bridge.hccl.hccl_ops.allreduce", "npu_bridge.hccl.hccl_ops.broadcast",
                        "npu_bridge.estimator.npu_ops.initialize_system",

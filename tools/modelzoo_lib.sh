@@ -6,6 +6,9 @@
 # <CaseName>.log (CaseName = <Network>_bs<B>_<RANK_SIZE>p_<perf|acc>); the final lines "Final Performance
 # images/sec", "E2E Training Duration sec", "Final Train Accuracy" go to stdout. <id> is ASCEND_DEVICE_ID for one
 # device and the global rank for several (rank 0, the chief, writes the key file: its rate is the global one).
+# Network is the model root's folder name, as the ModelZoo harness names a network (it runs test/train_*.sh of that
+# folder; the repo's test/ holds those entry points). TrainingTime (ms per step of one device's batch) is
+# BatchSize x RANK_SIZE x 1000 / FPS with the global FPS, as the ModelZoo 8p scripts compute it.
 #
 # modelzoo_run CASE DEFAULT_TRAIN_FLAGS... -- SCRIPT_ARGS...       one device (ASCEND_DEVICE_ID, default 0)
 # modelzoo_run_8p CASE DEFAULT_TRAIN_FLAGS... -- SCRIPT_ARGS...    one process per device of this server
@@ -57,7 +60,8 @@ _modelzoo_args() {
 # _modelzoo_report CASE LOG OUT START END: final lines on stdout, loss file and key file in OUT.
 _modelzoo_report() {
     local case_kind="$1" log="$2" out="$3" start="$4" end="$5"
-    local network="2D_Unet_unet_perf_for_TensorFlow"
+    local network
+    network="$(basename "${cur_path}")"
     local case_name="${network}_bs${batch_size}_${RANK_SIZE}p_${case_kind}"
     local loss_file="${out}/train_${case_name}_loss.txt"
     local fps e2e_time accuracy loss training_time
@@ -70,7 +74,8 @@ _modelzoo_report() {
         | awk '{ for (i = 1; i < NF; i++) if ($i == "loss") { print $(i + 1); break } }' > "${loss_file}" || true
     loss=$(awk 'END {print}' "${loss_file}")
     [[ -n "${loss}" ]] || loss="None"
-    training_time=$(awk -v b="${batch_size}" -v f="${fps}" 'BEGIN { if (f > 0) printf "%.2f", b * 1000 / f; else print "None" }')
+    training_time=$(awk -v b="${batch_size}" -v n="${RANK_SIZE}" -v f="${fps}" \
+        'BEGIN { if (f > 0) printf "%.2f", b * n * 1000 / f; else print "None" }')
     echo "------------------ Final result ------------------"
     echo "Final Performance images/sec : ${fps}"
     echo "E2E Training Duration sec : ${e2e_time}"

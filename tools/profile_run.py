@@ -157,21 +157,22 @@ def write_ops_csv(rows, path):
 def profile_host(training, cfg, runs, output, top):
     """Trace `runs` Session.runs after one warm-up run; write trace.json, ops.csv, TensorBoard files."""
     sess, fetches = graph.open_session(training, cfg)
+    loop = graph.CheckedRuns(sess, fetches, cfg.iterations_per_loop)
     writer = v1.summary.FileWriter(output, training.graph)
     metadatas = []
     try:
-        sess.run(fetches)  # warm-up: graph optimisation and first-run allocations stay out of the profile
+        loop.run()  # warm-up: graph optimisation and first-run allocations stay out of the profile
         options = v1.RunOptions(trace_level=v1.RunOptions.FULL_TRACE)
         for _ in range(runs):
             metadata = v1.RunMetadata()
-            values = sess.run(fetches, options=options, run_metadata=metadata)
+            values = loop.run(options=options, run_metadata=metadata)
             writer.add_run_metadata(metadata, "step_{}".format(int(values["global_step"])))
             metadatas.append(metadata)
         # The TF 2.x profiler cannot run while a FULL_TRACE run is active: trace one more run on its own.
         profiler_dir = None
         if compat.start_profiler_trace(output):
             try:
-                sess.run(fetches)
+                loop.run()
             finally:
                 compat.stop_profiler_trace()
             profiler_dir = os.path.join(output, "plugins", "profile")
@@ -244,9 +245,10 @@ def profile_npu(training, cfg, runs, output, fp_point="", bp_point=""):
     options = profiling_options(output, forward, backward)
     print("NPU profiling options: {}".format(json.dumps(options)))
     sess, fetches = graph.open_session(training, cfg, profiling_options=options)
+    loop = graph.CheckedRuns(sess, fetches, cfg.iterations_per_loop)
     try:
         for _ in range(runs + 1):
-            sess.run(fetches)
+            loop.run()
     finally:
         sess.close()
     dumps = profile_result_dirs(output)

@@ -6,9 +6,10 @@
 Layout (version 1.0, as the ModelZoo 8p scripts ship it): {"server_count": "1", "server_list": [{"server_id": ip,
 "device": [{"device_id": "0", "device_ip": ip, "rank_id": "0"}, ...]}], "status": "completed", "version": "1.0"}.
 Ranks are global: rank = server_index * devices_per_server + local device index; ASCEND_DEVICE_ID stays local.
-Device IPs come from `hccn_tool -i <device> -ip -g` when it is installed (the NICs HCCL really uses), otherwise from
-the addresses the ModelZoo tables use (192.168.10<k>.10<0|1>), which match only servers configured that way.
-Errors are one line (UserError; the CLI prints it and exits 2). Nothing here imports TensorFlow.
+Device IPs (the NICs HCCL really uses) come from `hccn_tool -i <device> -ip -g` (on PATH or in the driver's tools
+folder), else from `address_<device>=` in /etc/hccn.conf (what hccn_tool configured), as MindSpore's hccl_tools.py
+reads them. Without either the generator refuses: addresses are never guessed (server layouts differ), pass a rank
+table instead. Errors are one line (UserError; the CLI prints it and exits 2). Nothing here imports TensorFlow.
 """
 import argparse
 import json
@@ -22,14 +23,22 @@ from unet_perf import cluster as cluster_lib
 from unet_perf.errors import UserError
 
 
-def conventional_device_ip(device_id):
-    """The device NIC address of the ModelZoo rank tables: devices 0-3 on 192.168.100-103.100, 4-7 on .101."""
-    return "192.168.{}.{}".format(100 + device_id % 4, 100 + (device_id // 4) % 2)
+HCCN_CONF = "/etc/hccn.conf"
+DRIVER_TOOLS = "/usr/local/Ascend/driver/tools"  # where the driver installs hccn_tool (often not on PATH)
+
+
+def hccn_tool_path():
+    """The hccn_tool executable: on PATH, else in DRIVER_TOOLS; None when neither has it."""
+    found = shutil.which("hccn_tool")
+    if found:
+        return found
+    candidate = os.path.join(DRIVER_TOOLS, "hccn_tool")
+    return candidate if os.access(candidate, os.X_OK) else None
 
 
 def probe_device_ip(device_id):
     """The device's NIC address from `hccn_tool`, or None when the tool is missing or says nothing usable."""
-    tool = shutil.which("hccn_tool")
+    tool = hccn_tool_path()
     if tool is None:
         return None
     try:
@@ -41,23 +50,56 @@ def probe_device_ip(device_id):
     return match.group(1) if match else None
 
 
-def generate(devices, server_id="127.0.0.1", device_ip=None):
+def hccn_conf_ips(path=HCCN_CONF):
+    """{device: address} from the `address_<device>=<ip>` lines of an hccn.conf; {} when it cannot be read."""
+    try:
+        with open(path) as handle:
+            text = handle.read()
+    except (OSError, IOError):
+        return {}
+    return dict((int(device), address) for device, address in
+                re.findall(r"^\s*address_(\d+)\s*=\s*([0-9.]+)\s*$", text, flags=re.MULTILINE))
+
+
+def device_ips(devices, hccn_conf=HCCN_CONF):
+    """[address of device 0..devices-1]: hccn_tool first, then `hccn_conf`; a one-line UserError naming the
+    devices without an address (never a guessed one)."""
+    from_conf = None
+    addresses = []
+    for device in range(devices):
+        address = probe_device_ip(device)
+        if address is None:
+            from_conf = hccn_conf_ips(hccn_conf) if from_conf is None else from_conf
+            address = from_conf.get(device)
+        addresses.append(address)
+    missing = [str(device) for device, address in enumerate(addresses) if address is None]
+    if missing:
+        raise UserError("no NIC address for device(s) {}: hccn_tool (PATH or {}) gave none and {} has no address_{}="
+                        "; pass a rank table of this server: --rank_table FILE for tools/train_*_8p.sh, "
+                        "RANK_TABLE_FILE otherwise (docs/multi_device.md)".format(
+                            ",".join(missing), DRIVER_TOOLS, hccn_conf, missing[0]))
+    return addresses
+
+
+def generate(devices, server_id="127.0.0.1", device_ip=None, hccn_conf=HCCN_CONF):
     """A one-server rank table dict for devices 0..devices-1 (rank i = device i).
 
     Args:
         devices: number of devices (1..8 on a training server).
         server_id: the server's address as HCCL should see it.
-        device_ip: function device_id -> NIC address; default hccn_tool, else the conventional addresses.
+        device_ip: function device_id -> NIC address; default `device_ips` (hccn_tool, then hccn_conf, else a
+            UserError).
+        hccn_conf: the hccn.conf to read when hccn_tool gives nothing.
     """
     if not 1 <= devices <= 16:
         raise UserError("a generated rank table needs 1..16 devices, got {}; pass --rank_table for larger "
                         "jobs".format(devices))
-    device_ip = device_ip or (lambda device: probe_device_ip(device) or conventional_device_ip(device))
+    addresses = [device_ip(device) for device in range(devices)] if device_ip else device_ips(devices, hccn_conf)
     return {
         "server_count": "1",
         "server_list": [{
             "server_id": server_id,
-            "device": [{"device_id": str(device), "device_ip": device_ip(device), "rank_id": str(device)}
+            "device": [{"device_id": str(device), "device_ip": addresses[device], "rank_id": str(device)}
                        for device in range(devices)],
         }],
         "status": "completed",
@@ -121,6 +163,7 @@ def build_parser():
     make.add_argument("--devices", type=int, default=8)
     make.add_argument("--output", required=True)
     make.add_argument("--server_id", default="127.0.0.1")
+    make.add_argument("--hccn_conf", default=HCCN_CONF, help="read address_<device>= here when hccn_tool gives none")
     ranks = commands.add_parser("ranks", help="print 'rank device' for each rank of one server", allow_abbrev=False)
     ranks.add_argument("--rank_table", required=True)
     ranks.add_argument("--rank_size", type=int, required=True)
@@ -132,7 +175,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         if args.command == "generate":
-            table = generate(args.devices, args.server_id)
+            table = generate(args.devices, args.server_id, hccn_conf=args.hccn_conf)
             directory = os.path.dirname(os.path.abspath(args.output))
             os.makedirs(directory, exist_ok=True)
             with open(args.output, "w") as handle:

@@ -26,6 +26,6 @@ def get_backend(cfg, cluster=None):
         from unet_perf.backends.npu import NpuBackend  # imported lazily: it imports npu_bridge
         if cluster is not None and cluster.distributed:
             from unet_perf.backends.hccl import NpuCollectives
-            return NpuBackend(collectives=NpuCollectives(cluster, cfg.collective_timeout))
+            return NpuBackend(collectives=NpuCollectives(cluster, cfg.collective_timeout), cfg=cfg)
         return NpuBackend()
     raise UserError("--device must be auto, host or npu, got {!r}".format(cfg.device))

@@ -10,6 +10,7 @@ K = iterations_per_loop steps per Session.run:
     ... initialise / restore variables, then run iterator.initializer on its own (NPU pitfall) ...
     fetches = backend.prepare_session(sess, fetches)  # NPU: util.set_iteration_per_loop; host: unchanged
     values = sess.run(fetches)                        # K steps; global_step advanced by K
+    step = check_loop_steps(step, values, K)          # after EVERY training run: loud when the loop ran != K
 
 Arguments:
     next_batch()            -> the tuple from iterator.get_next(): (image, mask) or (image, mask, weight),
@@ -20,7 +21,9 @@ Arguments:
     global_step             -> the int64 variable from tf.compat.v1.train.get_or_create_global_step().
 
 Fetch keys every backend returns (scalar tensors; values after the K steps of one Session.run):
-    FETCH_KEYS below.
+    FETCH_KEYS below. After `prepare_session` the NPU (K > 1) adds ITERATION_OP_KEY: the IterationOp itself, fetched
+    in every run (its value is None) because Grappler removes it when it is reached only through control edges,
+    and the device then runs one step per Session.run. graph.open_session hands these fetches to every caller.
 
 Several workers (data parallel): a backend built with `collectives` (an object like
 backends.collective.HostCollectives: cluster, device, configure, start, run_options, mean, broadcast_from_chief,
@@ -34,6 +37,7 @@ import abc
 
 from unet_perf.cluster import SINGLE
 from unet_perf.compat import v1
+from unet_perf.errors import UserError
 
 FETCH_KEYS = (
     "loss",           # float32, loss of the last step of the loop
@@ -44,6 +48,27 @@ FETCH_KEYS = (
     "skipped_steps",  # int64, total steps skipped for non-finite gradients since training began
     "scale_changes",  # int64, total loss-scale changes (up or down) since training began
 )
+# The key of the NPU's IterationOp in the fetches of a prepared session (see the module docstring).
+ITERATION_OP_KEY = "iteration_op"
+
+
+def check_loop_steps(previous_step, values, iterations_per_loop):
+    """The global step after one training Session.run, once checked that it moved by exactly K.
+
+    `values` is what running graph.open_session's fetches returned; `previous_step` the global step before that run.
+    Every backend advances global_step once per executed step, skipped (overflowing) steps included, so a move other
+    than K means the loop did not run K iterations (e.g. the NPU device ran the graph once while the host counted K):
+    a one-line UserError instead of silently wrong step counts and a K-times too high images/sec.
+    """
+    step = int(values["global_step"])
+    moved = step - int(previous_step)
+    if moved != int(iterations_per_loop):
+        raise UserError("one training Session.run moved global_step from {} to {} ({} step(s)), but "
+                        "--iterations_per_loop is {}: the loop did not run {} iterations (on Ascend: the device did "
+                        "not loop on IterationOp; see the hardware checklist in docs/multi_device.md); train with "
+                        "--iterations_per_loop 1 until that is fixed".format(
+                            previous_step, step, moved, iterations_per_loop, iterations_per_loop))
+    return step
 
 
 class Backend(abc.ABC):
@@ -103,5 +128,5 @@ class Backend(abc.ABC):
 
     def prepare_session(self, sess, fetches):
         """Called after variables are initialised or restored and the iterator initialised; returns the fetches
-        to run (the NPU wraps its train op for the device loop here). Default: unchanged."""
+        to run (the NPU adds its IterationOp under ITERATION_OP_KEY here). Default: unchanged."""
         return fetches

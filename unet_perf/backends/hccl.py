@@ -1,17 +1,22 @@
 """HCCL through npu_bridge: the Ascend engine for several ranks, with the interface of collective.HostCollectives.
 
 One process per device, as the ModelZoo 8p scripts run them: RANK_TABLE_FILE, RANK_SIZE, RANK_ID (global; on
-several servers rank = server_index * devices_per_server + i), ASCEND_DEVICE_ID or DEVICE_ID (the local device) and
-JOB_ID (the adapter's allreduce reads the rank count through it) come from the environment. There is no server to
+several servers rank = server_index * devices_per_server + i), ASCEND_DEVICE_ID (the logical device this process
+uses; DEVICE_ID when it is unset) and JOB_ID (the adapter's allreduce reads the rank count through it) come from the
+environment. The rank table lists PHYSICAL device ids: it is checked against DEVICE_ID when set, else against
+ASCEND_DEVICE_ID mapped through ASCEND_RT_VISIBLE_DEVICES (logical = physical without it). There is no server to
 start and no device scope: a session whose config carries the NpuOptimizer pass runs on the device, and HCCL
-reaches the other ranks. `start()` initialises collective communication once per process in a session of its own
-(npu_ops.initialize_system, which rank queries before the first training session need) and checks HCCL's rank and
-size against RANK_ID/RANK_SIZE; shutdown_system runs in that session when the process exits, as the adapter's
-docs ask.
+reaches the other ranks. `start(config)` initialises collective communication once per process in a session of its
+own (npu_ops.initialize_system, which rank queries before the first training session need) and checks HCCL's rank
+and size against RANK_ID/RANK_SIZE; shutdown_system runs in that session when the process exits, as the adapter's
+docs ask. That session is the process's first on the device, so GE takes its start-up options (precision_mode,
+profiling) from it and ignores later sessions' values: `config` must be the training session config.
 
 Ops: all_reduce = hccl_ops.allreduce ("sum"/"max"/"min") then a division for the mean; broadcast_from_chief =
-hccl_ops.broadcast(tensor=[variable], root_rank=0) + assign for every variable. HCCL on Ascend 910 has no float64
-all-reduce, so float64 values (Team's config fingerprints and steps, integers below 2**52) travel as int64.
+hccl_ops.broadcast(tensor=[variable], root_rank=0) + assign for every variable. Adapters before 2026 all-reduce
+int8/int16/int32/float16/float32 only, so int64 and float64 values (Team's config fingerprints and steps, integers
+below 2**52) travel as two int32 words: the maximum (minimum) of the high words, then of the low words among the
+ranks that hold it.
 Every wait on a peer is bounded twice: `hccl_timeout` in the session config (HCCL's own execution timeout, rounded
 by the device to multiples of 68 s) and `operation_timeout_in_ms` / RunOptions like the host engine.
 """
@@ -25,22 +30,53 @@ from unet_perf.compat import v1
 from unet_perf.errors import UserError
 
 ROOT_RANK = 0
+# What HcomAllReduce accepts in adapters before 2026 (Ascend/tensorflow tf_adapter/ops/hccl_ops.cc).
+HCCL_DTYPES = (v1.int8, v1.int16, v1.int32, v1.float16, v1.float32)
+_WORD = 2 ** 32
 _REDUCTIONS = {"Add": "sum", "Max": "max", "Min": "min"}
 _MIN_HCCL_TIMEOUT = 68  # seconds: the device's granularity on Atlas training products
 
 
+def _device_number(env, name):
+    """The integer in environment variable `name`, None when unset or empty; UserError when not an integer."""
+    text = env.get(name, "").strip()
+    if not text:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise UserError("environment variable {}={!r} must be the device number (0..7)".format(name, text))
+
+
 def local_device_id(env=None):
-    """The local device from ASCEND_DEVICE_ID (else DEVICE_ID); UserError when neither is an integer."""
+    """The logical device this process uses: ASCEND_DEVICE_ID (else DEVICE_ID); UserError when neither is set."""
     env = os.environ if env is None else env
     for name in ("ASCEND_DEVICE_ID", "DEVICE_ID"):
-        text = env.get(name, "").strip()
-        if text:
-            try:
-                return int(text)
-            except ValueError:
-                raise UserError("environment variable {}={!r} must be the device number (0..7)".format(name, text))
+        number = _device_number(env, name)
+        if number is not None:
+            return number
     raise UserError("set ASCEND_DEVICE_ID (or DEVICE_ID) to this rank's local device number: HCCL needs it with "
                     "RANK_TABLE_FILE")
+
+
+def physical_device_id(env=None):
+    """(physical device id as the rank table lists it, the variables it came from).
+
+    DEVICE_ID when set; else ASCEND_DEVICE_ID, which is logical: the index into ASCEND_RT_VISIBLE_DEVICES when that
+    is set, the physical id otherwise.
+    """
+    env = os.environ if env is None else env
+    physical = _device_number(env, "DEVICE_ID")
+    if physical is not None:
+        return physical, "DEVICE_ID"
+    logical = local_device_id(env)
+    visible = [item.strip() for item in env.get("ASCEND_RT_VISIBLE_DEVICES", "").split(",") if item.strip()]
+    if not visible:
+        return logical, "ASCEND_DEVICE_ID"
+    if not 0 <= logical < len(visible) or not visible[logical].isdigit():
+        raise UserError("ASCEND_DEVICE_ID={} is not a position in ASCEND_RT_VISIBLE_DEVICES={}; set DEVICE_ID to "
+                        "the physical device of this rank".format(logical, ",".join(visible)))
+    return int(visible[logical]), "ASCEND_DEVICE_ID via ASCEND_RT_VISIBLE_DEVICES"
 
 
 class NpuCollectives(BoundedPeerWaits):
@@ -67,10 +103,11 @@ class NpuCollectives(BoundedPeerWaits):
         table = env.get("RANK_TABLE_FILE", "")
         if table:
             server_id, table_device = rank_table.device_of_rank(table, cluster.rank)
-            if table_device != self.device_id:
+            physical, source = physical_device_id(env)
+            if table_device != physical:
                 raise UserError("RANK_ID={} is device {} of server {} in RANK_TABLE_FILE {}, but this process has "
-                                "device {} (ASCEND_DEVICE_ID/DEVICE_ID); give each process the rank_id of its own "
-                                "device".format(cluster.rank, table_device, server_id, table, self.device_id))
+                                "physical device {} ({}); give each process the rank_id of its own device".format(
+                                    cluster.rank, table_device, server_id, table, physical, source))
         self._system = None  # (session, shutdown op) once collective communication is initialised
 
     # --- process-level set-up ---------------------------------------------------------------------------------
@@ -85,16 +122,25 @@ class NpuCollectives(BoundedPeerWaits):
         self.bound_session(config)
         return config
 
-    def start(self):
+    def start(self, config=None):
         """Initialise collective communication once (its own session, shut down at exit) and check HCCL's view
-        of this rank against RANK_ID/RANK_SIZE. Returns the session target: "" (the device is in-process)."""
+        of this rank against RANK_ID/RANK_SIZE. Returns the session target: "" (the device is in-process).
+
+        `config` is the training session config (NpuBackend.session_config), needed by the first call: the first
+        session of the process fixes GE's start-up options, precision_mode and profiling among them, for good.
+        """
         if self._system is None:
+            if config is None:
+                raise ValueError("NpuCollectives.start: the first call needs the training session config (build "
+                                 "the backend with NpuBackend(collectives=..., cfg=cfg))")
             from npu_bridge.estimator import npu_ops
             graph = v1.Graph()
             with graph.as_default():
                 init_op = npu_ops.initialize_system()
                 shutdown_op = npu_ops.shutdown_system()
-            sess = v1.Session("", graph=graph, config=self.configure(v1.ConfigProto()))
+            startup = v1.ConfigProto()
+            startup.CopyFrom(config)
+            sess = v1.Session("", graph=graph, config=self.configure(startup))
             with self.peer_errors("initialising HCCL (npu_ops.initialize_system)"):
                 sess.run(init_op, options=self.run_options())
             self._system = (sess, shutdown_op)
@@ -131,12 +177,13 @@ class NpuCollectives(BoundedPeerWaits):
         if merge_op not in _REDUCTIONS or final_op not in ("Div", "Id"):
             raise ValueError("all_reduce supports merge_op Add/Max/Min and final_op Div/Id, got {}/{}".format(
                 merge_op, final_op))
-        value = tensor
-        if value.dtype == v1.float64:  # no float64 all-reduce on Ascend 910; callers send integers below 2**52
-            value = v1.cast(v1.round(value), v1.int64)
-        reduced = hccl_ops.allreduce(value, _REDUCTIONS[merge_op])
-        if value.dtype != tensor.dtype:
-            reduced = v1.cast(reduced, tensor.dtype)
+        if tensor.dtype in HCCL_DTYPES:
+            reduced = hccl_ops.allreduce(tensor, _REDUCTIONS[merge_op])
+        elif tensor.dtype in (v1.int64, v1.float64) and merge_op in ("Max", "Min") and final_op == "Id":
+            reduced = _extreme_in_int32_words(tensor, _REDUCTIONS[merge_op])
+        else:
+            raise ValueError("HCCL all-reduces {} only ({} {} asked); 64-bit values only as Max/Min".format(
+                "/".join(dtype.name for dtype in HCCL_DTYPES), merge_op, tensor.dtype.name))
         if final_op == "Div":
             reduced = reduced / v1.cast(self.cluster.size, tensor.dtype)
         return reduced
@@ -166,3 +213,19 @@ class NpuCollectives(BoundedPeerWaits):
                          "(see each rank's log); the last checkpoint is intact, restart every rank with the same "
                          "command to resume".format(self.cluster.rank, self.device_id, doing, reason,
                                                     self.timeout_sec, self.cluster.size))
+
+
+def _extreme_in_int32_words(tensor, reduction):
+    """The "max"/"min" over ranks of an int64 or float64 tensor of integers (|x| < 2**63; float64 values are
+    rounded, exact below 2**52), through int32 all-reduces only: the extreme of the high words, then the extreme of
+    the low words among the ranks holding that high word (the others send a value that never wins)."""
+    from npu_bridge.hccl import hccl_ops
+    value = tensor if tensor.dtype == v1.int64 else v1.cast(v1.round(tensor), v1.int64)
+    high = v1.math.floordiv(value, _WORD)  # in [-2**31, 2**31)
+    low = value - high * _WORD - 2 ** 31  # [0, 2**32) shifted into int32's range, order kept
+    high, low = v1.cast(high, v1.int32), v1.cast(low, v1.int32)
+    best_high = hccl_ops.allreduce(high, reduction)
+    loser = v1.fill(v1.shape(low), v1.constant(v1.int32.min if reduction == "max" else v1.int32.max, v1.int32))
+    best_low = hccl_ops.allreduce(v1.where(v1.math.equal(high, best_high), low, loser), reduction)
+    result = v1.cast(best_high, v1.int64) * _WORD + v1.cast(best_low, v1.int64) + 2 ** 31
+    return result if tensor.dtype == v1.int64 else v1.cast(result, tensor.dtype)

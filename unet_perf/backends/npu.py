@@ -8,11 +8,17 @@ How one Session.run becomes K = iterations_per_loop steps on the NPU ("sink mode
   Session.run and the fetched tensors hold the values of the last iteration. The device loops only on an op named
   exactly `IterationOp` (a second call, or one inside a name scope, gives `IterationOp_1`, which runs once while
   the host counts K), so it is created once per graph, outside any name scope, and its name is checked.
+- the IterationOp is FETCHED (key base.ITERATION_OP_KEY of the prepared fetches): Grappler's dependency optimizer
+  runs before the adapter's partition pass and removes a NoOp reached only through control edges unless it is a
+  fetch, and without a node named `IterationOp` the device runs one step per Session.run. The callers check after
+  every run that global_step moved by K (base.check_loop_steps), so a loop that did not happen is a loud error.
 
 So the training step is built once (no while_loop), and everything that must happen every step (loss-scale
 bookkeeping, counters, global step, batch-norm moving averages) is an op grouped with the train op. Differences
 from the host backend:
 - `loss_scale=auto` resolves against `precision_mode`, not `--precision`: see `npu_loss_scale_kind`.
+- bf16 precision modes (and --precision bf16) are refused on chips without bfloat16 (Ascend 910; the chip name
+  comes from pyACL's acl.get_soc_name(), see `soc_name`); unknown chips pass, and the GE log names the mode in effect.
 - dynamic scaling is npu_bridge's ExponentialUpdateLossScaleManager, which keeps TF 1.15's contrib semantics:
   overflowing steps are counted since the last scale change (finite steps in between do not reset the count), the
   scale is halved when `decr_every_n_nan_or_inf=2` of them have been seen (the npu_bridge default and the
@@ -37,7 +43,9 @@ NPULossScaleOptimizer(..., is_distributed=True), which sums the float status ove
 same overflowing step, the scale moves identically). The wrapper fits the loss-scaling path unchanged: the
 loss-scale optimizer calls it with the scaled loss and unscales the averaged gradients. The reported loss is the
 mean over ranks; `sync_variables` broadcasts rank 0's variables after init/restore; the session config adds
-`hcom_parallel` and the HCCL timeout. Batch-norm statistics stay per rank.
+`hcom_parallel` and the HCCL timeout. Batch-norm statistics stay per rank. `precision_mode` and profiling are GE
+start-up options, fixed by the first NPU session of the process (the HCCL start-up session), so `session_target`
+opens that session with this run's full session config (`cfg`).
 
 npu_bridge is imported lazily, so this module imports on machines without it.
 """
@@ -48,7 +56,7 @@ import weakref
 
 from tensorflow.core.protobuf.rewriter_config_pb2 import RewriterConfig  # same path in TF 1.15 and 2.x
 
-from unet_perf.backends.base import Backend
+from unet_perf.backends.base import ITERATION_OP_KEY, Backend
 from unet_perf.compat import npu_bridge_available, v1
 from unet_perf.errors import UserError
 from unet_perf.model.network import with_new_update_ops
@@ -63,6 +71,9 @@ OVERFLOW_FROM_GRADIENTS = "is_finite over gradients"
 OVERFLOW_NOT_CHECKED = "none (no loss scaling)"
 # precision_mode values that never compute in float16, so loss scaling is not needed under loss_scale=auto.
 _NO_FP16_MODES = ("force_fp32", "allow_mix_precision_bf16", "allow_fp32_to_bf16")
+_BF16_MODES = ("allow_mix_precision_bf16", "allow_fp32_to_bf16")
+# acl.get_soc_name() of the chips without bfloat16: Ascend 910 of the Atlas training series (910B and later have it).
+NO_BF16_CHIPS = ("Ascend910", "Ascend910A", "Ascend910ProA", "Ascend910ProB", "Ascend910PremiumA")
 
 
 def profiling_options(output_dir, fp_point="", bp_point=""):
@@ -108,6 +119,28 @@ def check_npu_steps(cfg):
     return cfg.iterations_per_loop
 
 
+def soc_name():
+    """The chip's name as CANN reports it (pyACL `acl.get_soc_name()`, e.g. "Ascend910A", "Ascend910B1"), or None
+    when pyACL does not import or says nothing (the bf16 check then passes and the device decides)."""
+    try:
+        import acl  # pyACL, installed with the CANN toolkit next to npu_bridge
+        name = acl.get_soc_name()
+    except Exception:  # no pyACL, or a pyACL without get_soc_name: the chip is unknown
+        return None
+    name = str(name or "").strip()
+    return name or None
+
+
+def check_chip_precision(cfg, chip):
+    """UserError when cfg asks for bfloat16 (a bf16 precision_mode, or --precision bf16) on a chip without it."""
+    wants_bf16 = cfg.precision_mode in _BF16_MODES or cfg.precision == "bf16"
+    if chip in NO_BF16_CHIPS and wants_bf16:
+        asked = ("--precision bf16" if cfg.precision == "bf16" else "--precision_mode {}".format(cfg.precision_mode))
+        raise UserError("{} needs bfloat16, which this {} (Ascend 910) does not have; use --precision_mode "
+                        "allow_mix_precision (float16, loss-scaled) or force_fp32, and --precision fp32".format(
+                            asked, chip))
+
+
 def npu_loss_scale_kind(cfg):
     """('none'|'dynamic'|'fixed', value) for the NPU.
 
@@ -130,7 +163,7 @@ class NpuBackend(Backend):
     name = "npu"
     sync_doing = "sharing rank 0's variables"
 
-    def __init__(self, decr_every_n_nan_or_inf=2, collectives=None):
+    def __init__(self, decr_every_n_nan_or_inf=2, collectives=None, cfg=None, chip=soc_name):
         if not npu_bridge_available():
             raise UserError("--device npu needs CANN's npu_bridge (the TF 1.15 Ascend stack), which does not "
                             "import here; use --device host")
@@ -144,6 +177,9 @@ class NpuBackend(Backend):
             raise UserError("RANK_SIZE={} but the rank table has {} ranks; set RANK_SIZE={}".format(
                 rank_size, expected, expected))
         self.collectives = collectives
+        # Several NPUs: the run's config, whose session config the start-up session (initialize_system) must carry.
+        self.startup_cfg = cfg
+        self._chip = chip  # function -> the chip name or None (soc_name); asked once, when first needed
         self.decr_every_n_nan_or_inf = decr_every_n_nan_or_inf
         # Where the `overflow` fetch comes from (one of the OVERFLOW_* strings); set by build_train_loop.
         self.overflow_source = None
@@ -156,8 +192,22 @@ class NpuBackend(Backend):
         """('none'|'dynamic'|'fixed', value) this backend uses for cfg: see `npu_loss_scale_kind`."""
         return npu_loss_scale_kind(cfg)
 
+    def chip(self):
+        """The chip name (see soc_name), or None when unknown."""
+        if callable(self._chip):
+            self._chip = self._chip()
+        return self._chip
+
+    def session_target(self):
+        """The session target, "" (the device is in-process). Several NPUs: HCCL is initialised first, in a session
+        with this run's full session config (its precision_mode and profiling become the process's GE options)."""
+        if self.collectives is None:
+            return ""
+        return self.collectives.start(self.session_config(self.startup_cfg) if self.startup_cfg is not None else None)
+
     def session_config(self, cfg, profiling_options=None):
         """ConfigProto with the NpuOptimizer pass; `profiling_options` is a dict from `profiling_options()`."""
+        check_chip_precision(cfg, self.chip())
         config = v1.ConfigProto()
         params = npu_optimizer_op(config).parameter_map
         params["enable_data_pre_proc"].b = True  # GetNext offload: the prerequisite of sink mode
@@ -177,6 +227,7 @@ class NpuBackend(Backend):
         Every fetch carries a control dependency on the step, so running any of them trains.
         """
         k = check_npu_steps(cfg)
+        check_chip_precision(cfg, self.chip())
         kind, fixed_value = npu_loss_scale_kind(cfg)
         # Built before any control_dependencies block (the manager's variables must not inherit one).
         manager = self._loss_scale_manager(cfg, kind, fixed_value)
@@ -247,8 +298,8 @@ class NpuBackend(Backend):
         """For K > 1: `util.set_iteration_per_loop` after variables are initialised/restored.
 
         It adds variables and ops, so the graph must not be finalized the first time. The IterationOp is created
-        once per graph: calling this again with the same session reuses it. Returns `fetches` with every tensor
-        made to depend on the IterationOp (the op the device loops on).
+        once per graph: calling this again with the same session reuses it. Returns `fetches` plus the IterationOp
+        under base.ITERATION_OP_KEY: only a fetched IterationOp is sure to survive Grappler and reach the device.
         """
         if self._train_op is None or self._train_op.graph is not sess.graph:
             raise ValueError("prepare_session: call build_train_loop in this session's graph first")
@@ -258,9 +309,7 @@ class NpuBackend(Backend):
                              .format(self._session_iterations_per_loop, k))
         if k == 1:
             return fetches
-        iteration_op = self._iteration_op(sess, k)
-        with sess.graph.as_default():
-            return {key: _after(iteration_op, value) for key, value in fetches.items()}
+        return dict(fetches, **{ITERATION_OP_KEY: self._iteration_op(sess, k)})
 
     def _iteration_op(self, sess, k):
         if self._iteration is not None and self._iteration[0] is sess.graph:
@@ -328,14 +377,6 @@ def _read(value):
     if hasattr(value, "read_value"):
         return value.read_value()
     return v1.identity(value)
-
-
-def _after(op, value):
-    """`value` made to depend on `op` (unchanged when it already does, or when it is not a tensor)."""
-    if not isinstance(value, v1.Tensor) or op in value.op.control_inputs:
-        return value
-    with v1.control_dependencies([op]):
-        return v1.identity(value)
 
 
 def _accepts_parameter(callable_, name):

@@ -3,6 +3,7 @@
     training = graph.build(cfg, graph.pipeline_source(cfg, data))       # or graph.cached_batch_source(cfg)
     sess, fetches = graph.open_session(training, cfg, restore=...)      # initialised, restored, prepared
     values = sess.run(fetches)                                          # K steps; keys: backends.base.FETCH_KEYS
+    step = check_loop_steps(step, values, K)                            # backends.base: the loop really ran K
 
 The trainer, the benchmarks and the profiler all call these two functions, so the session ordering the NPU needs
 (variables, then restore, then the iterator initializer on its own, then `backend.prepare_session`) lives here once.
@@ -157,7 +158,9 @@ def open_session(training, cfg, restore=None, profiling_options=None):
     Order (the NPU needs it; harmless elsewhere): initialise variables; `restore(sess)` when given (restore a
     checkpoint, recover writers); `backend.sync_variables` (several workers: everyone takes the chief's values,
     so only the chief needs the checkpoint); run the iterator initializer on its own; `backend.prepare_session`
-    (the NPU wraps the train op for its device loop). The session is closed again if any of this fails.
+    (the NPU adds its IterationOp to the fetches, so every caller fetches it). The session is closed again if any
+    of this fails. After each run of the fetches, check that it trained K steps: backends.base.check_loop_steps, or
+    CheckedRuns below.
     """
     backend = training.backend
     config = backend.session_config(cfg, profiling_options=profiling_options)
@@ -173,6 +176,22 @@ def open_session(training, cfg, restore=None, profiling_options=None):
         sess.close()
         raise
     return sess, fetches
+
+
+class CheckedRuns(object):
+    """Training Session.runs of open_session's fetches, each checked to have moved global_step by exactly K
+    (backends.base.check_loop_steps): for callers that time or profile runs rather than count steps."""
+
+    def __init__(self, sess, fetches, iterations_per_loop, start_step=0):
+        self.sess, self.fetches, self.iterations_per_loop = sess, fetches, iterations_per_loop
+        self.step = start_step  # global_step before the next run (a new graph starts at 0)
+
+    def run(self, options=None, run_metadata=None):
+        """One Session.run of the fetches (K steps): the fetched values."""
+        from unet_perf.backends.base import check_loop_steps
+        values = self.sess.run(self.fetches, options=options, run_metadata=run_metadata)
+        self.step = check_loop_steps(self.step, values, self.iterations_per_loop)
+        return values
 
 
 def steps_to_runs(steps, iterations_per_loop):

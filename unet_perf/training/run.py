@@ -20,6 +20,7 @@ import math
 import time
 
 from unet_perf import compat
+from unet_perf.backends.base import check_loop_steps
 from unet_perf.errors import UserError
 from unet_perf.training import assembly
 from unet_perf.training.duties import ChiefDuties, FollowerDuties
@@ -112,7 +113,8 @@ class TrainingRun(object):
                     tick = time.time()
                     values = sess.run(fetches)
                     seconds = time.time() - tick
-                    previous, step = step, int(values["global_step"])
+                    previous = step
+                    step = check_loop_steps(previous, values, self.cfg.iterations_per_loop)  # moved by exactly K
                     guard.check(values, step, duties.last_good)
                     duties.after_run(previous, step, values, seconds)
             finally:

@@ -8,6 +8,8 @@ from npu_bridge.hccl import loopback
 from npu_bridge.stub_log import record
 
 _MERGE_OPS = {"sum": "Add", "max": "Max", "min": "Min", "prod": "Mul"}
+# HcomAllReduce's type list in adapters before 2026 (Ascend/tensorflow tf_adapter/ops/hccl_ops.cc): no 64-bit types.
+ALLREDUCE_DTYPES = (tf.int8, tf.int16, tf.int32, tf.float16, tf.float32)
 
 loopback.install_session_redirect()
 
@@ -23,7 +25,11 @@ def allreduce(tensor, reduction, fusion=1, fusion_id=-1, group="hccl_world_group
     record("hccl_ops.allreduce", tensor=tensor, reduction=reduction, fusion=fusion, fusion_id=fusion_id, group=group)
     if reduction not in _MERGE_OPS:
         raise ValueError("reduction must be one of {}, got {!r}".format(sorted(_MERGE_OPS), reduction))
-    value = loopback.saturate(tf.convert_to_tensor(tensor))
+    value = tf.convert_to_tensor(tensor)
+    if value.dtype not in ALLREDUCE_DTYPES:  # the op registration's check, at graph construction like TensorFlow's
+        raise TypeError("Value passed to parameter 'input' has DataType {} not in list of allowed values: {}".format(
+            value.dtype.name, ", ".join(dtype.name for dtype in ALLREDUCE_DTYPES)))
+    value = loopback.saturate(value)
     return tf.raw_ops.CollectiveReduce(
         input=value, group_size=_world_size(), group_key=loopback.GROUP_ALLREDUCE,
         instance_key=loopback.next_instance_key(), merge_op=_MERGE_OPS[reduction], final_op="Id",

@@ -1,10 +1,13 @@
 """Stand-in for npu_bridge.estimator.npu.util: the sink-mode iteration variable and IterationOp.
 
-The device runs a Session.run K times when the fetched subgraph contains an op named exactly `IterationOp` (the
-adapter's GEOP checks the node name); any other name, e.g. `IterationOp_1` from a second call, runs it once. The
-stand-in does the same to the session passed to `set_iteration_per_loop`: a run whose fetches depend on an op
-named `IterationOp` executes the whole graph K times (the same fetches and feeds, each run pulling the next batch
-and applying the next update) and returns the values of the last execution.
+The device runs a Session.run K times when the graph it receives contains a node named exactly `IterationOp` (the
+adapter's GEOP checks the node name); any other name, e.g. `IterationOp_1` from a second call, runs it once. What
+it receives is what Grappler left: the dependency optimizer removes the IterationOp NoOp when it is reached only
+through control edges, and keeps it when it is a fetch (tests/test_npu_backend.py shows both with TensorFlow's
+own Grappler). So the stand-in loops only when the op named `IterationOp` is itself among the fetches of a run of
+the session passed to `set_iteration_per_loop`: such a run executes the whole graph K times (the same fetches and
+feeds, each run pulling the next batch and applying the next update) and returns the values of the last execution;
+any other run executes once, as on the device when the op was optimised away.
 """
 import tensorflow as tf
 
@@ -57,13 +60,12 @@ def set_iteration_per_loop(sess, train_op, iterations_per_loop=1):
 
 
 class _DeviceLoop(object):
-    """Replaces `sess.run` of one session: K executions for fetches that reach an op named `IterationOp`."""
+    """Replaces `sess.run` of one session: K executions for fetches that include the op named `IterationOp`."""
 
     def __init__(self, sess):
         self.iterations = 1
         self._graph = sess.graph
         self._run_once = sess.run
-        self._loops = {}  # fetched op names -> whether they reach IterationOp
         sess.run = self.run
         sess._npu_stub_device_loop = self
 
@@ -73,17 +75,14 @@ class _DeviceLoop(object):
         return existing if existing is not None else cls(sess)
 
     def run(self, fetches, feed_dict=None, options=None, run_metadata=None):
-        times = self.iterations if self._reaches_iteration_op(fetches) else 1
+        times = self.iterations if self._fetches_iteration_op(fetches) else 1
         for _ in range(times - 1):
             self._run_once(fetches, feed_dict, options, run_metadata)
         return self._run_once(fetches, feed_dict, options, run_metadata)
 
-    def _reaches_iteration_op(self, fetches):
+    def _fetches_iteration_op(self, fetches):
         ops = [self._op_of(element) for element in tf.nest.flatten(fetches)]
-        key = tuple(sorted(op.name for op in ops if op is not None))
-        if key not in self._loops:
-            self._loops[key] = _reaches(ops, _ITERATION_OP_NAME)
-        return self._loops[key]
+        return any(op is not None and op.name == _ITERATION_OP_NAME for op in ops)
 
     def _op_of(self, element):
         if isinstance(element, str):
@@ -91,21 +90,6 @@ class _DeviceLoop(object):
         if isinstance(element, tf.Operation):
             return element
         return getattr(element, "op", None)
-
-
-def _reaches(ops, name):
-    """Whether an op called `name` is among `ops` or their data and control inputs, transitively."""
-    seen, pending = set(), [op for op in ops if op is not None]
-    while pending:
-        op = pending.pop()
-        if op.name == name:
-            return True
-        if op.name in seen:
-            continue
-        seen.add(op.name)
-        pending.extend(tensor.op for tensor in op.inputs)
-        pending.extend(op.control_inputs)
-    return False
 
 
 def get_ranksize():
