@@ -638,18 +638,17 @@ def test_auto_device_picks_npu_when_npu_bridge_imports(npu):
 
 
 def test_step_counts_must_be_multiples_of_k(npu):
-    from unet_perf.backends.npu import check_npu_steps
-    assert check_npu_steps(_cfg(iterations_per_loop=4, max_steps=8, save_checkpoints_steps=4)) == 4
     with pytest.raises(UserError, match="multiple of --iterations_per_loop"):
-        check_npu_steps(_cfg(iterations_per_loop=4, max_steps=10, save_checkpoints_steps=4))
+        _cfg(iterations_per_loop=4, max_steps=10, save_checkpoints_steps=4).validate()
     with pytest.raises(UserError, match="save_checkpoints_steps"):
-        check_npu_steps(_cfg(iterations_per_loop=4, max_steps=8, save_checkpoints_steps=6))
+        _cfg(iterations_per_loop=4, max_steps=8, save_checkpoints_steps=6).validate()
     with pytest.raises(UserError, match="val_every"):
-        check_npu_steps(_cfg(iterations_per_loop=4, max_steps=8, save_checkpoints_steps=4, val_every=2))
-    next_batch, loss_fn, _ = _tiny_problem()
-    with pytest.raises(UserError):  # the loop refuses to build, too
-        _backend().build_train_loop(_cfg(iterations_per_loop=3), next_batch, loss_fn,
-                                    v1.train.get_or_create_global_step())
+        _cfg(iterations_per_loop=4, max_steps=8, save_checkpoints_steps=4, val_every=2).validate()
+    from unet_perf.training import assembly
+
+    bad = _cfg(iterations_per_loop=3)
+    with pytest.raises(UserError):  # a Config built in code is checked where the graph is assembled, too
+        assembly.build(bad, assembly.cached_batch_source(bad), backend=_backend())
 
 
 def test_multi_device_rank_size_is_refused(npu, monkeypatch):

@@ -390,3 +390,13 @@ def test_progress_lines_and_eta_from_the_steady_rate():
     assert lines[0].startswith("step 10/100  epoch 0.20  loss 0.5000  mean 0.6000") and lines[0].endswith("eta ?")
     assert lines[1].endswith("img/s 40.0  eta 1:20")
     assert format_duration(3725) == "1:02:05"
+
+
+def test_resuming_between_loops_is_refused_with_the_first_runs_k():
+    from unet_perf.config import Config
+    from unet_perf.errors import UserError
+
+    cfg = Config(max_steps=30, iterations_per_loop=10, save_checkpoints_steps=10, model_dir="runs/k")
+    cfg.check_resume_step(20)  # 10 steps left: one Session.run
+    with pytest.raises(UserError, match=r"resumes at step 25 \(the checkpoint in runs/k\).*remaining 5 steps"):
+        cfg.check_resume_step(25)

@@ -167,6 +167,14 @@ class Config:
         self.loss_scale_kind()
         return self
 
+    def check_resume_step(self, start_step):
+        """The steps left after resuming at `start_step` must be whole Session.runs of K steps, like the total."""
+        remaining = self.total_steps - start_step
+        if remaining % self.iterations_per_loop:
+            raise UserError("the run resumes at step {} (the checkpoint in {}): the remaining {} steps are not a "
+                            "multiple of --iterations_per_loop {}; use the --iterations_per_loop of the first run"
+                            .format(start_step, self.model_dir, remaining, self.iterations_per_loop))
+
     def _check_augment_engine(self):
         if self.augment_engine not in AUGMENT_ENGINES:
             raise UserError("--augment_engine must be one of {}, got {!r}".format(

@@ -110,15 +110,6 @@ def npu_optimizer_op(config):
     return custom_op
 
 
-def check_npu_steps(cfg):
-    """Total steps, checkpoint and validation intervals must be multiples of K (the device runs K steps per run).
-
-    Config.validate already enforces this; running it here also covers a Config built in code. Returns K.
-    """
-    cfg.validate()
-    return cfg.iterations_per_loop
-
-
 def soc_name():
     """The chip's name as CANN reports it (pyACL `acl.get_soc_name()`, e.g. "Ascend910A", "Ascend910B1"), or None
     when pyACL does not import or says nothing (the bf16 check then passes and the device decides)."""
@@ -226,7 +217,7 @@ class NpuBackend(Backend):
 
         Every fetch carries a control dependency on the step, so running any of them trains.
         """
-        k = check_npu_steps(cfg)
+        k = cfg.iterations_per_loop  # a multiple of every step count: Config.validate, via assembly.build
         check_chip_precision(cfg, self.chip())
         kind, fixed_value = npu_loss_scale_kind(cfg)
         # Built before any control_dependencies block (the manager's variables must not inherit one).

@@ -126,7 +126,8 @@ def build(cfg, source, backend=None, extras=None):
     """Assemble cfg's K-step training loop fed by `source` in a new tf.Graph.
 
     Args:
-        cfg: a validated config.Config.
+        cfg: a config.Config; validated here (a Config built in code gets the CLI's checks, e.g. every step
+            count a multiple of --iterations_per_loop).
         source: a function returning the training tf.data.Dataset (see pipeline_source, cached_batch_source);
             called inside the new graph.
         backend: a backends.base.Backend; default backends.get_backend(cfg).
@@ -138,6 +139,7 @@ def build(cfg, source, backend=None, extras=None):
     from unet_perf.input import pipeline
     from unet_perf.backends import get_backend
 
+    cfg.validate()
     backend = backend if backend is not None else get_backend(cfg)
     graph = v1.Graph()
     with graph.as_default(), v1.device(backend.device()):

@@ -77,10 +77,7 @@ class TrainingRun(object):
         if start_step >= total:
             duties.already_done(start_step, prefix)
             return {"status": "already_done", "end_step": start_step, "total_steps": total}
-        if (total - start_step) % cfg.iterations_per_loop:
-            raise UserError("the run resumes at step {} (the checkpoint in {}): the remaining {} steps are not a "
-                            "multiple of --iterations_per_loop {}; use the --iterations_per_loop of the first "
-                            "run".format(start_step, cfg.model_dir, total - start_step, cfg.iterations_per_loop))
+        cfg.check_resume_step(start_step)
 
         compat.enable_graph_mode()
         if cfg.deterministic:
