@@ -96,7 +96,7 @@ def machine_description():
         "gpu_names": _command_lines(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"]),
         "npu_info": _command_lines(["npu-smi", "info", "-l"])[:20],
     }
-    description.update(compat.describe())
+    description.update(compat.versions())
     return description
 
 

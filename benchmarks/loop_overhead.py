@@ -125,7 +125,7 @@ def main(argv=None):
                 runner.session.close()
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({"config": vars(args), "tf": compat.describe(), "results": results}, handle, indent=1)
+            json.dump({"config": vars(args), "tf": compat.versions(), "results": results}, handle, indent=1)
     return 0
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from unet_perf.data.loading import describe, load_dataset, required_size
+from unet_perf.data.loading import load_dataset, required_size, summarize_slices
 from unet_perf.data.sources import load_pairs, natural_key
 from unet_perf.errors import UserError
 
@@ -274,9 +274,9 @@ def test_load_dataset_user_errors(tmp_path, tiny_config):
         load_dataset(tiny_config(SOURCES, weight_map=True, weight_sigma=0.0))
 
 
-def test_describe_reports_count_size_and_membrane_share(tmp_path):
+def test_summary_reports_count_size_and_membrane_share(tmp_path):
     pairs = load_pairs(_write_folders(tmp_path, 3))
-    assert describe(pairs) == "3 slices 32x32, membrane {:.1f}%".format(100.0 / SIDE)
+    assert summarize_slices(pairs) == "3 slices 32x32, membrane {:.1f}%".format(100.0 / SIDE)
 
 
 @pytest.mark.skipif(not os.path.isdir(SHARED_DATA), reason="../shared/data/isbi2012 is not present")

@@ -56,7 +56,7 @@ def set_dataset_deterministic(options, deterministic):
         options.experimental_deterministic = deterministic
 
 
-def describe():
+def versions():
     """A short description of the TensorFlow build, for logs and benchmark JSON."""
     return {"tensorflow": tf.__version__, "npu_bridge": npu_bridge_available()}
 

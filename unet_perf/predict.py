@@ -6,16 +6,16 @@ For every image (every page of a multipage TIFF) it writes `<name>_prob.png` (P(
 `<name>_mask.png` (255 = cell interior, 0 = membrane: the ISBI label convention); a TIFF input also gets the
 multipage stacks `prob.tif` and `mask.tif` (`<stem>_prob.tif`/`<stem>_mask.tif` for TIFFs inside a folder).
 Two inputs that would write the same file (a.png and a.tif) are refused before anything is written. --output is
-written as a whole (unet_perf.storage.output_folder): a failed run leaves nothing behind, and an existing --output holding
-predictions is replaced only with --overwrite.
+written as a whole (unet_perf.storage.output_folder): a failed run leaves nothing behind, and an existing
+--output holding predictions is replaced only with --overwrite.
 """
 import os
 import time
 
 import numpy as np
 
-from unet_perf.inference.cli_flags import (add_inference_flags, check_inference_flags, open_predictor, write_output_image,
-                                 write_output_stack)
+from unet_perf.inference.cli_flags import (add_inference_flags, check_inference_flags, open_predictor,
+                                           write_output_image, write_output_stack)
 from unet_perf.config import build_parser
 from unet_perf.data.sources import EXTENSIONS, natural_key, read_image
 from unet_perf.errors import UserError, run_cli

@@ -87,7 +87,7 @@ def subset(pairs, indices):
     return Pairs(pairs.images[indices], pairs.masks[indices], [pairs.names[i] for i in indices])
 
 
-def describe(pairs):
+def summarize_slices(pairs):
     """One line: count, size and membrane share, e.g. '24 slices 512x512, membrane 21.9%' (a shard set: count,
     smallest size, shard count and folder)."""
     if isinstance(pairs, shard_reader.ShardSet):

@@ -1,6 +1,7 @@
 """What the predict, evaluate and export CLIs share: the flags naming a trained model and how to run it, their
 checks, the predictor they open, and how they write an output file (the --output folder itself:
-unet_perf.storage.output_folder). No TensorFlow is imported here until a predictor is opened, so a bad flag fails fast."""
+unet_perf.storage.output_folder). No TensorFlow is imported here until a predictor is opened, so a bad flag fails
+fast."""
 import cv2
 
 from unet_perf.config import PRECISIONS, WEIGHT_CHOICES

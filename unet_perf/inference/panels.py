@@ -16,7 +16,7 @@ MASK_TINT = np.array([0, 255, 0], np.float32)  # BGR green
 MASK_TINT_ALPHA = 0.35
 
 
-def join(tiles, axis=1, gap=0, fill=GAP_GRAY):
+def stack_tiles(tiles, axis=1, gap=0, fill=GAP_GRAY):
     """Arrays of one height (axis=1: left to right) or one width (axis=0: top to bottom) joined with `gap`
     pixels of value `fill` between neighbours."""
     parts = []
@@ -44,7 +44,7 @@ def prediction_panels(raws, masks, prob):
     raws uint8 [n,h,w], masks {0,1} [n,h,w], prob P(interior) [n,h,w,1]."""
     panels = []
     for raw, mask, p in zip(raws, masks, np.asarray(prob)[..., 0]):
-        row = join([raw, binary_to_gray(mask > 0), np.clip(p * 255.0 + 0.5, 0, 255).astype(np.uint8)])
+        row = stack_tiles([raw, binary_to_gray(mask > 0), np.clip(p * 255.0 + 0.5, 0, 255).astype(np.uint8)])
         ok, encoded = cv2.imencode(".png", row)
         if ok:
             panels.append((row.shape, encoded.tobytes()))
@@ -61,7 +61,7 @@ def error_overlay(image, gt_mask, prob, threshold=0.5):
     errors[truth & ~predicted] = FALSE_MEMBRANE
     errors[~truth & predicted] = MISSED_MEMBRANE
     tiles = [gray, gray_to_bgr(binary_to_gray(truth)), gray_to_bgr(binary_to_gray(predicted)), errors]
-    return join(tiles, gap=GAP, fill=GAP_GRAY)
+    return stack_tiles(tiles, gap=GAP, fill=GAP_GRAY)
 
 
 def augmentation_grid(images, masks):
@@ -73,5 +73,5 @@ def augmentation_grid(images, masks):
         gray = np.repeat(np.clip(image, 0.0, 1.0)[..., None] * 255.0, 3, axis=2)
         tinted = np.where(mask[..., None] > 0.5, gray * (1 - MASK_TINT_ALPHA) + MASK_TINT * MASK_TINT_ALPHA, gray)
         row = [np.round(gray).astype(np.uint8), np.round(tinted).astype(np.uint8)]
-        rows.append(join(row, gap=GAP, fill=GAP_WHITE))
-    return join(rows, axis=0, gap=GAP, fill=GAP_WHITE)
+        rows.append(stack_tiles(row, gap=GAP, fill=GAP_WHITE))
+    return stack_tiles(rows, axis=0, gap=GAP, fill=GAP_WHITE)

@@ -41,8 +41,8 @@ def with_precision(cfg, precision):
 def restore(sess, prefix, model_dir, cfg, weights="ema"):
     """Restore the graph's variables from `prefix`; a checkpoint of another architecture is a UserError.
 
-    weights "ema" loads the checkpoint's EMA weights into the model when it has them (see unet_perf.model.ema), "raw" the
-    trained weights. Returns the weights actually loaded: "ema" or "raw".
+    weights "ema" loads the checkpoint's EMA weights into the model when it has them (see unet_perf.model.ema),
+    "raw" the trained weights. Returns the weights actually loaded: "ema" or "raw".
     """
     from unet_perf.model.ema import restore_map
 

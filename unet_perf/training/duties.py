@@ -15,7 +15,7 @@ import time
 
 from unet_perf import compat
 from unet_perf.config import config_to_dict
-from unet_perf.data.loading import describe
+from unet_perf.data.loading import summarize_slices
 from unet_perf.inference.panels import prediction_panels
 from unet_perf.progress import Console, Progress, RateMeter
 from unet_perf.storage import checkpoints, run_dir
@@ -108,9 +108,8 @@ class ChiefDuties(FollowerDuties):
 
     def resume_point(self, train_pairs, val_pairs, engine):
         self.train_pairs = train_pairs
-        self.say("data: train {}{}; augmentation: {}".format(
-            describe(train_pairs), "; validation {}".format(describe(val_pairs)) if val_pairs is not None else "",
-            engine))
+        validation = "; validation {}".format(summarize_slices(val_pairs)) if val_pairs is not None else ""
+        self.say("data: train {}{}; augmentation: {}".format(summarize_slices(train_pairs), validation, engine))
         if os.path.isdir(self.model_dir):
             for path in checkpoints.remove_partial_files(self.model_dir):
                 self.say("removed the partial file of an interrupted save: {}".format(path))
@@ -245,7 +244,7 @@ class ChiefDuties(FollowerDuties):
         summary.update({"duration_sec": time.time() - started, "config": config_to_dict(self.cfg),
                         "backend": training.backend.name, "augmentation": engine, "workers": self.team.size,
                         "global_batch_size": self.cfg.batch_size * self.team.size})
-        summary.update(compat.describe())
+        summary.update(compat.versions())
         atomic_write_json(os.path.join(self.model_dir, run_dir.SUMMARY_FILE), summary)
         self.say("Final Performance images/sec : {:.2f}".format(summary["images_per_sec"]))
         self.say("E2E Training Duration sec : {:.2f}".format(summary["duration_sec"]))
