@@ -5,13 +5,13 @@ import numpy as np
 from unet_perf.inference import panels
 
 
-def test_join_puts_gaps_of_the_fill_value_between_tiles():
+def test_stack_tiles_puts_gaps_of_the_fill_value_between_tiles():
     a, b = np.zeros((2, 3), np.uint8), np.ones((2, 1), np.uint8)
-    joined = panels.join([a, b, a], gap=2, fill=9)
-    assert joined.shape == (2, 3 + 2 + 1 + 2 + 3) and joined.dtype == np.uint8
-    np.testing.assert_array_equal(joined[:, 3:5], 9)
-    np.testing.assert_array_equal(joined[:, 5], 1)
-    assert panels.join([a.T, a.T], axis=0).shape == (6, 2)  # no gap: plain concatenation
+    stacked = panels.stack_tiles([a, b, a], gap=2, fill=9)
+    assert stacked.shape == (2, 3 + 2 + 1 + 2 + 3) and stacked.dtype == np.uint8
+    np.testing.assert_array_equal(stacked[:, 3:5], 9)
+    np.testing.assert_array_equal(stacked[:, 5], 1)
+    assert panels.stack_tiles([a.T, a.T], axis=0).shape == (6, 2)  # no gap: plain concatenation
 
 
 def test_prediction_panels_are_pngs_of_image_truth_and_probability():
