@@ -121,7 +121,9 @@ class Launched(object):
 
 FIRST_RUN_TIMEOUT = 20  # --collective_timeout of the launched pair (also bounds its start-up wait)
 STAGGER = 26  # worker 1 starts its first training run this late: worker 0 waits longer than FIRST_RUN_TIMEOUT
-NOISE = ("Traceback", "E0000", "W0000", "grpc", "GRPC", "Socket closed", "Restart your program", "StartAbort")
+# TensorFlow's C++/gRPC lines about the broken connection, and Python tracebacks
+NOISE = ("Traceback", "grpc", "GRPC", "Socket closed", "Restart your program", "StartAbort", "RingReduce",
+         "ring_alg", "collective_executor")
 
 
 def test_slow_first_run_then_a_killed_worker_under_the_launcher_then_stop_signal_and_resume(tmp_path):
