@@ -80,13 +80,16 @@ class BoundedPeerWaits(object):
 
     @contextlib.contextmanager
     def peer_errors(self, doing):
-        """Inside: an OpError of the kinds a lost peer causes becomes peer_failure(err, doing, ...) (runs without
-        their own RunOptions: the session's deadline, the first-run bound)."""
+        """Inside: an OpError of the kinds a lost peer causes becomes peer_failure(err, doing, ...), timed from the
+        start of the block (meant for one run)."""
         started = time.time()
         try:
             yield
         except PEER_ERRORS as err:
-            raise self.peer_failure(err, doing, time.time() - started, self.first_run_timeout_sec)
+            elapsed = time.time() - started
+            # A run inside ended sooner than the session's deadline (the first-run bound): its own RunOptions did.
+            bound = self.timeout_sec if elapsed < self.first_run_timeout_sec else self.first_run_timeout_sec
+            raise self.peer_failure(err, doing, elapsed, bound)
 
     def bound_name(self, bound):
         """How messages name the deadline `bound` (seconds)."""
