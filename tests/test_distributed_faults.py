@@ -115,8 +115,19 @@ class Launched(object):
         try:
             return self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            self.process.kill()  # its workers are in sessions of their own: the fixture below kills them
             pytest.fail("the launcher did not exit within {} s; output:\n{}".format(timeout, "\n".join(self.lines)))
+
+    def kill(self):
+        """SIGKILL the launcher and the workers it still runs (they are in sessions of their own)."""
+        if self.process.poll() is not None:
+            return
+        for rank in range(2):
+            try:
+                os.kill(self.worker_pid(rank), signal.SIGKILL)
+            except (AssertionError, ProcessLookupError):
+                pass
+        self.process.kill()
+        self.process.wait()
 
 
 FIRST_RUN_TIMEOUT = 20  # --collective_timeout of the launched pair (also bounds its start-up wait)
@@ -130,21 +141,13 @@ def test_slow_first_run_then_a_killed_worker_under_the_launcher_then_stop_signal
     chief_dir, other_dir = str(tmp_path / "chief"), str(tmp_path / "other")
     args = ARGS + ["--collective_timeout", str(FIRST_RUN_TIMEOUT), "--model_dir", chief_dir]
     launched = Launched(args, "stagger_first_training_run={}".format(STAGGER))
-    workers_started = []
     try:
         # The first training run waits STAGGER s for worker 1: no deadline of --collective_timeout applies to it.
         assert launched.wait_for("[0] saved checkpoint", START_LIMIT + STAGGER), "\n".join(launched.lines)
-        workers_started = [launched.worker_pid(0), launched.worker_pid(1)]
-        os.kill(workers_started[1], signal.SIGKILL)
+        os.kill(launched.worker_pid(1), signal.SIGKILL)
         assert launched.finish(FIRST_RUN_TIMEOUT + 120) == 128 + signal.SIGKILL, "\n".join(launched.lines)
     finally:
-        if launched.process.poll() is None:
-            launched.process.kill()
-        for pid in workers_started:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        launched.kill()
     survivor = [line[len("[0] "):] for line in launched.lines if line.startswith("[0] ")]
     errors = [line for line in survivor if line.startswith("error:")]
     assert len(errors) == 1, survivor[-10:]
