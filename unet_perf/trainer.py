@@ -3,9 +3,11 @@ SIGINT/SIGTERM, and the ModelZoo result lines. The graph itself comes from unet_
 
     summary = train(cfg)          # cfg: a validated unet_perf.config.Config; returns the summary.json dict
 
-Exit behaviour (the CLI maps UserError to exit 2):
+Exit behaviour (the CLI maps UserError to exit 2; signals: unet_perf.interrupts):
 - finished or already finished: returns normally (exit 0);
-- SIGINT/SIGTERM: the current Session.run finishes, a checkpoint is written, "interrupted at step N" (exit 0);
+- SIGINT/SIGTERM while training: the current Session.run finishes, a checkpoint is written, "interrupted at step N"
+  (exit 0); before training starts: ends at once (exit 130/143); a second SIGINT: ends at once (exit 130), every
+  checkpoint written so far intact;
 - non-finite loss when the backend does no loss scaling: UserError (exit 2), nothing is saved after the bad step,
   so the newest checkpoint is the last good one.
 
@@ -25,7 +27,7 @@ from unet_perf.backends.base import check_loop_steps
 from unet_perf.cluster import SINGLE
 from unet_perf.config import config_to_dict
 from unet_perf.errors import UserError
-from unet_perf.interrupts import StopRequest
+from unet_perf.interrupts import StopRequest, close_session
 from unet_perf.panels import prediction_panels
 from unet_perf.probe import pixel_accuracy, probe_tiles
 from unet_perf.progress import Console, Progress, RateMeter
@@ -47,6 +49,12 @@ def _crossed(previous_step, step, interval):
 
 def train(cfg, out=None):
     """Train (or resume) per cfg; returns the summary dict also written to <model_dir>/summary.json."""
+    console = Console(out if out is not None else sys.stdout)
+    with StopRequest(console.say) as stop:  # SIGINT/SIGTERM from start-up to the last line
+        return _train(cfg, console, stop)
+
+
+def _train(cfg, console, stop):
     from unet_perf import augment
     from unet_perf.data.loading import describe, load_dataset
 
@@ -54,8 +62,7 @@ def train(cfg, out=None):
     cfg.validate()
     team = distributed.join(cfg)
     if not team.chief:
-        return distributed.follow(cfg, team)  # trains its share; prints and writes nothing
-    console = Console(out if out is not None else sys.stdout)
+        return distributed.follow(cfg, team, stop)  # trains its share; prints and writes nothing
     say = console.say
     if team.size > 1:
         say(team.describe(cfg))
@@ -116,11 +123,11 @@ def train(cfg, out=None):
             sess, fetches = graph.open_session(training, cfg, restore=recover_and_restore)
             start_step = int(sess.run(training.global_step))
             run = Run(cfg, sess, training, fetches, saved, log, console, probe, team)
-            summary = run.loop(start_step, total)
+            summary = run.loop(start_step, total, stop)
     finally:
         log.close()
         if sess is not None:
-            sess.close()
+            close_session(sess)
     if summary["status"] == "interrupted":
         return summary
     summary.update({"duration_sec": time.time() - started, "config": config_to_dict(cfg),
@@ -176,7 +183,8 @@ class Run(object):
             self.say("saved checkpoint {}".format(path))
         return path
 
-    def loop(self, start_step, total):
+    def loop(self, start_step, total, stop):
+        """Session.runs from start_step to total; `stop` is the process's interrupts.StopRequest."""
         cfg = self.cfg
         global_batch = cfg.batch_size * self.team.size  # the rates are the whole job's
         images_per_run = global_batch * cfg.iterations_per_loop
@@ -185,11 +193,11 @@ class Run(object):
         step = start_step
         meter = RateMeter(images_per_run)
         values = None
-        with StopRequest(self.say) as stop:
+        with stop.while_training():
             try:
                 while step < total and not self.team.agree_to_stop(self.sess, stop.requested):
                     tick = time.time()
-                    values = self.sess.run(self.fetches)
+                    values = self.team.run(self.sess, self.fetches)
                     rate = meter.add(time.time() - tick)
                     previous, step = step, int(values["global_step"])
                     check_loop_steps(previous, values, cfg.iterations_per_loop)  # loud when the loop ran != K steps
