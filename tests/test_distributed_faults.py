@@ -1,9 +1,14 @@
-"""Two `python -m unet_perf.train` workers on 127.0.0.1 (TF_CONFIG): a killed worker ends the other with one line
-naming it; a stop signal to one worker stops both after the same step; the same commands then resume and finish
-without the non-chief ever touching its --model_dir; mismatched flags are refused before training."""
+"""Two `python -m unet_perf.train` workers on 127.0.0.1 (TF_CONFIG): under `unet_perf.launch`, a first training run
+longer than --collective_timeout (one worker starts it late) is no fault, and a SIGKILLed worker ends the other
+with one line naming it, saying what happened and how long it took, with no TensorFlow/gRPC log lines, while the
+launcher names the dead worker and its signal; a stop signal to one worker stops both after the same step; the
+same commands then resume and finish without the non-chief ever touching its --model_dir; mismatched flags are
+refused before training. The in-process tests at the end check the deadlines and the messages without peers."""
+import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -67,20 +72,94 @@ def start_pair(model_dirs, extra=((), ())):
     return addresses, [Worker(addresses, rank, model_dirs[rank], extra[rank]) for rank in range(2)]
 
 
-def test_killed_worker_stop_signal_and_resume(tmp_path):
+class Launched(object):
+    """`python -m unet_perf.launch --nproc 2 -- ARGS` with the environment a user has (no TF_CPP_MIN_LOG_LEVEL);
+    its output lines collected by a thread."""
+
+    def __init__(self, args, faults):
+        env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                   UNET_PERF_FAULTS=faults)
+        env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+        self.process = subprocess.Popen([sys.executable, "-u", "-m", "unet_perf.launch", "--nproc", "2", "--grace",
+                                         "60", "--"] + args, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, universal_newlines=True)
+        self.lines = []
+        reader = threading.Thread(target=lambda: [self.lines.append(x.rstrip("\n")) for x in self.process.stdout])
+        reader.daemon = True
+        reader.start()
+
+    def wait_for(self, text, timeout):
+        deadline = time.time() + timeout
+        while time.time() < deadline and self.process.poll() is None:
+            if any(text in line for line in list(self.lines)):
+                return True
+            time.sleep(0.05)
+        return any(text in line for line in list(self.lines))
+
+    def worker_pid(self, rank):
+        """The pid of the launcher's worker `rank` (a child of the launcher whose TF_CONFIG has that index)."""
+        for entry in os.listdir("/proc"):
+            try:
+                with open("/proc/{}/stat".format(entry)) as handle:
+                    parent = int(handle.read().rsplit(")", 1)[1].split()[1])
+                with open("/proc/{}/environ".format(entry), "rb") as handle:
+                    environ = handle.read().split(b"\0")
+            except (OSError, ValueError, IndexError):
+                continue
+            config = [item[len(b"TF_CONFIG="):] for item in environ if item.startswith(b"TF_CONFIG=")]
+            if parent == self.process.pid and config and json.loads(config[0].decode())["task"]["index"] == rank:
+                return int(entry)
+        raise AssertionError("no worker {} under the launcher".format(rank))
+
+    def finish(self, timeout):
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the launcher did not exit within {} s; output:\n{}".format(timeout, "\n".join(self.lines)))
+
+    def kill(self):
+        """SIGKILL the launcher and the workers it still runs (they are in sessions of their own)."""
+        if self.process.poll() is not None:
+            return
+        for rank in range(2):
+            try:
+                os.kill(self.worker_pid(rank), signal.SIGKILL)
+            except (AssertionError, ProcessLookupError):
+                pass
+        self.process.kill()
+        self.process.wait()
+
+
+FIRST_RUN_TIMEOUT = 20  # --collective_timeout of the launched pair (also bounds its start-up wait)
+STAGGER = 26  # worker 1 starts its first training run this late: worker 0 waits longer than FIRST_RUN_TIMEOUT
+# TensorFlow's C++/gRPC lines about the broken connection, and Python tracebacks
+NOISE = ("Traceback", "grpc", "GRPC", "Socket closed", "Restart your program", "StartAbort", "RingReduce",
+         "ring_alg", "collective_executor")
+
+
+def test_slow_first_run_then_a_killed_worker_under_the_launcher_then_stop_signal_and_resume(tmp_path):
     chief_dir, other_dir = str(tmp_path / "chief"), str(tmp_path / "other")
-    addresses, workers = start_pair([chief_dir, other_dir])
+    args = ARGS + ["--collective_timeout", str(FIRST_RUN_TIMEOUT), "--model_dir", chief_dir]
+    launched = Launched(args, "stagger_first_training_run={}".format(STAGGER))
     try:
-        assert workers[0].wait_for("saved checkpoint", START_LIMIT), "\n".join(workers[0].out + workers[0].err)
-        workers[1].process.send_signal(signal.SIGKILL)
-        killed_at = time.time()
-        assert workers[0].finish(TIMEOUT + 60) == 2
-        assert time.time() - killed_at < TIMEOUT + 60
+        # The first training run waits STAGGER s for worker 1: no deadline of --collective_timeout applies to it.
+        assert launched.wait_for("[0] saved checkpoint", START_LIMIT + STAGGER), "\n".join(launched.lines)
+        os.kill(launched.worker_pid(1), signal.SIGKILL)
+        assert launched.finish(FIRST_RUN_TIMEOUT + 120) == 128 + signal.SIGKILL, "\n".join(launched.lines)
     finally:
-        for worker in workers:
-            worker.kill()
-    errors = [line for line in workers[0].err if line.startswith("error:")]
-    assert len(errors) == 1 and "worker 1 ({})".format(addresses[1]) in errors[0], workers[0].err[-10:]
+        launched.kill()
+    survivor = [line[len("[0] "):] for line in launched.lines if line.startswith("[0] ")]
+    errors = [line for line in survivor if line.startswith("error:")]
+    assert len(errors) == 1, survivor[-10:]
+    # names the lost worker, what happened (its port refuses connections; no timeout) and the measured duration
+    match = re.search(r"lost worker 1 \(127\.0\.0\.1:\d+\): (connection refused|connection closed|timed out) "
+                      r"after (\d+\.\d) s", errors[0])
+    assert match and "no longer accepts connections" in errors[0], errors[0]
+    assert (match.group(1) == "timed out") == ("--collective_timeout" in errors[0]), errors[0]
+    assert not [line for line in survivor if any(noise in line for noise in NOISE)], survivor[-20:]
+    launcher = [line for line in launched.lines if line.startswith("[launch] ")]
+    assert "[launch] worker 1 was killed by SIGKILL" in launcher[0], launcher
+    assert "worker 0 exited with status 2" in launcher[-1] and "exit status 137" in launcher[-1], launcher
     saved = checkpoints.latest_checkpoint(chief_dir)
     assert saved is not None and 0 < checkpoints.checkpoint_step(saved) < TOTAL
 
@@ -128,3 +207,111 @@ def test_mismatched_flags_are_refused_before_training(tmp_path):
         errors = [line for line in worker.err if line.startswith("error:")]
         assert len(errors) == 1 and "same configuration" in errors[0], worker.err[-5:]
     assert not os.path.exists(os.path.join(dirs[0], "checkpoint"))
+
+
+# --- in-process: deadlines and messages, no peers --------------------------------------------------------------
+
+def two_workers(peer_port):
+    from unet_perf import cluster as cluster_lib
+    return cluster_lib.Cluster(0, 2, ["127.0.0.1:{}".format(free_ports(1)[0]), "127.0.0.1:{}".format(peer_port)],
+                               "TF_CONFIG")
+
+
+class RecordingSession(object):
+    """Stands in for a session: records the deadline of every run; `fail` raises instead."""
+
+    def __init__(self, fail=None):
+        self.timeouts, self.fail = [], fail
+
+    def run(self, fetches, feed_dict=None, options=None):
+        self.timeouts.append(options.timeout_in_ms / 1000.0 if options is not None else None)
+        if self.fail is not None:
+            raise self.fail
+        return 0.0 if fetches == "agreed" else {"global_step": 2}
+
+
+def test_first_runs_have_a_long_deadline_later_ones_collective_timeout():
+    from unet_perf.backends.collective import FIRST_RUN_TIMEOUT_SEC, HostCollectives
+    from unet_perf.backends.host import HostBackend
+    from unet_perf.compat import v1
+    from unet_perf.training.team import Team
+
+    collectives = HostCollectives(two_workers(free_ports(1)[0]), timeout_sec=30)
+    # every run without its own RunOptions (initialisation, restore, broadcast, savers, validation): the long bound
+    assert collectives.configure(v1.ConfigProto()).operation_timeout_in_ms == FIRST_RUN_TIMEOUT_SEC * 1000
+    team = Team(collectives.cluster, HostBackend(collectives=collectives))
+    team._vote = ("wish", "agreed")  # what build_vote adds to the training graph
+    sess = RecordingSession()
+    for _ in range(3):
+        assert not team.agree_to_stop(sess, False)
+        team.run(sess, "fetches")
+    # vote, first run, the vote after it (peers may still be compiling), then --collective_timeout
+    assert sess.timeouts == [FIRST_RUN_TIMEOUT_SEC] * 3 + [30.0] * 3
+
+
+def test_lost_peer_message_says_what_happened_and_how_long_it_took():
+    from unet_perf.backends.collective import HostCollectives
+    from unet_perf.backends.host import HostBackend
+    from unet_perf.compat import v1
+    from unet_perf.training.team import Team
+    from unet_perf.errors import UserError
+
+    gone = free_ports(1)[0]  # nobody listens there: the peer was killed
+    collectives = HostCollectives(two_workers(gone), timeout_sec=30)
+    team = Team(collectives.cluster, HostBackend(collectives=collectives))
+    refused = v1.errors.UnavailableError(None, None, "failed to connect to all addresses; last error: UNKNOWN: "
+                                                     "ipv4:127.0.0.1:{}: Connection refused".format(gone))
+    with pytest.raises(UserError) as info:
+        team.run(RecordingSession(fail=refused), "fetches")
+    message = str(info.value)
+    assert "while training: lost worker 1 (127.0.0.1:{}): connection refused after ".format(gone) in message
+    assert "no longer accepts connections" in message and "--collective_timeout" not in message
+    assert "\n" not in message
+
+    message = str(collectives.peer_failure(v1.errors.DeadlineExceededError(None, None, "Deadline Exceeded"),
+                                           "agreeing whether to stop", 30.04, 30.0))
+    assert "lost worker 1 (127.0.0.1:{}): timed out after 30.0 s (--collective_timeout)".format(gone) in message
+
+    # a peer that still listens (hung, busy) but broke the connection: named from the error, said so
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    busy = listener.getsockname()[1]
+    try:
+        collectives = HostCollectives(two_workers(busy), timeout_sec=30)
+        closed = v1.errors.UnavailableError(None, None, "Socket closed\nfrom remote target "
+                                                        "/job:worker/replica:0/task:1 while calling RecvBuf")
+        message = str(collectives.peer_failure(closed, "training", 0.61, 30.0))
+    finally:
+        listener.close()
+    assert "lost worker 1 (127.0.0.1:{}): connection closed after 0.6 s; it still accepts connections".format(
+        busy) in message
+
+
+def test_hccl_keeps_its_own_timeout_and_says_timed_out_when_it_did(tmp_path):
+    from unet_perf import cluster as cluster_lib
+    from unet_perf.backends.collective import FIRST_RUN_TIMEOUT_SEC
+    from unet_perf.backends.hccl import NpuCollectives
+    from unet_perf.compat import v1
+
+    table = tmp_path / "table.json"
+    table.write_text(json.dumps({"server_count": "1", "server_list": [{"server_id": "10.0.0.1", "device": [
+        {"device_id": str(d), "device_ip": "192.168.100.10{}".format(d), "rank_id": str(d)} for d in range(2)]}]}))
+    collectives = NpuCollectives(cluster_lib.from_rank_table(str(table), 0, 2), 600,
+                                 env={"RANK_TABLE_FILE": str(table), "DEVICE_ID": "0", "JOB_ID": "job"})
+    config = collectives.configure(v1.ConfigProto())
+    (custom_op,) = config.graph_options.rewrite_options.custom_optimizers
+    # no hccl_timeout (the device would floor 600 to 544 s): HCCL's default 1836 s or the user's HCCL_EXEC_TIMEOUT
+    assert "hccl_timeout" not in custom_op.parameter_map
+    assert config.operation_timeout_in_ms == FIRST_RUN_TIMEOUT_SEC * 1000  # the first run compiles for the device
+
+    timed_out = str(collectives.peer_failure(v1.errors.DeadlineExceededError(None, None, "Timed out"),
+                                             "training", 600.2, 600.0))
+    assert "timed out after 600.2 s (--collective_timeout)" in timed_out and "stopped, was killed" not in timed_out
+    hccl_timeout = str(collectives.peer_failure(v1.errors.InternalError(
+        None, None, "EI0002: The wait execution of the Notify register times out."), "training", 1836.5, 600.0))
+    assert "timed out after 1836.5 s (HCCL's execution timeout, HCCL_EXEC_TIMEOUT" in hccl_timeout
+    failed = str(collectives.peer_failure(v1.errors.UnavailableError(None, None, "Connection refused"),
+                                          "training", 0.6, 600.0))
+    assert "failed after 0.6 s (connection refused): another of the 2 ranks stopped" in failed
+    assert "timed out" not in failed and "--collective_timeout" not in failed

@@ -1,5 +1,7 @@
 """unet_perf.launch without TensorFlow: the workers it starts get distinct free ports in one TF_CONFIG, disjoint
-core shares, rank-prefixed output, forwarded signals, and the launcher exits with the first failure."""
+core shares, TF_CPP_MIN_LOG_LEVEL=3 unless set, rank-prefixed output, forwarded signals; after the first failure
+(named with its exit status or signal) the others get --grace seconds to stop by themselves, and the launcher exits
+with the first failure's status."""
 import json
 import os
 import signal
@@ -19,11 +21,19 @@ import json, os, signal, sys, time
 config = json.loads(os.environ["TF_CONFIG"])
 rank = config["task"]["index"]
 print("config", json.dumps({"rank": rank, "workers": config["cluster"]["worker"],
-                            "cores": sorted(os.sched_getaffinity(0))}), flush=True)
+                            "cores": sorted(os.sched_getaffinity(0)),
+                            "log_level": os.environ.get("TF_CPP_MIN_LOG_LEVEL")}), flush=True)
 mode = sys.argv[1]
 if mode == "fail" and rank == 1:
     sys.exit(3)
-if mode in ("fail", "wait"):
+if mode in ("killed", "notice") and rank == 1:
+    os.kill(os.getpid(), signal.SIGKILL)
+if mode == "notice":  # rank 0 notices the lost peer by itself, as a training worker does, and says so
+    signal.signal(signal.SIGTERM, lambda *a: (print("got SIGTERM", flush=True), sys.exit(0)))
+    time.sleep(1)
+    print("error: lost worker 1", flush=True)
+    sys.exit(2)
+if mode in ("fail", "wait", "killed"):
     signal.signal(signal.SIGTERM, lambda *a: (print("got SIGTERM", flush=True), sys.exit(0)))
     print("waiting", flush=True)
     time.sleep(50)
@@ -37,10 +47,11 @@ def probe_module(tmp_path):
     return str(tmp_path)
 
 
-def launch(probe_dir, nproc, mode, **popen):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, probe_dir, os.environ.get("PYTHONPATH", "")]))
+def launch(probe_dir, nproc, mode, grace=1, env=None, **popen):
+    env = dict(os.environ if env is None else env,
+               PYTHONPATH=os.pathsep.join([REPO, probe_dir, os.environ.get("PYTHONPATH", "")]))
     return subprocess.Popen([sys.executable, "-m", "unet_perf.launch", "--nproc", str(nproc), "--entry",
-                             "launch_probe", "--grace", "5", "--", mode], cwd=REPO, env=env,
+                             "launch_probe", "--grace", str(grace), "--", mode], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True, **popen)
 
 
@@ -70,7 +81,38 @@ def test_first_failure_stops_the_others_and_sets_the_exit_status(probe_module):
     output = process.communicate(timeout=HARD_TIMEOUT)[0]
     assert process.returncode == 3, output
     assert "[launch] worker 1 exited with status 3" in output
+    assert "[0] got SIGTERM" in output  # it did not stop within --grace
+
+
+def test_a_killed_worker_is_named_with_its_signal(probe_module):
+    process = launch(probe_module, 2, "killed")
+    output = process.communicate(timeout=HARD_TIMEOUT)[0]
+    assert process.returncode == 128 + signal.SIGKILL, output
+    launcher = [line for line in output.splitlines() if line.startswith("[launch] ")]
+    assert launcher[0].startswith("[launch] worker 1 was killed by SIGKILL"), output
+    assert launcher[-1] == "[launch] worker 1 was killed by SIGKILL first; worker 0 exited with status 0; exit " \
+                           "status 137", output
     assert "[0] got SIGTERM" in output
+
+
+def test_the_others_get_time_to_stop_by_themselves(probe_module):
+    """A training worker notices a lost peer and ends with its own one-line error: not SIGTERMed before that."""
+    process = launch(probe_module, 2, "notice", grace=HARD_TIMEOUT / 2)
+    output = process.communicate(timeout=HARD_TIMEOUT)[0]
+    assert process.returncode == 128 + signal.SIGKILL, output
+    assert "[0] error: lost worker 1" in output and "got SIGTERM" not in output, output
+    assert "worker 0 exited with status 2; exit status 137" in output
+
+
+def test_workers_log_level_defaults_to_errors_hidden_and_follows_the_user(probe_module):
+    env = dict(os.environ)
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    process = launch(probe_module, 2, "ok", env=env)
+    output = process.communicate(timeout=HARD_TIMEOUT)[0]
+    assert [found["log_level"] for found in configs(output).values()] == ["3", "3"], output
+    process = launch(probe_module, 2, "ok", env=dict(env, TF_CPP_MIN_LOG_LEVEL="0"))
+    output = process.communicate(timeout=HARD_TIMEOUT)[0]
+    assert [found["log_level"] for found in configs(output).values()] == ["0", "0"], output
 
 
 def test_sigterm_is_forwarded_to_every_worker(probe_module):

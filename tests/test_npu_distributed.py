@@ -399,8 +399,9 @@ def test_collectives_config_adds_hcom_parallel_and_the_timeouts(tmp_path):
     config = collectives.configure(v1.ConfigProto())
     (custom_op,) = config.graph_options.rewrite_options.custom_optimizers
     assert custom_op.name == "NpuOptimizer" and custom_op.parameter_map["hcom_parallel"].b
-    assert custom_op.parameter_map["hccl_timeout"].i == 68  # the device's minimum
-    assert config.operation_timeout_in_ms == 30000
+    # HCCL keeps its own timeout; the session's deadline is the first-run bound (test_distributed_faults.py)
+    assert "hccl_timeout" not in custom_op.parameter_map
+    assert config.operation_timeout_in_ms >= 30000
 
 
 API_LISTING = os.path.join(REPO, "..", "shared", "compat", "npu_bridge_api.txt")

@@ -1,6 +1,6 @@
 """Kill and resume: SIGKILL inside a checkpoint write (a fault point, so it lands there on every machine), SIGTERM
-and Ctrl-C stop cleanly, a second Ctrl-C aborts, the restarted run finishes at the requested step with every listed
-checkpoint intact, and the loss-scale state survives a stop and resume."""
+and Ctrl-C stop cleanly, a second Ctrl-C aborts, never with a traceback, the restarted run finishes at the requested
+step with every listed checkpoint intact, and the loss-scale state survives a stop and resume."""
 import glob
 import os
 import signal
@@ -164,7 +164,7 @@ def test_kill_inside_a_checkpoint_write_then_sigterm_then_finish(tmp_path, start
     assert not partial_files(model_dir)
 
 
-def test_ctrl_c_saves_and_exits_0_and_a_second_ctrl_c_exits_130(tmp_path, start):
+def test_ctrl_c_saves_and_exits_0_a_second_ctrl_c_exits_130_and_never_a_traceback(tmp_path, start):
     model_dir = str(tmp_path / "run")
     # No periodic checkpoint before the end: the only save is the one Ctrl-C asks for.
     args = ARGS + ["--save_checkpoints_steps", str(TOTAL)]
@@ -196,6 +196,38 @@ def test_ctrl_c_saves_and_exits_0_and_a_second_ctrl_c_exits_130(tmp_path, start)
     assert not second.has_line("interrupted at step ")
     assert saved_steps(model_dir) == [step]
     assert_listed_checkpoints_load(model_dir)
+    assert_no_traceback(err)
+
+    # 3. Ctrl-C during start-up (the first line is printed once TensorFlow is loaded, before any graph): the
+    #    process ends at once with exit 130 and one line, nothing written.
+    third = start(model_dir, args=args)
+    assert third.wait_for(lambda: bool(third.lines)), third.lines
+    third.kill(signal.SIGINT)
+    code, err = third.finish()
+    assert code == 130, err
+    assert third.has_line("SIGINT received before training started: stopping now"), third.lines
+    assert_no_traceback(err)
+    assert saved_steps(model_dir) == [step]
+
+    # 4. Two Ctrl-C 0.3 s apart while training (wherever the second lands: the current Session.run, the stop
+    #    checkpoint, closing the session or the interpreter's shutdown): exit 0 or 130 (or killed by the SIGINT
+    #    itself once the interpreter has shut down), never a traceback, and every listed checkpoint loads.
+    fourth = start(model_dir, args=args)
+    assert fourth.wait_for(lambda: fourth.last_step() > step), fourth.lines
+    fourth.kill(signal.SIGINT)
+    time.sleep(0.3)
+    fourth.kill(signal.SIGINT)
+    code, err = fourth.finish()
+    assert_no_traceback(err)
+    assert code in (0, 130, -signal.SIGINT), err
+    assert fourth.has_line("SIGINT received: stopping"), fourth.lines
+    assert code != 130 or fourth.has_line("second SIGINT: aborting now"), fourth.lines
+    assert step in saved_steps(model_dir)
+    assert_listed_checkpoints_load(model_dir)
+
+
+def assert_no_traceback(stderr):
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
 
 
 def loss_scale_state(prefix):

@@ -7,6 +7,7 @@ comma-separated list of name=value, e.g.
     UNET_PERF_FAULTS="nan_loss_from_step=4,nan_loss_until_step=6"   # ... for steps 4 and 5 only
     UNET_PERF_FAULTS="kill_during_checkpoint_write=2"     # SIGKILL inside the 2nd checkpoint write of the process
     UNET_PERF_FAULTS="hold_during_checkpoint_write=1"     # the 1st write waits there until a signal handler exits
+    UNET_PERF_FAULTS="stagger_first_training_run=20"      # worker r starts its first training run r x 20 s late
 
 Failures that depend on the machine (a learning rate that overflows on one CPU and not on another, a kill that
 lands inside a write only when the timing is right) make tests that pass or fail by luck; these points fail the
@@ -26,6 +27,8 @@ POINTS = {
     "kill_during_checkpoint_write": "which checkpoint write of this process (1 = the first) is killed",
     "hold_during_checkpoint_write": "which checkpoint write of this process waits for a signal (at most "
                                     "HOLD_LIMIT_SEC)",
+    "stagger_first_training_run": "seconds x this worker's rank its first training Session.run waits before it "
+                                  "starts (as if its graph compiled that much slower)",
 }
 HOLD_LIMIT_SEC = 60.0
 
@@ -92,3 +95,11 @@ def reached(point):
         deadline = time.time() + HOLD_LIMIT_SEC
         while time.time() < deadline:
             time.sleep(0.05)  # signal handlers run between sleeps
+
+
+def stagger(point, rank):
+    """stagger_<point>=S: wait rank x S seconds here (the caller reaches `point` once per process), so the peers of
+    a higher rank wait for it as they would for a slow graph compilation. Unarmed: returns at once."""
+    seconds = armed("stagger_" + point)
+    if seconds and rank:
+        time.sleep(seconds * rank)

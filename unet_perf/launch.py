@@ -1,10 +1,13 @@
 """`python -m unet_perf.launch --nproc N -- <train flags>`: N local workers of unet_perf.train on 127.0.0.1.
 
 Each worker gets TF_CONFIG (free ports picked by binding port 0), a fair, disjoint share of this process's CPU
-cores (sched_setaffinity), and its own session/process group. The launcher prefixes every output line with the
-rank ("[0] ..."), forwards SIGINT/SIGTERM to all workers (they agree to stop after the same step and the chief writes
-a checkpoint), and exits with the first non-zero exit status, stopping the other workers (SIGTERM, then SIGKILL
-after --grace seconds); 0 when all finish. No TensorFlow import here.
+cores (sched_setaffinity), TF_CPP_MIN_LOG_LEVEL=3 unless set (TensorFlow's C++ log lines, e.g. gRPC's when a peer
+dies, would bury the worker's own one-line error), and its own session/process group. The launcher prefixes every
+output line with the rank ("[0] ..."), forwards SIGINT/SIGTERM to all workers (they agree to stop after the same
+step and the chief writes a checkpoint), and when a worker fails says which one and how ("worker 1 was killed by
+SIGKILL"), gives the others --grace seconds to notice and stop by themselves (each prints one line naming the lost
+worker), then SIGTERM, then SIGKILL after another --grace. Exit status: 0 when all finish, else the first failure's
+(128 + the signal number for a worker killed by a signal). No TensorFlow import here.
 """
 import argparse
 import json
@@ -38,6 +41,21 @@ def free_ports(count, host="127.0.0.1"):
 def tf_config(addresses, rank):
     """The TF_CONFIG JSON text of worker `rank` in a cluster of `addresses`."""
     return json.dumps({"cluster": {"worker": list(addresses)}, "task": {"type": "worker", "index": rank}})
+
+
+def describe_exit(code):
+    """How a worker ended, from its Popen returncode: "exited with status 2", "was killed by SIGKILL"."""
+    if code >= 0:
+        return "exited with status {}".format(code)
+    try:
+        return "was killed by {}".format(signal.Signals(-code).name)
+    except ValueError:
+        return "was killed by signal {}".format(-code)
+
+
+def shell_status(code):
+    """The launcher's exit status for a worker's returncode: itself, or 128 + s for a worker killed by signal s."""
+    return code if code >= 0 else 128 - code
 
 
 def core_shares(cores, count):
@@ -89,7 +107,8 @@ class Workers(object):
                     pass
 
     def wait(self):
-        """Wait for all; on the first non-zero status stop the others. Returns the launcher's exit status."""
+        """Wait for all; after the first non-zero status stop the others (see the module doc). Returns the
+        launcher's exit status."""
         first_failure = None
         pending = list(range(len(self.processes)))
         while pending:
@@ -100,22 +119,31 @@ class Workers(object):
                 pending.remove(rank)
                 if code != 0 and first_failure is None:
                     first_failure = (rank, code)
-                    self._say("worker {} exited with status {}: stopping the others".format(rank, code))
+                    self._say("worker {} {}: the others get {:g} s to stop by themselves".format(
+                        rank, describe_exit(code), self.grace))
                     self._stop_others()
             time.sleep(0.1)
         for pump in self.pumps:
             pump.join(timeout=5)
         if first_failure is None:
             return 0
-        code = first_failure[1]
-        return code if code > 0 else 128 - code  # killed by signal -s: the shell convention 128+s
+        rank, code = first_failure
+        others = ["worker {} {}".format(other, describe_exit(process.returncode))
+                  for other, process in enumerate(self.processes) if other != rank]
+        self._say("worker {} {} first{}; exit status {}".format(
+            rank, describe_exit(code), "; " + ", ".join(others) if others else "", shell_status(code)))
+        return shell_status(code)
 
     def _stop_others(self):
-        self.signal_all(signal.SIGTERM)
-        deadline = time.time() + self.grace
-        while time.time() < deadline and any(p.poll() is None for p in self.processes):
-            time.sleep(0.1)
-        self.signal_all(signal.SIGKILL)
+        """The others usually notice the lost peer at once and end with their own one-line error; those still
+        running after --grace get SIGTERM, and SIGKILL after another --grace."""
+        for number in (signal.SIGTERM, signal.SIGKILL):
+            deadline = time.time() + self.grace
+            while time.time() < deadline and any(p.poll() is None for p in self.processes):
+                time.sleep(0.1)
+            if any(p.poll() is None for p in self.processes):
+                self._say("sending {} to the workers still running".format(signal.Signals(number).name))
+                self.signal_all(number)
 
     def _say(self, message):
         with self.lock:
@@ -171,6 +199,7 @@ def launch_from_args(argv):
     envs = []
     for rank in range(args.nproc):
         env = dict(os.environ, TF_CONFIG=tf_config(addresses, rank))
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # see the module doc; export it (e.g. 0) to see those lines
         if shares[rank]:
             # Thread pools sized to the share: TensorFlow would otherwise size them from all the machine's cores.
             env.setdefault("OMP_NUM_THREADS", str(len(shares[rank])))

@@ -10,10 +10,17 @@ order, so the keys agree); the kernel also keys instances by while-loop frame an
 inside the K-step loop is a fresh instance every step. Group keys separate the purposes (start-up agreement,
 broadcast, training all-reduces, stop votes): all workers are in every group.
 
-Every Session.run that can wait on a peer gets RunOptions(timeout_in_ms=collective timeout); when it expires (or a
-peer's connection breaks) `peer_failure` turns the error into one line naming the worker(s) that no longer answer.
+Deadlines: a worker's first runs (graph optimisation, on a device also op compilation, every worker at once; the
+peers wait for the slowest) are bounded by `first_run_timeout_sec` (FIRST_RUN_TIMEOUT_SEC, or --collective_timeout
+when longer): it is the session's operation_timeout_in_ms, so initialisation, restore, the broadcast of the chief's
+variables, savers and validation all get it. Waits once every worker is past its first training run (training runs,
+stop votes: distributed.Team) and the start-up handshake pass RunOptions(--collective_timeout) through `run`. When a
+wait fails, `peer_failure` turns the error into one line: the worker(s) lost, what happened (connection refused or
+closed, or timed out) and how long the wait really took.
 """
 import contextlib
+import re
+import time
 
 import tensorflow as tf
 
@@ -29,6 +36,9 @@ BUCKET_BYTES = 4 * 1024 * 1024
 # Errors that mean "a peer is gone or silent" rather than a bug in the graph.
 PEER_ERRORS = (v1.errors.DeadlineExceededError, v1.errors.UnavailableError, v1.errors.AbortedError,
                v1.errors.CancelledError, v1.errors.InternalError, v1.errors.UnknownError)
+# The deadline of a worker's first runs (see the module doc): compiling the training graph for 8 devices at once can
+# take many minutes, far longer than a steady training step or a validation pass.
+FIRST_RUN_TIMEOUT_SEC = 3600.0
 
 
 def gpu_visible():
@@ -38,28 +48,82 @@ def gpu_visible():
 
 
 class BoundedPeerWaits(object):
-    """What every collectives engine shares: runs bounded by `timeout_sec`, and lost peers turned into one-line
-    errors by the engine's `peer_failure(err, doing)`."""
+    """What every collectives engine shares: runs bounded by `timeout_sec` (steady waits) or
+    `first_run_timeout_sec` (first runs), and lost peers turned into one-line errors by the engine's
+    `peer_failure(err, doing, elapsed, bound)`."""
 
     timeout_sec = None
 
-    def run_options(self):
-        return v1.RunOptions(timeout_in_ms=int(self.timeout_sec * 1000))
+    @property
+    def first_run_timeout_sec(self):
+        return max(self.timeout_sec, FIRST_RUN_TIMEOUT_SEC)
+
+    def run_options(self, first=False):
+        """RunOptions bounding one Session.run: --collective_timeout, or the first-run bound when `first`."""
+        bound = self.first_run_timeout_sec if first else self.timeout_sec
+        return v1.RunOptions(timeout_in_ms=int(bound * 1000))
 
     def bound_session(self, config):
-        """Sets the ConfigProto's operation_timeout_in_ms: the deadline of every run without its own RunOptions."""
-        config.operation_timeout_in_ms = int(self.timeout_sec * 1000)
+        """Sets the ConfigProto's operation_timeout_in_ms, the deadline of every run without its own RunOptions:
+        the first-run bound (those runs are initialisation, restore, the broadcast, savers and validation)."""
+        config.operation_timeout_in_ms = int(self.first_run_timeout_sec * 1000)
+
+    def run(self, sess, fetches, feed_dict=None, doing="training", first=False):
+        """sess.run(fetches, feed_dict) bounded by --collective_timeout (the first-run bound when `first`); an
+        OpError of the kinds a lost peer causes becomes peer_failure with the measured duration of this run."""
+        bound = self.first_run_timeout_sec if first else self.timeout_sec
+        started = time.time()
+        try:
+            return sess.run(fetches, feed_dict, options=self.run_options(first))
+        except PEER_ERRORS as err:
+            raise self.peer_failure(err, doing, time.time() - started, bound)
 
     @contextlib.contextmanager
     def peer_errors(self, doing):
-        """Inside: an OpError of the kinds a lost peer causes becomes peer_failure(err, doing)."""
+        """Inside: an OpError of the kinds a lost peer causes becomes peer_failure(err, doing, ...), timed from the
+        start of the block (meant for one run)."""
+        started = time.time()
         try:
             yield
         except PEER_ERRORS as err:
-            raise self.peer_failure(err, doing)
+            elapsed = time.time() - started
+            # A run inside ended sooner than the session's deadline (the first-run bound): its own RunOptions did.
+            bound = self.timeout_sec if elapsed < self.first_run_timeout_sec else self.first_run_timeout_sec
+            raise self.peer_failure(err, doing, elapsed, bound)
 
-    def peer_failure(self, err, doing):
+    def bound_name(self, bound):
+        """How messages name the deadline `bound` (seconds)."""
+        if bound == self.timeout_sec:
+            return "--collective_timeout"
+        return "the first-run bound, max({:.0f} s, --collective_timeout)".format(FIRST_RUN_TIMEOUT_SEC)
+
+    def peer_failure(self, err, doing, elapsed, bound):
         raise NotImplementedError
+
+
+def what_happened(err):
+    """What a peer error says happened, in the words of the one-line errors: "timed out", "connection refused",
+    "connection closed", or "failed (<Kind>: <first line of the message>)"."""
+    text = str(getattr(err, "message", None) or err)
+    lowered = text.lower()
+    if isinstance(err, v1.errors.DeadlineExceededError) or "deadline exceeded" in lowered:
+        return "timed out"
+    if "connection refused" in lowered or "failed to connect" in lowered:
+        return "connection refused"
+    if any(word in lowered for word in ("connection reset", "socket closed", "broken pipe", "connection closed",
+                                         "end of file", "stream removed")):
+        return "connection closed"
+    if re.search(r"\btime[sd]? ?out\b|\btimeout\b", lowered):  # also HCCL's "... times out" (EI0002)
+        return "timed out"
+    first_line = text.strip().splitlines()[0] if text.strip() else ""
+    return "failed ({}: {})".format(type(err).__name__.replace("Error", ""), first_line[:160])
+
+
+def tasks_named(err, own_rank):
+    """Ranks other than `own_rank` the error text names as "/job:worker/replica:0/task:N" (sorted)."""
+    text = str(getattr(err, "message", None) or err)
+    found = set(int(rank) for rank in re.findall(r"/job:{}/replica:\d+/task:(\d+)".format(JOB), text))
+    return sorted(found - {own_rank})
 
 
 class HostCollectives(BoundedPeerWaits):
@@ -67,7 +131,8 @@ class HostCollectives(BoundedPeerWaits):
 
     Args:
         cluster: this process's cluster.Cluster.
-        timeout_sec: bound of every wait on a peer (start-up, each training Session.run, votes).
+        timeout_sec: --collective_timeout, the bound of the start-up wait and of every training Session.run and
+            stop vote once all workers are past their first run (the first runs get first_run_timeout_sec).
         communication_hint: "ring" on CPU; "nccl" where GPUs exist (coded, not verified here: no GPU); None = pick.
     """
 
@@ -89,8 +154,7 @@ class HostCollectives(BoundedPeerWaits):
 
     def configure(self, config):
         """Add the collective settings to a ConfigProto (in place) and return it: group leader, device filters,
-        and operation_timeout_in_ms, the deadline of every Session.run of the session (Savers and validators
-        included) unless a run passes its own RunOptions."""
+        and operation_timeout_in_ms (bound_session), the deadline of every run without its own RunOptions."""
         config.experimental.collective_group_leader = "/job:{}/replica:0/task:0".format(JOB)
         self.bound_session(config)
         del config.device_filters[:]
@@ -161,22 +225,27 @@ class HostCollectives(BoundedPeerWaits):
 
     # --- errors -----------------------------------------------------------------------------------------------
 
-    def peer_failure(self, err, doing):
-        """A one-line UserError for an OpError raised while `doing` (e.g. "training step 40"), naming the
-        worker(s) that no longer accept connections (or all peers when every port still answers)."""
+    def peer_failure(self, err, doing, elapsed, bound):
+        """A one-line UserError for an OpError raised while `doing` (e.g. "training") after `elapsed` seconds of a
+        wait bounded by `bound`: the worker(s) lost, what happened and how long it took. Lost = the peers whose
+        port refuses a connection now; else the peers the error names; else every peer."""
+        happened = what_happened(err)
+        when = "{} after {:.1f} s".format(happened, elapsed)
+        if happened == "timed out":
+            when += " ({})".format(self.bound_name(bound))
         missing = cluster_lib.unreachable_peers(self.cluster)
         if missing:
-            who = ", ".join(self.cluster.describe(rank) for rank in missing)
-            what = "is unreachable (stopped, killed or never started)" if len(missing) == 1 else \
-                "are unreachable (stopped, killed or never started)"
+            state = "no longer {} connections (stopped, killed or never started)"
         else:
-            who = ", ".join(self.cluster.describe(rank) for rank in range(self.cluster.size)
-                            if rank != self.cluster.rank)
-            what = "did not complete the collective (hung or failed; see its log)"
-        reason = type(err).__name__.replace("Error", "")
-        return UserError("{} while {}: {} {} [{} after up to {:.0f} s, --collective_timeout]; the last checkpoint "
-                         "is intact, restart every worker with the same command to resume".format(
-                             self.cluster.describe(self.cluster.rank), doing, who, what, reason, self.timeout_sec))
+            missing = tasks_named(err, self.cluster.rank) or [
+                rank for rank in range(self.cluster.size) if rank != self.cluster.rank]
+            state = "still {} connections (hung, busy or failed: see the log)"
+        one = len(missing) == 1
+        return UserError("{} while {}: lost {}: {}; {} {}; the last checkpoint is intact, restart every worker with "
+                         "the same command to resume".format(
+                             self.cluster.describe(self.cluster.rank), doing,
+                             ", ".join(self.cluster.describe(rank) for rank in missing), when,
+                             "it" if one else "they", state.format("accepts" if one else "accept")))
 
 
 def _buckets(indices, tensors, limit):

@@ -17,14 +17,16 @@ hccl_ops.broadcast(tensor=[variable], root_rank=0) + assign for every variable. 
 int8/int16/int32/float16/float32 only, so int64 and float64 values (Team's config fingerprints and steps, integers
 below 2**52) travel as two int32 words: the maximum (minimum) of the high words, then of the low words among the
 ranks that hold it.
-Every wait on a peer is bounded twice: `hccl_timeout` in the session config (HCCL's own execution timeout, rounded
-by the device to multiples of 68 s) and `operation_timeout_in_ms` / RunOptions like the host engine.
+Every wait on a peer is bounded twice: by HCCL's own execution timeout (left at HCCL's default, 1836 s, or the
+user's HCCL_EXEC_TIMEOUT: the session sets no `hccl_timeout`, which the device would floor to a multiple of 68 s) and
+by `operation_timeout_in_ms` / RunOptions like the host engine (collective.BoundedPeerWaits: first runs, which
+compile for the device, get the first-run bound).
 """
 import atexit
 import os
 
 from unet_perf import rank_table
-from unet_perf.backends.collective import BoundedPeerWaits
+from unet_perf.backends.collective import BoundedPeerWaits, what_happened
 from unet_perf.backends.npu import npu_optimizer_op
 from unet_perf.compat import v1
 from unet_perf.errors import UserError
@@ -34,7 +36,7 @@ ROOT_RANK = 0
 HCCL_DTYPES = (v1.int8, v1.int16, v1.int32, v1.float16, v1.float32)
 _WORD = 2 ** 32
 _REDUCTIONS = {"Add": "sum", "Max": "max", "Min": "min"}
-_MIN_HCCL_TIMEOUT = 68  # seconds: the device's granularity on Atlas training products
+HCCL_DEFAULT_TIMEOUT_SEC = 1836  # HCCL_EXEC_TIMEOUT's default (CANN environment variable reference)
 
 
 def _device_number(env, name):
@@ -114,11 +116,10 @@ class NpuCollectives(BoundedPeerWaits):
 
     def configure(self, config):
         """Add the HCCL settings to a ConfigProto (in place; the NpuOptimizer pass is added when missing) and
-        return it: hcom_parallel (all-reduces overlap the backward pass), hccl_timeout and the session's
-        operation_timeout_in_ms."""
+        return it: hcom_parallel (all-reduces overlap the backward pass) and the session's operation_timeout_in_ms.
+        No hccl_timeout: HCCL keeps its default or the user's HCCL_EXEC_TIMEOUT."""
         custom_op = npu_optimizer_op(config)
         custom_op.parameter_map["hcom_parallel"].b = True
-        custom_op.parameter_map["hccl_timeout"].i = max(_MIN_HCCL_TIMEOUT, int(self.timeout_sec))
         self.bound_session(config)
         return config
 
@@ -204,15 +205,25 @@ class NpuCollectives(BoundedPeerWaits):
 
     # --- errors -----------------------------------------------------------------------------------------------
 
-    def peer_failure(self, err, doing):
-        """A one-line UserError for an OpError raised while `doing`. HCCL does not say which rank is missing, so
-        the message points at every rank's log."""
-        reason = type(err).__name__.replace("Error", "")
-        return UserError("rank {} (device {}) while {}: an HCCL collective failed or timed out [{} after up to {:.0f} "
-                         "s, --collective_timeout]: another of the {} ranks stopped, was killed or never started "
-                         "(see each rank's log); the last checkpoint is intact, restart every rank with the same "
-                         "command to resume".format(self.cluster.rank, self.device_id, doing, reason,
-                                                    self.timeout_sec, self.cluster.size))
+    def peer_failure(self, err, doing, elapsed, bound):
+        """A one-line UserError for an OpError raised while `doing` after `elapsed` seconds of a wait bounded by
+        `bound`: timed out (this session's deadline or HCCL's own) or failed. HCCL does not say which rank is
+        missing, so the message points at every rank's log."""
+        happened = what_happened(err)
+        if happened == "timed out":
+            if isinstance(err, v1.errors.DeadlineExceededError):
+                limit = self.bound_name(bound)
+            else:
+                limit = "HCCL's execution timeout, HCCL_EXEC_TIMEOUT, default {} s".format(HCCL_DEFAULT_TIMEOUT_SEC)
+            what = "an HCCL collective timed out after {:.1f} s ({}): another of the {} ranks is hung or slow, " \
+                   "was stopped or never started".format(elapsed, limit, self.cluster.size)
+        else:
+            reason = happened[len("failed ("):-1] if happened.startswith("failed (") else happened
+            what = "an HCCL collective failed after {:.1f} s ({}): another of the {} ranks stopped, was killed or " \
+                   "never started".format(elapsed, reason, self.cluster.size)
+        return UserError("rank {} (device {}) while {}: {} (see each rank's log); the last checkpoint is intact, "
+                         "restart every rank with the same command to resume".format(
+                             self.cluster.rank, self.device_id, doing, what))
 
 
 def _extreme_in_int32_words(tensor, reduction):

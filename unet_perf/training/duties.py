@@ -10,14 +10,13 @@ share in silence (`FollowerDuties`). Both answer the same calls, in this order:
     -> close() -> report(result, ...)
 """
 import os
-import sys
 import time
 
 from unet_perf import compat
 from unet_perf.config import config_to_dict
 from unet_perf.data.loading import summarize_slices
 from unet_perf.inference.panels import prediction_panels
-from unet_perf.progress import Console, Progress, RateMeter
+from unet_perf.progress import Progress, RateMeter
 from unet_perf.storage import checkpoints, run_dir
 from unet_perf.storage.atomic import atomic_write_json
 from unet_perf.training.checkpointing import RunCheckpoints, newest_restorable
@@ -86,9 +85,9 @@ class FollowerDuties(object):
 class ChiefDuties(FollowerDuties):
     """Rank 0 (or the only worker): reports, checkpoints, validates and writes the result."""
 
-    def __init__(self, cfg, team, out=None):
+    def __init__(self, cfg, team, console):
         super(ChiefDuties, self).__init__(cfg, team)
-        self.console = Console(out if out is not None else sys.stdout)
+        self.console = console
         self.say = self.console.say
         self.model_dir = cfg.model_dir
         self.sess = self.saved = self.log = self.probe = self.progress = self.meter = None

@@ -4,9 +4,11 @@ summaries, the ModelZoo result lines) is plugged in from training.duties; the gr
 
     summary = train(cfg)          # cfg: a validated unet_perf.config.Config; returns the summary.json dict
 
-Exit behaviour (the CLI maps UserError to exit 2):
+Exit behaviour (the CLI maps UserError to exit 2; signals: unet_perf.training.interrupts):
 - finished or already finished: returns normally (exit 0);
-- SIGINT/SIGTERM: the current Session.run finishes, a checkpoint is written, "interrupted at step N" (exit 0);
+- SIGINT/SIGTERM while training: the current Session.run finishes, a checkpoint is written, "interrupted at step N"
+  (exit 0); before training starts: ends at once (exit 130/143); a second SIGINT: ends at once (exit 130), every
+  checkpoint written so far intact;
 - non-finite loss when the backend does no loss scaling: UserError (exit 2), nothing is saved after the bad step,
   so the newest checkpoint is the last good one.
 
@@ -17,6 +19,7 @@ pixel accuracy (threshold 0.5) of the final weights in inference mode on fixed c
 slices (the "probe", also the TensorBoard prediction images): the backends fetch no per-batch predictions.
 """
 import math
+import sys
 import time
 
 from unet_perf import compat
@@ -24,17 +27,21 @@ from unet_perf.backends.base import check_loop_steps
 from unet_perf.errors import UserError
 from unet_perf.training import assembly
 from unet_perf.training.duties import ChiefDuties, FollowerDuties
-from unet_perf.training.interrupts import StopRequest
+from unet_perf.progress import Console
+from unet_perf.training.interrupts import StopRequest, close_session
 from unet_perf.training.team import join
 
 
 def train(cfg, out=None):
     """Train (or resume) this process's rank per cfg; returns its summary (the chief's is summary.json)."""
     started = time.time()
-    cfg.validate()
-    team = join(cfg)
-    duties = ChiefDuties(cfg, team, out) if team.chief else FollowerDuties(cfg, team)
-    return TrainingRun(cfg, team, duties).execute(started)
+    console = Console(out if out is not None else sys.stdout)
+    with StopRequest(console.say) as stop:  # SIGINT/SIGTERM from start-up to the last line
+        cfg.validate()
+        team = join(cfg)
+        duties = ChiefDuties(cfg, team, console) if team.chief else FollowerDuties(cfg, team)
+        stop.report = duties.say  # a follower stays silent
+        return TrainingRun(cfg, team, duties, stop).execute(started)
 
 
 class LossGuard(object):
@@ -60,8 +67,9 @@ class LossGuard(object):
 class TrainingRun(object):
     """The life of one rank's run; `duties` (training.duties) decides what it reports and keeps."""
 
-    def __init__(self, cfg, team, duties):
-        self.cfg, self.team, self.duties = cfg, team, duties
+    def __init__(self, cfg, team, duties, stop):
+        """stop: the process's interrupts.StopRequest (entered by train)."""
+        self.cfg, self.team, self.duties, self.stop = cfg, team, duties, stop
 
     def execute(self, started):
         from unet_perf.data.loading import load_dataset
@@ -96,19 +104,19 @@ class TrainingRun(object):
         finally:
             duties.close()
             if sess is not None:
-                sess.close()
+                close_session(sess)
         return duties.report(result, started, training, engine)
 
     def loop(self, sess, fetches, guard, start_step, total):
         """Session.runs of K steps until `total` or until any worker asks to stop; returns the duties' result."""
-        duties, team = self.duties, self.team
+        duties, team, stop = self.duties, self.team, self.stop
         duties.start_loop(sess, start_step, total)
         step, values = start_step, None
-        with StopRequest(duties.say) as stop:
+        with stop.while_training():
             try:
                 while step < total and not team.agree_to_stop(sess, stop.requested):
                     tick = time.time()
-                    values = sess.run(fetches)
+                    values = team.run(sess, fetches)
                     seconds = time.time() - tick
                     previous = step
                     step = check_loop_steps(previous, values, self.cfg.iterations_per_loop)  # moved by exactly K

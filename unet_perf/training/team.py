@@ -3,12 +3,15 @@
     team = join(cfg)                                  # from TF_CONFIG / the rank table; one worker otherwise
     start = team.handshake(cfg, train_pairs, start)   # same config and data everywhere; the chief's start step
     training = assembly.build(team.run_config(cfg), assembly.pipeline_source(cfg, ..., *team.share), team.backend)
-    while step < total and not team.agree_to_stop(sess, stop.requested): ...
+    while step < total and not team.agree_to_stop(sess, stop.requested):
+        values = team.run(sess, fetches)              # a training Session.run, bounded, lost peers named
 
 Roles: the chief (rank 0) restores, broadcasts (graph.open_session), logs, validates and writes model_dir; the
 other workers only train and never touch model_dir. Every worker agrees before each Session.run whether to stop
-(one worker's SIGINT/SIGTERM stops all after the same step), and every wait on a peer is bounded by
---collective_timeout.
+(one worker's SIGINT/SIGTERM stops all after the same step). Every wait on a peer is bounded: the start-up
+handshake, and the training runs and votes once every worker is past its first training run, by
+--collective_timeout; a worker's first training run and the votes around it (graph optimisation and op compilation,
+every worker at once, the peers waiting for the slowest) by the first-run bound (backends.collective).
 """
 import hashlib
 import json
@@ -17,6 +20,7 @@ import zlib
 import numpy as np
 
 from unet_perf import cluster as cluster_lib
+from unet_perf import faults
 from unet_perf.config import config_to_dict
 from unet_perf.errors import UserError
 
@@ -44,6 +48,7 @@ class Team(object):
         self.cluster = cluster
         self.backend = backend
         self._vote = None
+        self._training_runs = 0  # completed training Session.runs of this process
 
     @property
     def chief(self):
@@ -105,8 +110,7 @@ class Team(object):
                                              group_key=GROUP_STARTUP)
         config = collectives.configure(v1.ConfigProto())
         with v1.Session(self.backend.session_target(), graph=graph, config=config) as sess:
-            with collectives.peer_errors(doing):
-                return sess.run(reduced, options=collectives.run_options()).tolist()
+            return collectives.run(sess, reduced, doing=doing).tolist()
 
     def build_vote(self, training):
         """Add the stop vote to the training graph (all workers, before opening the session)."""
@@ -122,12 +126,31 @@ class Team(object):
         self._vote = (wish, agreed)
 
     def agree_to_stop(self, sess, requested):
-        """True when any worker asked to stop (every worker calls this once before each training Session.run)."""
+        """True when any worker asked to stop (every worker calls this once before each training Session.run).
+
+        The votes before and right after this worker's first training run wait for peers still in their first
+        run (graph optimisation, op compilation): they get the first-run bound, later votes --collective_timeout.
+        """
         if self._vote is None:
             return bool(requested)
         wish, agreed = self._vote
-        with self.backend.collectives.peer_errors("agreeing whether to stop"):
-            return float(sess.run(agreed, {wish: 1.0 if requested else 0.0})) > 0
+        value = self.backend.collectives.run(sess, agreed, {wish: 1.0 if requested else 0.0},
+                                             doing="agreeing whether to stop", first=self._training_runs <= 1)
+        return float(value) > 0
+
+    def run(self, sess, fetches):
+        """One training Session.run of `fetches`. Several workers: the first is bounded by the first-run bound,
+        later ones by --collective_timeout, and a lost peer's error becomes one line naming it."""
+        collectives = self.backend.collectives
+        if collectives is None:
+            values = sess.run(fetches)
+        else:
+            first = self._training_runs == 0
+            if first:
+                faults.stagger("first_training_run", self.cluster.rank)
+            values = collectives.run(sess, fetches, doing="training", first=first)
+        self._training_runs += 1
+        return values
 
     def peer_errors(self, doing):
         """Context turning a lost peer's TensorFlow error into a one-line UserError (no-op for one worker)."""
