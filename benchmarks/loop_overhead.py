@@ -21,7 +21,7 @@ import time
 import numpy as np
 
 from unet_perf import compat
-from unet_perf.training import assembly as graph
+from unet_perf.training import assembly
 
 compat.enable_graph_mode()
 
@@ -60,8 +60,8 @@ class Runner(object):
         if restore_v2:
             v1.disable_control_flow_v2()
         try:
-            training = graph.build(cfg, in_memory_batches(cfg, size), backend=VARIANTS[variant]())
-            self.session, self.fetches = graph.open_session(training, cfg)
+            training = assembly.build(cfg, in_memory_batches(cfg, size), backend=VARIANTS[variant]())
+            self.session, self.fetches = assembly.open_session(training, cfg)
         finally:
             if restore_v2:
                 v1.enable_control_flow_v2()

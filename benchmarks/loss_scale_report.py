@@ -9,7 +9,7 @@ import dataclasses
 
 import numpy as np
 
-from unet_perf.training import assembly as graph
+from unet_perf.training import assembly
 
 
 def report_configs(cfg, steps):
@@ -35,8 +35,8 @@ def run_report(cfg, steps, source="pipeline"):
 
 def run_steps(cfg, source_kind, runs):
     """Fetched values (dicts of numpy scalars) of `runs` consecutive Session.runs of cfg's training loop."""
-    training = graph.build(cfg, graph.dataset_source(cfg, source_kind))
-    sess, fetches = graph.open_session(training, cfg)
+    training = assembly.build(cfg, assembly.dataset_source(cfg, source_kind))
+    sess, fetches = assembly.open_session(training, cfg)
     try:
         return [sess.run(fetches) for _ in range(runs)]
     finally:

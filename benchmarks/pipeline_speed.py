@@ -45,12 +45,12 @@ STREAM_SIDE = 1024  # slices of the large synthetic shard set
 
 
 class PipelineUnderTest(object):
-    """The real pipeline for one cfg (load_dataset(cfg) -> the trainer's graph.pipeline_source, without the model)
+    """The real pipeline for one cfg (load_dataset(cfg) -> the trainer's assembly.pipeline_source, without the model)
     in its own graph and Session, ready to be timed."""
 
     def __init__(self, cfg, session_threads, loaded=None):
         """loaded: load_dataset(cfg)'s result when the caller already has it."""
-        from unet_perf.training import assembly as graph
+        from unet_perf.training import assembly
         from unet_perf.input import pipeline
         from unet_perf.data.loading import load_dataset
 
@@ -58,7 +58,7 @@ class PipelineUnderTest(object):
         self.cfg = cfg
         train, _, weights = loaded or load_dataset(cfg)
         with v1.Graph().as_default() as pipeline_graph:
-            iterator = pipeline.make_iterator(graph.pipeline_source(cfg, train, weights)())
+            iterator = pipeline.make_iterator(assembly.pipeline_source(cfg, train, weights)())
             # one element of each output: the dataset still produces whole batches, the fetch copies nothing big
             self.fetch = [tensor[0, 0, 0, 0] for tensor in iterator.get_next()]
         self.session = v1.Session(graph=pipeline_graph, config=v1.ConfigProto(

@@ -119,7 +119,7 @@ def worker_main(spec_text):
     spec = json.loads(spec_text)
     from unet_perf import cluster as cluster_lib
     from unet_perf import compat
-    from unet_perf.training import assembly as graph
+    from unet_perf.training import assembly
     from unet_perf.backends import get_backend
     from unet_perf.config import Config
     import bench_lib
@@ -131,18 +131,18 @@ def worker_main(spec_text):
     if spec["source"] == "pipeline":
         from unet_perf.data.loading import load_dataset
         train, _, weights = load_dataset(cfg)
-        source = graph.pipeline_source(cfg, train, weights, 0, team.rank, team.size)
+        source = assembly.pipeline_source(cfg, train, weights, 0, team.rank, team.size)
     else:
-        source = graph.cached_batch_source(cfg)
-    training = graph.build(cfg, source, backend=backend)
+        source = assembly.cached_batch_source(cfg)
+    training = assembly.build(cfg, source, backend=backend)
     with training.graph.as_default():
         trainable = [v for v in compat.v1.trainable_variables()]
     allreduce_bytes = sum(int(v.shape.num_elements()) * v.dtype.base_dtype.size for v in trainable) + 4  # + loss
     k = cfg.iterations_per_loop
-    runs = graph.steps_to_runs(spec["steps"], k)
-    sess, fetches = graph.open_session(training, cfg)
+    runs = assembly.steps_to_runs(spec["steps"], k)
+    sess, fetches = assembly.open_session(training, cfg)
     try:
-        for _ in range(graph.steps_to_runs(spec["warmup_steps"], k)):
+        for _ in range(assembly.steps_to_runs(spec["warmup_steps"], k)):
             sess.run(fetches)
         times = []
         for _ in range(spec["repeats"]):

@@ -9,7 +9,7 @@ import math
 import pytest
 
 from unet_perf import compat
-from unet_perf.training import assembly as graph
+from unet_perf.training import assembly
 from unet_perf.config import Config
 from unet_perf.model.network import unet_flops
 
@@ -21,8 +21,8 @@ ROUNDS, WARMUP = 5, 2
 def test_training_step(benchmark, precision):
     cfg = dataclasses.replace(Config(), precision=precision, base_filters=16, depth=4, crop_size=128, batch_size=2,
                               iterations_per_loop=1, max_steps=ROUNDS + WARMUP, save_checkpoints_steps=1).validate()
-    training = graph.build(cfg, graph.cached_batch_source(cfg))
-    sess, fetches = graph.open_session(training, cfg)
+    training = assembly.build(cfg, assembly.cached_batch_source(cfg))
+    sess, fetches = assembly.open_session(training, cfg)
     try:
         values = benchmark.pedantic(lambda: sess.run(fetches), rounds=ROUNDS, warmup_rounds=WARMUP, iterations=1)
     finally:

@@ -27,7 +27,7 @@ import sys
 import time
 
 # The unet_perf of this checkout (benchmarks/ sits in it), not another installed copy: the fetches it hands over and
-# their per-run check (graph.CheckedRuns) must be the ones being measured.
+# their per-run check (assembly.CheckedRuns) must be the ones being measured.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # No TensorFlow import here: flag errors are reported at once. bench_lib (which imports it) is imported in main.
 from unet_perf.config import PRECISIONS, Config, build_parser  # noqa: E402
@@ -184,17 +184,17 @@ def time_training(cfg, source_kind, steps, repeats, warmup_steps):
     """Images/sec and steps/sec of cfg's training loop: medians and spread over `repeats` timed blocks.
 
     Each block is the smallest whole number of Session.runs (K steps each) covering `steps`; warm-up runs (at least
-    one: the first run includes graph optimisation) are excluded. source_kind: see graph.dataset_source.
+    one: the first run includes graph optimisation) are excluded. source_kind: see assembly.dataset_source.
     """
     import bench_lib
-    from unet_perf.training import assembly as graph
+    from unet_perf.training import assembly
     k = cfg.iterations_per_loop
-    runs = graph.steps_to_runs(steps, k)
-    training = graph.build(cfg, graph.dataset_source(cfg, source_kind))
-    sess, fetches = graph.open_session(training, cfg)
-    loop = graph.CheckedRuns(sess, fetches, k)  # a run that did not train K steps is an error, never a rate
+    runs = assembly.steps_to_runs(steps, k)
+    training = assembly.build(cfg, assembly.dataset_source(cfg, source_kind))
+    sess, fetches = assembly.open_session(training, cfg)
+    loop = assembly.CheckedRuns(sess, fetches, k)  # a run that did not train K steps is an error, never a rate
     try:
-        for _ in range(graph.steps_to_runs(warmup_steps, k)):
+        for _ in range(assembly.steps_to_runs(warmup_steps, k)):
             last = loop.run()
         times = []
         for _ in range(repeats):

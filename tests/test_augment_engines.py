@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from unet_perf import compat
 from unet_perf.input import augment, geometry
-from unet_perf.input import opencv_engine as augment_cv
+from unet_perf.input import opencv_engine
 from unet_perf.compat import v1
 from unet_perf.config import Config
 from unet_perf.errors import UserError
@@ -117,7 +117,7 @@ def test_opencv_map_equals_the_graph_map():
     with v1.Session() as sess:
         x, y, affine, offsets = sess.run([x, y, tf.stack([a, b, c, d, centre_x, centre_y], 1), draws["elastic"]])
     for sample in range(4):
-        map_x, map_y = augment_cv.coordinate_maps(affine[sample], offsets[sample], (40, 36))
+        map_x, map_y = opencv_engine.coordinate_maps(affine[sample], offsets[sample], (40, 36))
         np.testing.assert_allclose(map_x, x[sample], atol=1e-3)
         np.testing.assert_allclose(map_y, y[sample], atol=1e-3)
 
@@ -162,7 +162,7 @@ def test_contradictory_engine_flags_are_a_user_error(xla_augment, engine):
 
 def test_opencv_engine_keeps_the_bundled_openblas_to_one_thread():
     # cv2.gemm builds the coordinate maps; OpenBLAS threads left on spin on every other core after each product
-    library = augment_cv.bundled_openblas()
+    library = opencv_engine.bundled_openblas()
     if library is None or (os.cpu_count() or 1) < 2:
         pytest.skip("this OpenCV ships no OpenBLAS of its own, or one core only: nothing to limit")
     images, masks = smooth_batch(2, 40)

@@ -150,7 +150,7 @@ def _config(*flags):
 
 def test_pipeline_shares_are_the_global_batch_rows():
     from conftest import take_batches
-    from unet_perf.training import assembly as graph
+    from unet_perf.training import assembly
     from unet_perf.compat import v1
     from unet_perf.data.loading import load_dataset
 
@@ -158,7 +158,7 @@ def test_pipeline_shares_are_the_global_batch_rows():
         cfg = _config("--batch_size", str(batch), "--weight_map", "true")
         train, _, weights = load_dataset(cfg)
         with v1.Graph().as_default():
-            return take_batches(graph.pipeline_source(cfg, train, weights, 1, rank, size)(), 2)
+            return take_batches(assembly.pipeline_source(cfg, train, weights, 1, rank, size)(), 2)
 
     whole = first_batches(4, 0, 1)
     shares = [first_batches(2, rank, 2) for rank in range(2)]
@@ -173,17 +173,17 @@ def test_pipeline_shares_are_the_global_batch_rows():
 def test_dropout_masks_are_the_global_batch_rows():
     import tensorflow as tf
 
-    from unet_perf.model import network as model
+    from unet_perf.model import network
     from unet_perf.compat import v1
 
     cfg = _config()
     images = np.random.RandomState(0).uniform(0, 1, (4, 32, 32, 1)).astype(np.float32)
     with v1.Graph().as_default():
         step = tf.constant(3, tf.int64)
-        whole = model.unet(tf.constant(images), cfg, training=True, step=step)
-        parts = [model.unet(tf.constant(images[2 * r:2 * r + 2]), cfg, training=True, step=step, worker_index=r,
+        whole = network.unet(tf.constant(images), cfg, training=True, step=step)
+        parts = [network.unet(tf.constant(images[2 * r:2 * r + 2]), cfg, training=True, step=step, worker_index=r,
                             num_workers=2) for r in range(2)]
-        plain = model.unet(tf.constant(images[2:]), cfg, training=True, step=step)  # no share: rank 0's mask
+        plain = network.unet(tf.constant(images[2:]), cfg, training=True, step=step)  # no share: rank 0's mask
         with v1.Session() as sess:
             sess.run(v1.global_variables_initializer())
             whole, first, second, plain = sess.run([whole] + parts + [plain])
@@ -271,9 +271,9 @@ def poisoned_source(cfg, poisoned, bad_batch):
     also used by test_npu_distributed."""
     import tensorflow as tf
 
-    from unet_perf.training import assembly as graph
+    from unet_perf.training import assembly
 
-    base = graph.cached_batch_source(cfg)
+    base = assembly.cached_batch_source(cfg)
 
     def source():
         numbered = tf.data.Dataset.zip((base(), tf.data.Dataset.range(1 << 40)))
@@ -287,15 +287,15 @@ def poisoned_source(cfg, poisoned, bad_batch):
 
 
 def _train(cfg, backend, loaded, rank, size, keep_initial=False, inspect=False, source=None):
-    """Build cfg's graph for this worker, open it like graph.open_session, run RUNS Session.runs; a dict of the
+    """Build cfg's graph for this worker, open it like assembly.open_session, run RUNS Session.runs; a dict of the
     final trainable variables ("var:<name>") and fetches (plus "initial:<name>" / "before"/"after_sync")."""
-    from unet_perf.training import assembly as graph
+    from unet_perf.training import assembly
     from unet_perf.compat import v1
 
     if source is None:
         train, _, weights = loaded
-        source = graph.pipeline_source(cfg, train, weights, 0, rank, size)
-    training = graph.build(cfg, source, backend=backend)
+        source = assembly.pipeline_source(cfg, train, weights, 0, rank, size)
+    training = assembly.build(cfg, source, backend=backend)
     with training.graph.as_default():
         trainable = v1.trainable_variables()
     read = lambda sess: dict(("var:" + v.op.name, value) for v, value in zip(trainable, sess.run(trainable)))

@@ -160,12 +160,12 @@ def test_a_loop_that_runs_fewer_than_k_steps_is_a_one_line_error(tiny_config, tm
     import dataclasses
     import io
 
-    from unet_perf.training import assembly as graph
+    from unet_perf.training import assembly
     from unet_perf.training import run as trainer
 
     cfg = tiny_config(LOOP, iterations_per_loop=3, max_steps=6, save_checkpoints_steps=3)
     healthy = _Run(cfg)
-    loop = graph.CheckedRuns(healthy.sess, healthy.fetches, cfg.iterations_per_loop)
+    loop = assembly.CheckedRuns(healthy.sess, healthy.fetches, cfg.iterations_per_loop)
     assert [int(loop.run()["global_step"]) for _ in range(2)] == [3, 6] and loop.step == 6
 
     build = HostBackend.build_train_loop

@@ -489,13 +489,13 @@ def test_batch_norm_moving_statistics_update_like_the_host(npu):
 # --- the sink loop as the adapter sees it ---------------------------------------------------------------------
 
 def _open_npu_training(tiny_config, source_kind, k=10):
-    """cfg and graph.open_session's (sess, fetches) of the NPU training graph over one of the sources the trainer
+    """cfg and assembly.open_session's (sess, fetches) of the NPU training graph over one of the sources the trainer
     (pipeline), the benchmarks and the profiler (pipeline, cached_batch) build."""
-    from unet_perf.training import assembly as graph
+    from unet_perf.training import assembly
     cfg = tiny_config(iterations_per_loop=k, max_steps=k, save_checkpoints_steps=k, synthetic_count=4,
                       synthetic_size=64, xla_augment="off", precision_mode="allow_mix_precision")
-    training = graph.build(cfg, graph.dataset_source(cfg, source_kind), backend=_backend())
-    return cfg, training, graph.open_session(training, cfg)
+    training = assembly.build(cfg, assembly.dataset_source(cfg, source_kind), backend=_backend())
+    return cfg, training, assembly.open_session(training, cfg)
 
 
 def _nodes_grappler_left(sess, fetches):

@@ -184,12 +184,12 @@ def _handshake(cfg, collectives, rank):
     its refusal of differing configs."""
     import dataclasses
 
-    from unet_perf.training import team as distributed
+    from unet_perf.training.team import Team
     from unet_perf.backends.npu import NpuBackend
     from unet_perf.compat import v1
     from unet_perf.errors import UserError
 
-    team = distributed.Team(collectives.cluster, NpuBackend(collectives=collectives))
+    team = Team(collectives.cluster, NpuBackend(collectives=collectives))
     mine = [[2.0 ** 52 - 1, -(2.0 ** 33) - 5, 8.0], [2.0 ** 52 - 2, -(2.0 ** 33) - 7, -1.0]][rank]
     graph = v1.Graph()
     with graph.as_default():
@@ -247,15 +247,15 @@ def _share_source(cfg, rank, size, batches=3):
 
 
 def _train(cfg, backend, source, size, keep_initial=False, inspect=False):
-    """Build cfg's graph for this rank and open it in graph.open_session's order (init, sync, iterator,
+    """Build cfg's graph for this rank and open it in assembly.open_session's order (init, sync, iterator,
     prepare_session); RUNS Session.runs. A dict of the final trainable variables ("var:<name>") and fetches."""
     from npu_bridge.stub_log import record
 
-    from unet_perf.training import assembly as graph
+    from unet_perf.training import assembly
     from unet_perf.backends.base import FETCH_KEYS, check_loop_steps
     from unet_perf.compat import v1
 
-    training = graph.build(cfg, source, backend=backend)
+    training = assembly.build(cfg, source, backend=backend)
     with training.graph.as_default():
         trainable = v1.trainable_variables()
     read = lambda sess: dict(("var:" + v.op.name, value) for v, value in zip(trainable, sess.run(trainable)))

@@ -11,7 +11,7 @@ import pytest
 import loss_scale_report  # benchmarks/ is on sys.path through pytest.ini
 import throughput
 from conftest import REPO
-from unet_perf.training import assembly as graph
+from unet_perf.training import assembly
 from unet_perf.config import Config
 from unet_perf.errors import UserError
 
@@ -177,4 +177,4 @@ def test_cpu_description_from_cpuinfo(tmp_path):
     assert bench_lib.cpu_flags(str(cpuinfo)) == {"fpu", "avx2", "amx_bf16"}
     assert bench_lib.cpu_flags(str(tmp_path / "missing")) == set()
     assert bench_lib.stats([3.0, 1.0, 2.0]) == {"median": 2.0, "min": 1.0, "max": 3.0, "samples": [3.0, 1.0, 2.0]}
-    assert graph.steps_to_runs(25, 10) == 3 and graph.steps_to_runs(1, 10) == 1
+    assert assembly.steps_to_runs(25, 10) == 3 and assembly.steps_to_runs(1, 10) == 1

@@ -23,7 +23,7 @@ import shutil
 import time
 
 from unet_perf import compat
-from unet_perf.training import assembly as graph
+from unet_perf.training import assembly
 from unet_perf.compat import v1
 from unet_perf.config import Config, build_parser
 from unet_perf.errors import UserError, run_cli
@@ -156,8 +156,8 @@ def write_ops_csv(rows, path):
 
 def profile_host(training, cfg, runs, output, top):
     """Trace `runs` Session.runs after one warm-up run; write trace.json, ops.csv, TensorBoard files."""
-    sess, fetches = graph.open_session(training, cfg)
-    loop = graph.CheckedRuns(sess, fetches, cfg.iterations_per_loop)
+    sess, fetches = assembly.open_session(training, cfg)
+    loop = assembly.CheckedRuns(sess, fetches, cfg.iterations_per_loop)
     writer = v1.summary.FileWriter(output, training.graph)
     metadatas = []
     try:
@@ -244,8 +244,8 @@ def profile_npu(training, cfg, runs, output, fp_point="", bp_point=""):
     forward, backward = npu_profiling_points(training.graph, fp_point, bp_point)
     options = profiling_options(output, forward, backward)
     print("NPU profiling options: {}".format(json.dumps(options)))
-    sess, fetches = graph.open_session(training, cfg, profiling_options=options)
-    loop = graph.CheckedRuns(sess, fetches, cfg.iterations_per_loop)
+    sess, fetches = assembly.open_session(training, cfg, profiling_options=options)
+    loop = assembly.CheckedRuns(sess, fetches, cfg.iterations_per_loop)
     try:
         for _ in range(runs + 1):
             loop.run()
@@ -276,7 +276,7 @@ def main(argv=None):
         raise UserError("--steps and --top must be positive, got {} and {}".format(args.steps, args.top))
     fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)}
     k = fields["iterations_per_loop"]
-    runs = graph.steps_to_runs(args.steps, k)
+    runs = assembly.steps_to_runs(args.steps, k)
     cfg = Config(**dict(fields, max_steps=(runs + 2) * k, save_checkpoints_steps=k, val_every=0)).validate()
     output = os.path.abspath(args.output)
     try:
@@ -285,7 +285,7 @@ def main(argv=None):
         raise UserError("--output {} cannot be created ({}); pass a writable folder".format(output, err.strerror))
     compat.enable_graph_mode()
     started = time.time()
-    training = graph.build(cfg, graph.dataset_source(cfg, "pipeline"))
+    training = assembly.build(cfg, assembly.dataset_source(cfg, "pipeline"))
     print("profiling {} traced run(s) of K={} steps, batch {}, crop {}, base {}, {} on the {} backend".format(
         runs, k, cfg.batch_size, cfg.crop_size, cfg.base_filters, cfg.precision, training.backend.name))
     if training.backend.name == "npu":

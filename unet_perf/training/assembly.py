@@ -50,13 +50,13 @@ def make_loss_fn(cfg, with_weights, backend=None):
     """
     from unet_perf import faults
     from unet_perf.model import losses
-    from unet_perf.model import network as model
+    from unet_perf.model import network
 
     share = backend.cluster if backend is not None else None
     rank, size = (share.rank, share.size) if share is not None else (0, 1)
 
     def loss_fn(batch, step):
-        logits = model.unet(batch[0], cfg, training=True, step=step, worker_index=rank, num_workers=size)
+        logits = network.unet(batch[0], cfg, training=True, step=step, worker_index=rank, num_workers=size)
         weights = batch[2] if with_weights else None
         weight_total = None
         if weights is not None and size > 1:
