@@ -231,7 +231,8 @@ class RecordingSession(object):
 
 
 def test_first_runs_have_a_long_deadline_later_ones_collective_timeout():
-    from unet_perf.backends.collective import FIRST_RUN_TIMEOUT_SEC, HostCollectives
+    from unet_perf.backends.base import FIRST_RUN_TIMEOUT_SEC
+    from unet_perf.backends.collective import HostCollectives
     from unet_perf.backends.host import HostBackend
     from unet_perf.compat import v1
     from unet_perf.training.team import Team
@@ -290,7 +291,7 @@ def test_lost_peer_message_says_what_happened_and_how_long_it_took():
 
 def test_hccl_keeps_its_own_timeout_and_says_timed_out_when_it_did(tmp_path):
     from unet_perf import cluster as cluster_lib
-    from unet_perf.backends.collective import FIRST_RUN_TIMEOUT_SEC
+    from unet_perf.backends.base import FIRST_RUN_TIMEOUT_SEC
     from unet_perf.backends.hccl import NpuCollectives
     from unet_perf.compat import v1
 

@@ -10,113 +10,28 @@ order, so the keys agree); the kernel also keys instances by while-loop frame an
 inside the K-step loop is a fresh instance every step. Group keys separate the purposes (start-up agreement,
 broadcast, training all-reduces, stop votes): all workers are in every group.
 
-Deadlines: a worker's first runs (graph optimisation, on a device also op compilation, every worker at once; the
-peers wait for the slowest) are bounded by `first_run_timeout_sec` (FIRST_RUN_TIMEOUT_SEC, or --collective_timeout
-when longer): it is the session's operation_timeout_in_ms, so initialisation, restore, the broadcast of the chief's
-variables, savers and validation all get it. Waits once every worker is past its first training run (training runs,
-stop votes: distributed.Team) and the start-up handshake pass RunOptions(--collective_timeout) through `run`. When a
-wait fails, `peer_failure` turns the error into one line: the worker(s) lost, what happened (connection refused or
-closed, or timed out) and how long the wait really took.
+Deadlines and lost-peer errors follow backends.base.Collectives; `peer_failure` here names the lost workers (the
+peers whose port refuses a connection now, else those the error names).
 """
-import contextlib
 import re
-import time
 
 import tensorflow as tf
 
 from unet_perf import cluster as cluster_lib
+from unet_perf.backends.base import BROADCAST, STARTUP, TRAIN, VOTE, Collectives, what_happened
 from unet_perf.compat import v1
 from unet_perf.errors import UserError
 
 JOB = "worker"
-GROUP_STARTUP, GROUP_BROADCAST, GROUP_TRAIN, GROUP_VOTE = 1, 2, 3, 4
+# Group keys keep the purposes of the collectives apart (all workers are in every group).
+GROUP_KEYS = {STARTUP: 1, BROADCAST: 2, TRAIN: 3, VOTE: 4}
 # Gradients are packed into buckets of about this many bytes: one all-reduce per bucket instead of one per tensor
 # (fewer round trips), several buckets so the reduction of the last layers overlaps the backward pass of the first.
 BUCKET_BYTES = 4 * 1024 * 1024
-# Errors that mean "a peer is gone or silent" rather than a bug in the graph.
-PEER_ERRORS = (v1.errors.DeadlineExceededError, v1.errors.UnavailableError, v1.errors.AbortedError,
-               v1.errors.CancelledError, v1.errors.InternalError, v1.errors.UnknownError)
-# The deadline of a worker's first runs (see the module doc): compiling the training graph for 8 devices at once can
-# take many minutes, far longer than a steady training step or a validation pass.
-FIRST_RUN_TIMEOUT_SEC = 3600.0
-
-
 def gpu_visible():
     """True when TensorFlow sees a GPU in this process (decides the NCCL communication hint)."""
     lister = getattr(tf.config.experimental, "list_physical_devices", None)
     return bool(lister and lister("GPU"))
-
-
-class BoundedPeerWaits(object):
-    """What every collectives engine shares: runs bounded by `timeout_sec` (steady waits) or
-    `first_run_timeout_sec` (first runs), and lost peers turned into one-line errors by the engine's
-    `peer_failure(err, doing, elapsed, bound)`."""
-
-    timeout_sec = None
-
-    @property
-    def first_run_timeout_sec(self):
-        return max(self.timeout_sec, FIRST_RUN_TIMEOUT_SEC)
-
-    def run_options(self, first=False):
-        """RunOptions bounding one Session.run: --collective_timeout, or the first-run bound when `first`."""
-        bound = self.first_run_timeout_sec if first else self.timeout_sec
-        return v1.RunOptions(timeout_in_ms=int(bound * 1000))
-
-    def bound_session(self, config):
-        """Sets the ConfigProto's operation_timeout_in_ms, the deadline of every run without its own RunOptions:
-        the first-run bound (those runs are initialisation, restore, the broadcast, savers and validation)."""
-        config.operation_timeout_in_ms = int(self.first_run_timeout_sec * 1000)
-
-    def run(self, sess, fetches, feed_dict=None, doing="training", first=False):
-        """sess.run(fetches, feed_dict) bounded by --collective_timeout (the first-run bound when `first`); an
-        OpError of the kinds a lost peer causes becomes peer_failure with the measured duration of this run."""
-        bound = self.first_run_timeout_sec if first else self.timeout_sec
-        started = time.time()
-        try:
-            return sess.run(fetches, feed_dict, options=self.run_options(first))
-        except PEER_ERRORS as err:
-            raise self.peer_failure(err, doing, time.time() - started, bound)
-
-    @contextlib.contextmanager
-    def peer_errors(self, doing):
-        """Inside: an OpError of the kinds a lost peer causes becomes peer_failure(err, doing, ...), timed from the
-        start of the block (meant for one run)."""
-        started = time.time()
-        try:
-            yield
-        except PEER_ERRORS as err:
-            elapsed = time.time() - started
-            # A run inside ended sooner than the session's deadline (the first-run bound): its own RunOptions did.
-            bound = self.timeout_sec if elapsed < self.first_run_timeout_sec else self.first_run_timeout_sec
-            raise self.peer_failure(err, doing, elapsed, bound)
-
-    def bound_name(self, bound):
-        """How messages name the deadline `bound` (seconds)."""
-        if bound == self.timeout_sec:
-            return "--collective_timeout"
-        return "the first-run bound, max({:.0f} s, --collective_timeout)".format(FIRST_RUN_TIMEOUT_SEC)
-
-    def peer_failure(self, err, doing, elapsed, bound):
-        raise NotImplementedError
-
-
-def what_happened(err):
-    """What a peer error says happened, in the words of the one-line errors: "timed out", "connection refused",
-    "connection closed", or "failed (<Kind>: <first line of the message>)"."""
-    text = str(getattr(err, "message", None) or err)
-    lowered = text.lower()
-    if isinstance(err, v1.errors.DeadlineExceededError) or "deadline exceeded" in lowered:
-        return "timed out"
-    if "connection refused" in lowered or "failed to connect" in lowered:
-        return "connection refused"
-    if any(word in lowered for word in ("connection reset", "socket closed", "broken pipe", "connection closed",
-                                         "end of file", "stream removed")):
-        return "connection closed"
-    if re.search(r"\btime[sd]? ?out\b|\btimeout\b", lowered):  # also HCCL's "... times out" (EI0002)
-        return "timed out"
-    first_line = text.strip().splitlines()[0] if text.strip() else ""
-    return "failed ({}: {})".format(type(err).__name__.replace("Error", ""), first_line[:160])
 
 
 def tasks_named(err, own_rank):
@@ -126,7 +41,7 @@ def tasks_named(err, own_rank):
     return sorted(found - {own_rank})
 
 
-class HostCollectives(BoundedPeerWaits):
+class HostCollectives(Collectives):
     """Collective ops for one worker of `cluster` (a cluster.Cluster with size > 1).
 
     Args:
@@ -161,9 +76,9 @@ class HostCollectives(BoundedPeerWaits):
         config.device_filters.append("/job:{}/task:{}".format(JOB, self.cluster.rank))
         return config
 
-    def start(self):
+    def start(self, config=None):
         """Start this process's server once (port checked first), wait (bounded) until every peer's server
-        listens; returns the session target."""
+        listens; returns the session target. `config` is not needed here (no process-wide start-up options)."""
         if self._server is None:
             cluster_lib.check_port_free(self.cluster)
             spec = v1.train.ClusterSpec({JOB: self.cluster.addresses})
@@ -183,10 +98,11 @@ class HostCollectives(BoundedPeerWaits):
         self._next_instance += 1
         return key
 
-    def all_reduce(self, tensor, merge_op="Add", final_op="Div", group_key=GROUP_TRAIN):
+    def all_reduce(self, tensor, merge_op="Add", final_op="Div", purpose=TRAIN):
         """One CollectiveReduce over all workers: Add+Div = mean, Max+Id = maximum, Add+Id = sum."""
         return tf.raw_ops.CollectiveReduce(
-            input=tensor, group_size=self.cluster.size, group_key=group_key, instance_key=self._instance_key(),
+            input=tensor, group_size=self.cluster.size, group_key=GROUP_KEYS[purpose],
+            instance_key=self._instance_key(),
             merge_op=merge_op, final_op=final_op, subdiv_offsets=[0], communication_hint=self.communication_hint)
 
     def mean(self, tensors):
@@ -214,8 +130,8 @@ class HostCollectives(BoundedPeerWaits):
         for variable in variables:
             value = variable.read_value() if hasattr(variable, "read_value") else variable
             shape = value.shape.as_list()
-            common = dict(group_size=self.cluster.size, group_key=GROUP_BROADCAST, instance_key=self._instance_key(),
-                          shape=shape, communication_hint=self.communication_hint)
+            common = dict(group_size=self.cluster.size, group_key=GROUP_KEYS[BROADCAST],
+                          instance_key=self._instance_key(), shape=shape, communication_hint=self.communication_hint)
             if self.cluster.chief:
                 received = tf.raw_ops.CollectiveBcastSend(input=value, **common)
             else:

@@ -1,4 +1,4 @@
-"""HCCL through npu_bridge: the Ascend engine for several ranks, with the interface of collective.HostCollectives.
+"""HCCL through npu_bridge: the Ascend engine for several ranks, a base.Collectives like collective.HostCollectives.
 
 One process per device, as the ModelZoo 8p scripts run them: RANK_TABLE_FILE, RANK_SIZE, RANK_ID (global; on
 several servers rank = server_index * devices_per_server + i), ASCEND_DEVICE_ID (the logical device this process
@@ -19,15 +19,15 @@ below 2**52) travel as two int32 words: the maximum (minimum) of the high words,
 ranks that hold it.
 Every wait on a peer is bounded twice: by HCCL's own execution timeout (left at HCCL's default, 1836 s, or the
 user's HCCL_EXEC_TIMEOUT: the session sets no `hccl_timeout`, which the device would floor to a multiple of 68 s) and
-by `operation_timeout_in_ms` / RunOptions like the host engine (collective.BoundedPeerWaits: first runs, which
-compile for the device, get the first-run bound).
+by `operation_timeout_in_ms` / RunOptions like the host engine (base.Collectives: first runs, which compile for
+the device, get the first-run bound).
 """
 import atexit
 import os
 
 from unet_perf import rank_table
-from unet_perf.backends.collective import BoundedPeerWaits, what_happened
-from unet_perf.backends.npu import npu_optimizer_op
+from unet_perf.backends.ascend import npu_optimizer_op
+from unet_perf.backends.base import TRAIN, Collectives, what_happened
 from unet_perf.compat import v1
 from unet_perf.errors import UserError
 
@@ -81,7 +81,7 @@ def physical_device_id(env=None):
     return int(visible[logical]), "ASCEND_DEVICE_ID via ASCEND_RT_VISIBLE_DEVICES"
 
 
-class NpuCollectives(BoundedPeerWaits):
+class NpuCollectives(Collectives):
     """HCCL collectives for one rank of `cluster` (a cluster.Cluster from the rank table, size > 1).
 
     Args:
@@ -170,11 +170,11 @@ class NpuCollectives(BoundedPeerWaits):
 
     # --- graph building ---------------------------------------------------------------------------------------
 
-    def all_reduce(self, tensor, merge_op="Add", final_op="Div", group_key=None):
+    def all_reduce(self, tensor, merge_op="Add", final_op="Div", purpose=TRAIN):
         """One HCCL all-reduce over all ranks: Add+Div = mean, Add+Id = sum, Max+Id = maximum, Min+Id = minimum.
-        group_key is accepted for the common interface (HCCL has one world group)."""
+        HCCL has one world group: `purpose` changes nothing."""
         from npu_bridge.hccl import hccl_ops
-        del group_key
+        del purpose
         if merge_op not in _REDUCTIONS or final_op not in ("Div", "Id"):
             raise ValueError("all_reduce supports merge_op Add/Max/Min and final_op Div/Id, got {}/{}".format(
                 merge_op, final_op))

@@ -54,8 +54,8 @@ import json
 import os
 import weakref
 
-from tensorflow.core.protobuf.rewriter_config_pb2 import RewriterConfig  # same path in TF 1.15 and 2.x
 
+from unet_perf.backends.ascend import npu_optimizer_op
 from unet_perf.backends.base import ITERATION_OP_KEY, Backend
 from unet_perf.compat import npu_bridge_available, v1
 from unet_perf.errors import UserError
@@ -90,24 +90,6 @@ def profiling_options(output_dir, fp_point="", bp_point=""):
         "bp_point": bp_point,
         "aic_metrics": "PipeUtilization",
     }
-
-
-def npu_optimizer_op(config):
-    """The "NpuOptimizer" custom optimizer entry of a ConfigProto, added (with the settings every NPU session
-    needs) when missing."""
-    rewrite_options = config.graph_options.rewrite_options
-    custom_op = None
-    for candidate in rewrite_options.custom_optimizers:
-        if candidate.name == "NpuOptimizer":
-            custom_op = candidate
-    if custom_op is None:
-        custom_op = rewrite_options.custom_optimizers.add()
-        custom_op.name = "NpuOptimizer"
-        custom_op.parameter_map["use_off_line"].b = True
-        # The migration guide turns these two grappler passes off for the NPU and keeps the others.
-        rewrite_options.remapping = RewriterConfig.OFF
-        rewrite_options.memory_optimization = RewriterConfig.OFF
-    return custom_op
 
 
 def soc_name():

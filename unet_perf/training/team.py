@@ -100,14 +100,14 @@ class Team(object):
         return int(values[2])
 
     def _all_max(self, values, doing):
-        from unet_perf.backends.collective import GROUP_STARTUP
+        from unet_perf.backends.base import STARTUP
         from unet_perf.compat import v1
 
         collectives = self.backend.collectives
         graph = v1.Graph()
         with graph.as_default(), v1.device(collectives.device):
             reduced = collectives.all_reduce(v1.constant(values, v1.float64), merge_op="Max", final_op="Id",
-                                             group_key=GROUP_STARTUP)
+                                             purpose=STARTUP)
         config = collectives.configure(v1.ConfigProto())
         with v1.Session(self.backend.session_target(), graph=graph, config=config) as sess:
             return collectives.run(sess, reduced, doing=doing).tolist()
@@ -116,13 +116,13 @@ class Team(object):
         """Add the stop vote to the training graph (all workers, before opening the session)."""
         if self.size == 1:
             return
-        from unet_perf.backends.collective import GROUP_VOTE
+        from unet_perf.backends.base import VOTE
         from unet_perf.compat import v1
 
         collectives = self.backend.collectives
         with training.graph.as_default(), v1.device(collectives.device):
             wish = v1.placeholder_with_default(v1.constant(0.0), [], name="stop_wish")
-            agreed = collectives.all_reduce(wish, merge_op="Max", final_op="Id", group_key=GROUP_VOTE)
+            agreed = collectives.all_reduce(wish, merge_op="Max", final_op="Id", purpose=VOTE)
         self._vote = (wish, agreed)
 
     def agree_to_stop(self, sess, requested):
