@@ -1,7 +1,7 @@
 """The one place that assembles training: config + data source + backend -> graph, session, fetches.
 
-    training = graph.build(cfg, graph.pipeline_source(cfg, data))       # or graph.cached_batch_source(cfg)
-    sess, fetches = graph.open_session(training, cfg, restore=...)      # initialised, restored, prepared
+    training = assembly.build(cfg, assembly.pipeline_source(cfg, data))       # or assembly.cached_batch_source(cfg)
+    sess, fetches = assembly.open_session(training, cfg, restore=...)      # initialised, restored, prepared
     values = sess.run(fetches)                                          # K steps; keys: backends.base.FETCH_KEYS
     step = check_loop_steps(step, values, K)                            # backends.base: the loop really ran K
 

@@ -55,7 +55,7 @@ class FollowerDuties(object):
     def prepare(self, training, prefix):
         pass
 
-    restore = None  # graph.open_session: nothing to restore here, the broadcast brings the chief's variables
+    restore = None  # assembly.open_session: nothing to restore here, the broadcast brings the chief's variables
 
     def start_loop(self, sess, start_step, total):
         pass

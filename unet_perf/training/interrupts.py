@@ -9,7 +9,7 @@
 A second SIGINT, or a SIGINT while finishing, ends the process at once (exit 130), also after the block when a
 signal stopped it (the process is about to exit); a SIGTERM while finishing is noted and changes nothing (the
 process is already ending, e.g. writing its one-line error). Ending at once is
-os._exit after the message is flushed: checkpoints are written crash-safe (checkpoints.py), so every checkpoint
+os._exit after the message is flushed: checkpoints are written crash-safe (storage/checkpoints.py), so every checkpoint
 listed so far stays intact and loadable; only the steps since the last one are lost.
 """
 import contextlib
@@ -99,7 +99,7 @@ class StopRequest(object):
         # SIGTERM again, or while finishing: the process is already ending.
 
     def _abort(self):
-        """A SIGINT once stopping or finishing: end now. Safe for the checkpoints (checkpoints.py writes them
+        """A SIGINT once stopping or finishing: end now. Safe for the checkpoints (storage/checkpoints.py writes them
         crash-safe); only the steps since the last one are lost."""
         when = {"SIGINT": "second SIGINT", "SIGTERM": "SIGINT while stopping"}.get(
             self.signal_name, "SIGINT received while finishing")

@@ -6,7 +6,7 @@
     while step < total and not team.agree_to_stop(sess, stop.requested):
         values = team.run(sess, fetches)              # a training Session.run, bounded, lost peers named
 
-Roles: the chief (rank 0) restores, broadcasts (graph.open_session), logs, validates and writes model_dir; the
+Roles: the chief (rank 0) restores, broadcasts (assembly.open_session), logs, validates and writes model_dir; the
 other workers only train and never touch model_dir. Every worker agrees before each Session.run whether to stop
 (one worker's SIGINT/SIGTERM stops all after the same step). Every wait on a peer is bounded: the start-up
 handshake, and the training runs and votes once every worker is past its first training run, by
@@ -42,7 +42,7 @@ def join(cfg, env=None):
 
 
 class Team(object):
-    """This worker's view of the job (see the module docstring). `backend` is what graph.build should use."""
+    """This worker's view of the job (see the module docstring). `backend` is what assembly.build should use."""
 
     def __init__(self, cluster, backend):
         self.cluster = cluster
@@ -60,7 +60,7 @@ class Team(object):
 
     @property
     def share(self):
-        """(worker_index, num_workers) for graph.pipeline_source."""
+        """(worker_index, num_workers) for assembly.pipeline_source."""
         return self.cluster.rank, self.cluster.size
 
     def run_config(self, cfg):

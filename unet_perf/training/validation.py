@@ -57,7 +57,7 @@ class InferenceGraphs(object):
 
 
 def inference_graphs(cfg, val, probe_count):
-    """A builder for graph.build(extras=...): the probe predictor (fixed training tiles in inference mode, for the
+    """A builder for assembly.build(extras=...): the probe predictor (fixed training tiles in inference mode, for the
     train accuracy and the summary images; run in its own cheap Session.run) and the validator of the held-out
     slices `val` (None when there are none)."""
     from unet_perf.model.ema import reading_average
