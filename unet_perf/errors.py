@@ -19,14 +19,17 @@ def relayed_user_error(err):
 
 
 def run_cli(main, argv=None):
-    """Run `main(argv)`; print a UserError (also one relayed by TensorFlow) as one line on stderr and exit 2.
-    --verbose among the flags is noted first, before main can import TensorFlow (unet_perf.tf_logging)."""
+    """Run `main(argv)`; print a UserError (also one relayed by TensorFlow) as one line on stderr and exit 2; a
+    Ctrl-C that reaches here prints "interrupted" and exits 130. --verbose among the flags is noted first, before main can import TensorFlow (unet_perf.tf_logging)."""
     use_verbose_flag(list(sys.argv[1:] if argv is None else argv))
     try:
         code = main(argv)
     except UserError as err:
         print("error: {}".format(err), file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl-C outside training's own handling (e.g. while TensorFlow loads): no traceback
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
     except Exception as err:
         message = relayed_user_error(err)
         if message is None:
