@@ -1,6 +1,20 @@
 """Fixtures for every test: graph mode, a fresh default graph per test, no leaked op determinism, the `tiny_config`
 factory and the `npu` stand-in npu_bridge. Helpers shared by several test files are in support.py (`from support
 import ...`; pytest.ini puts tests/ on sys.path); test files never import each other or this file.
+
+Layout: the folders mirror the package's layers, so a module's tests sit where a reader looks for the module.
+  data/ input/ model/ backends/    the tests of unet_perf/<layer>/. backends/ also holds the two-rank tests
+  training/ inference/             (test_distributed, test_npu_distributed): all-reduce, the overflow vote and the
+                                   chief's broadcast are the backends' collectives. No storage/ folder: the run
+                                   files are tested through what keeps them (training/: resume, best score).
+  top level                        the foundation modules (cluster, progress), the CLIs as a user runs them
+                                   (train_cli, user_paths, cli_traps, launch), and rules over the whole package
+                                   (import_rules, python37_syntax): they belong to no one layer.
+  tools/                           the repository's scripts in tools/ and benchmarks/ (TF 1.15 checker, ModelZoo
+                                   and profile scripts, throughput and accuracy benchmarks).
+  npu_stub/                        the stand-in npu_bridge (see the `npu` fixture), not tests.
+No folder has an __init__.py (pytest's default "prepend" import mode), so every test file's basename is unique.
+A test file run as a script (the rank processes) finds `support` through support.rank_python_path.
 """
 import os
 import sys

@@ -458,7 +458,7 @@ def test_a_device_that_runs_the_graph_once_stops_training_with_one_line(npu, tin
     from npu_bridge.estimator.npu import util
 
     from unet_perf.training import run as trainer
-    # (a healthy stand-in run through the trainer passes the check: tests/test_modelzoo_scripts.py, 8p)
+    # (a healthy stand-in run through the trainer passes the check: tests/tools/test_modelzoo_scripts.py, 8p)
     monkeypatch.setattr(util._DeviceLoop, "_fetches_iteration_op", lambda self, fetches: False)
     cfg = _trainer_cfg(tiny_config, tmp_path, device="npu", model_dir=str(tmp_path / "once"))
     with pytest.raises(UserError) as info:
