@@ -1,47 +1,58 @@
-"""Shared test set-up: graph mode, a fresh default graph per test, where the repository and the shared ISBI data
-are, the `tiny_config` factory and `take_batches`.
+"""Fixtures for every test: graph mode, a fresh default graph per test, no leaked op determinism, the `tiny_config`
+factory and the `npu` stand-in npu_bridge. Helpers shared by several test files are in support.py (`from support
+import ...`; pytest.ini puts tests/ on sys.path); test files never import each other or this file.
 
-Test files import the paths and helpers (`from conftest import REPO`) and request `tiny_config` as a fixture; pytest.ini
-registers the `slow` marker.
+Layout: the folders mirror the package's layers, so a module's tests sit where a reader looks for the module.
+  data/ input/ model/ backends/    the tests of unet_perf/<layer>/. backends/ also holds the two-rank tests
+  training/ inference/             (test_distributed, test_npu_distributed): all-reduce, the overflow vote and the
+                                   chief's broadcast are the backends' collectives. No storage/ folder: the run
+                                   files are tested through what keeps them (training/: resume, best score).
+  top level                        the foundation modules (cluster, progress), the CLIs as a user runs them
+                                   (train_cli, user_paths, cli_traps, launch), and rules over the whole package
+                                   (import_rules, python37_syntax): they belong to no one layer.
+  tools/                           the repository's scripts in tools/ and benchmarks/ (TF 1.15 checker, ModelZoo
+                                   and profile scripts, throughput and accuracy benchmarks).
+  npu_stub/                        the stand-in npu_bridge (see the `npu` fixture), not tests.
+No folder has an __init__.py (pytest's default "prepend" import mode), so every test file's basename is unique.
+A test file run as a script (the rank processes) finds `support` through support.rank_python_path.
 """
 import os
+import sys
 
 import pytest
 
 from unet_perf import compat
-from unet_perf.input import pipeline
-from unet_perf.config import Config
+
+from support import NPU_STUB, forget_stand_in, make_tiny_config
 
 compat.enable_graph_mode()
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED_DATA = os.path.join(REPO, "..", "shared", "data", "isbi2012")
-# The smallest U-Net the tests train or run: two levels of 4 and 8 filters on 32x32 tiles, batch 2, no rescale.
-TINY = dict(depth=2, base_filters=4, crop_size=32, batch_size=2, input_scale=1.0)
-
-
-def make_tiny_config(*bases, **overrides):
-    """A Config of TINY, updated by each dict in `bases` in turn, then by `overrides`."""
-    values = dict(TINY)
-    for base in bases:
-        values.update(base)
-    values.update(overrides)
-    return Config(**values)
-
-
-def take_batches(dataset, count):
-    """The first `count` batches of `dataset` through the pipeline's initializable iterator, in the default graph."""
-    iterator = pipeline.make_iterator(dataset)
-    batch = iterator.get_next()
-    with compat.v1.Session() as sess:
-        sess.run(iterator.initializer)
-        return [sess.run(batch) for _ in range(count)]
 
 
 @pytest.fixture
 def tiny_config():
-    """The factory make_tiny_config(*bases, **overrides) -> Config of a tiny U-Net."""
+    """The factory make_tiny_config(*bases, **overrides) -> Config of a tiny U-Net (support.make_tiny_config)."""
     return make_tiny_config
+
+
+@pytest.fixture
+def npu(monkeypatch):
+    """The stand-in npu_bridge (tests/npu_stub) on sys.path; yields its call log; removes every trace afterwards,
+    so no other test can import it."""
+    if compat.npu_bridge_available():
+        pytest.skip("a real npu_bridge is installed; these tests use the stand-in")
+    monkeypatch.delenv("RANK_SIZE", raising=False)
+    forget_stand_in()
+    sys.path.insert(0, NPU_STUB)
+    try:
+        from npu_bridge import ge_plugin, stub_log
+        from npu_bridge.estimator.npu import npu_plugin
+        del stub_log.CALLS[:]
+        ge_plugin.reset()
+        npu_plugin.INF_NAN_MODE = False
+        yield stub_log
+    finally:
+        sys.path.remove(NPU_STUB)
+        forget_stand_in()
 
 
 @pytest.fixture(autouse=True)

@@ -12,7 +12,8 @@ import pytest
 
 from unet_perf import evaluate, export, predict
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from support import REPO
+
 HARD_TIMEOUT = 300
 # absl/TensorFlow log lines and absl's pre-initialisation banner; cuInit is the CPU machine's GPU probe.
 VERBOSE_ENV = "UNET_PERF_VERBOSE"  # unet_perf.VERBOSE_ENV

@@ -4,7 +4,7 @@ of the training pipeline (nothing in unet_perf.inference reaches unet_perf.input
 import ast
 import os
 
-from conftest import REPO
+from support import REPO
 
 PACKAGE = os.path.join(REPO, "unet_perf")
 

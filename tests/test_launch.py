@@ -13,7 +13,8 @@ import pytest
 
 from unet_perf.launch import core_shares
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from support import REPO
+
 HARD_TIMEOUT = 60
 # A stand-in worker (`--entry`): prints what the launcher gave it, then behaves as its flags say.
 PROBE = '''

@@ -3,7 +3,7 @@ import os
 import shutil
 import subprocess
 
-from conftest import REPO
+from support import REPO
 
 SHIPPED = ("unet_perf", "benchmarks", "tools")
 VERMIN_ARGS = ["-q", "-t=3.7-", "--violations", "--no-tips", "--no-parse-comments"]  # as .ci/run calls it

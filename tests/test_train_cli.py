@@ -17,7 +17,8 @@ import pytest
 from unet_perf.compat import v1
 from unet_perf.train import main as train_main
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from support import REPO
+
 TINY = ["--depth", "2", "--base_filters", "4", "--crop_size", "32", "--synthetic_count", "4",
         "--synthetic_size", "64", "--iterations_per_loop", "5", "--save_checkpoints_steps", "10",
         "--summary_images", "1"]

@@ -16,7 +16,8 @@ import pytest
 
 from unet_perf.compat import v1
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from support import REPO
+
 TINY = ["--depth", "2", "--base_filters", "4", "--crop_size", "32", "--iterations_per_loop", "5",
         "--save_checkpoints_steps", "5", "--summary_images", "1"]
 SYNTHETIC = ["--synthetic_count", "4", "--synthetic_size", "64"]

@@ -10,7 +10,7 @@ import pytest
 
 import loss_scale_report  # benchmarks/ is on sys.path through pytest.ini
 import throughput
-from conftest import REPO
+from support import REPO
 from unet_perf.training import assembly
 from unet_perf.config import Config
 from unet_perf.errors import UserError

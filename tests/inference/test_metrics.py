@@ -232,7 +232,7 @@ def test_isbi_slice_scores_sensibly_when_the_data_is_present():
 
     import cv2
 
-    from conftest import SHARED_DATA
+    from support import SHARED_DATA
 
     if not os.path.isdir(SHARED_DATA):
         pytest.skip("../shared/data/isbi2012 is absent")

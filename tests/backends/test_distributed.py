@@ -6,14 +6,15 @@ TensorFlow server each and writes what it saw to an .npz per scenario; rank 0 al
 reference. The tests below only compare those files, so the whole module costs one process start-up per worker.
 """
 import os
-import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from support import (assert_one_skip_everywhere, assert_rank_0_weights_everywhere, free_addresses, poisoned_source,
+                     rank_python_path, run_rank_processes, save_single_reference, take_batches, train_rank,
+                     weights_of)
+
 HARD_TIMEOUT = 900  # seconds for the pair (start-up alone took minutes on a busy machine); a hang fails, never blocks
 BATCH = 1  # per worker; the reference trains one worker with 2 x BATCH
 # --deterministic: tf.data keeps the order of batches (otherwise a worker may take its batches out of order).
@@ -32,15 +33,10 @@ EQUIVALENCE = [
 RUNS = 2  # Session.runs per scenario: the second starts from the state the first left
 
 
-def free_addresses(count):
-    from unet_perf.launch import free_ports
-    return ["127.0.0.1:{}".format(port) for port in free_ports(count)]
-
-
 def worker_env(addresses, rank):
     from unet_perf.launch import tf_config
     env = dict(os.environ, TF_CONFIG=tf_config(addresses, rank), TF_CPP_MIN_LOG_LEVEL="2",
-               PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+               PYTHONPATH=rank_python_path())
     return env
 
 
@@ -51,63 +47,6 @@ def results(tmp_path_factory):
     addresses = free_addresses(2)
     envs = [worker_env(addresses, rank) for rank in range(2)]
     return run_rank_processes(os.path.abspath(__file__), out_dir, envs, HARD_TIMEOUT)
-
-
-def run_rank_processes(script, out_dir, envs, hard_timeout):
-    """Run `python script out_dir` once per environment (one process per rank), all within hard_timeout s, killing
-    only these processes if they overrun; then {(scenario, rank): npz dict} of the .npz files they saved.
-    Also used by test_npu_distributed."""
-    processes = [subprocess.Popen([sys.executable, script, out_dir], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, universal_newlines=True) for env in envs]
-    deadline = time.time() + hard_timeout
-    outputs = []
-    try:
-        for process in processes:
-            outputs.append(process.communicate(timeout=max(1.0, deadline - time.time()))[0])
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-    for rank, process in enumerate(processes):
-        assert process.returncode == 0, "rank {} failed:\n{}".format(rank, outputs[rank][-3000:])
-    found = {}
-    for name in os.listdir(out_dir):
-        if name.endswith(".npz"):
-            scenario, rank = name[:-len(".npz")].rsplit("_rank", 1)
-            with np.load(os.path.join(out_dir, name), allow_pickle=True) as data:
-                found[(scenario, rank)] = dict(data)
-    return found
-
-
-def weights_of(data):
-    """{name: value} of the "var:<name>" entries of a saved .npz dict; also used by test_npu_distributed."""
-    return dict((key[len("var:"):], value) for key, value in data.items() if key.startswith("var:"))
-
-
-def assert_rank_0_weights_everywhere(results, scenario):
-    """The two ranks started from different weights and both hold rank 0's after the sync; also used by
-    test_npu_distributed."""
-    chief_before = weights_of(results[(scenario, "0")]["before"].item())
-    other_before = weights_of(results[(scenario, "1")]["before"].item())
-    assert any(not np.array_equal(chief_before[name], other_before[name]) for name in chief_before)
-    for rank in ("0", "1"):
-        after_sync = weights_of(results[(scenario, rank)]["after_sync"].item())
-        for name in chief_before:
-            np.testing.assert_array_equal(after_sync[name], chief_before[name], err_msg=name)
-
-
-def assert_one_skip_everywhere(chief, other):
-    """Both ranks skipped exactly one step and ended with the same weights, which the other steps did train;
-    also used by test_npu_distributed."""
-    for data in (chief, other):
-        assert int(data["skipped_steps"]) == 1
-    weights_chief, weights_other = weights_of(chief), weights_of(other)
-    for name in weights_chief:
-        np.testing.assert_array_equal(weights_chief[name], weights_other[name], err_msg=name)
-    # the other steps did train (a skipped step alone would leave the weights at their start)
-    start = weights_of(chief["initial"].item())
-    assert any(not np.array_equal(weights_chief[name], start[name]) for name in start)
 
 
 @pytest.mark.parametrize("scenario", [name for name, _, _ in EQUIVALENCE])
@@ -149,7 +88,6 @@ def _config(*flags):
 
 
 def test_pipeline_shares_are_the_global_batch_rows():
-    from conftest import take_batches
     from unet_perf.training import assembly
     from unet_perf.compat import v1
     from unet_perf.data.loading import load_dataset
@@ -257,67 +195,15 @@ def worker_main(out_dir):
                             source=poisoned_source(cfg, poisoned=(rank == 1), bad_batch=1)))
 
 
-def save_single_reference(out_dir, scenario, data):
-    """Save the one-worker reference as rank "single", and its "initial:<name>" weights as "var:<name>" of rank
-    "single_initial"; also used by test_npu_distributed."""
-    initial = dict(("var:" + key[len("initial:"):], value) for key, value in data.items()
-                   if key.startswith("initial:"))
-    np.savez(os.path.join(out_dir, "{}_ranksingle_initial.npz".format(scenario)), **initial)
-    np.savez(os.path.join(out_dir, "{}_ranksingle.npz".format(scenario)), **data)
-
-
-def poisoned_source(cfg, poisoned, bad_batch):
-    """A cached-batch source whose images are inf in batch `bad_batch` when `poisoned` (one worker's overflow);
-    also used by test_npu_distributed."""
-    import tensorflow as tf
-
-    from unet_perf.training import assembly
-
-    base = assembly.cached_batch_source(cfg)
-
-    def source():
-        numbered = tf.data.Dataset.zip((base(), tf.data.Dataset.range(1 << 40)))
-
-        def poison(batch, number):
-            factor = tf.where(tf.logical_and(tf.constant(poisoned), tf.equal(number, bad_batch)),
-                              tf.constant(float("inf")), tf.constant(1.0))
-            return (batch[0] * factor,) + tuple(batch[1:])
-        return numbered.map(poison)
-    return source
-
-
 def _train(cfg, backend, loaded, rank, size, keep_initial=False, inspect=False, source=None):
-    """Build cfg's graph for this worker, open it like assembly.open_session, run RUNS Session.runs; a dict of the
-    final trainable variables ("var:<name>") and fetches (plus "initial:<name>" / "before"/"after_sync")."""
+    """support.train_rank of RUNS Session.runs on this worker's share of the pipeline of `loaded` (train, val,
+    weights), or on `source`."""
     from unet_perf.training import assembly
-    from unet_perf.compat import v1
 
     if source is None:
         train, _, weights = loaded
         source = assembly.pipeline_source(cfg, train, weights, 0, rank, size)
-    training = assembly.build(cfg, source, backend=backend)
-    with training.graph.as_default():
-        trainable = v1.trainable_variables()
-    read = lambda sess: dict(("var:" + v.op.name, value) for v, value in zip(trainable, sess.run(trainable)))
-    data = {}
-    config = backend.session_config(cfg)
-    with v1.Session(backend.session_target(), graph=training.graph, config=config) as sess:
-        sess.run(training.init_ops)
-        if inspect:
-            data["before"] = np.array(read(sess), dtype=object)
-        if keep_initial:
-            data.update(("initial:" + key[4:], value) for key, value in read(sess).items())
-        backend.sync_variables(sess)
-        if inspect:
-            data["after_sync"] = np.array(read(sess), dtype=object)
-        if keep_initial and size > 1:  # the chief's values are the start of everyone
-            data["initial"] = np.array(read(sess), dtype=object)
-        sess.run(training.iterator.initializer)
-        for _ in range(RUNS):
-            values = sess.run(training.fetches)
-        data.update(read(sess))
-        data.update((key, np.asarray(value)) for key, value in values.items())
-    return data
+    return train_rank(cfg, backend, source, size, RUNS, keep_initial=keep_initial, inspect=inspect)
 
 
 if __name__ == "__main__":

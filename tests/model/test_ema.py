@@ -15,9 +15,7 @@ from unet_perf.inference.predictor import Predictor, build_predictor
 from unet_perf.model.optim import EmaOptimizer, make_optimizer
 from unet_perf.training.run import train
 
-from conftest import make_tiny_config
-from test_host_loop import LOOP, _arrays, _assert_same_weights, _Run
-from test_npu_backend import _build as _npu_build, _cfg as _npu_cfg, npu  # noqa: F401 (npu is a fixture)
+from support import HOST_LOOP, HostRun, assert_same_weights, blob_arrays, build_npu_step, make_tiny_config, npu_config
 
 KERNEL = "unet/down0/conv1/kernel"
 DECAY = 0.9
@@ -29,8 +27,9 @@ def _shadow_of(weights, name=KERNEL):
 
 def test_k_step_loop_updates_the_average_every_step():
     k = 4
-    looped = _Run(make_tiny_config(LOOP, iterations_per_loop=k, ema=DECAY, optimizer="momentum", learning_rate=0.05))
-    single = _Run(make_tiny_config(LOOP, iterations_per_loop=1, ema=DECAY, optimizer="momentum", learning_rate=0.05))
+    settings = dict(ema=DECAY, optimizer="momentum", learning_rate=0.05)
+    looped = HostRun(make_tiny_config(HOST_LOOP, iterations_per_loop=k, **settings))
+    single = HostRun(make_tiny_config(HOST_LOOP, iterations_per_loop=1, **settings))
     assert ema.shadow_name(KERNEL) + ":0" in looped.names
     expected = single.weights()[KERNEL + ":0"]
     np.testing.assert_array_equal(_shadow_of(single.weights()), expected)  # shadows start at the initial weights
@@ -40,15 +39,15 @@ def test_k_step_loop_updates_the_average_every_step():
         expected = expected - (1.0 - decay) * (expected - single.weights()[KERNEL + ":0"])
     looped.run()
     end = looped.weights()
-    _assert_same_weights(end, single.weights())
+    assert_same_weights(end, single.weights())
     np.testing.assert_allclose(_shadow_of(end), expected, rtol=1e-5, atol=1e-7)
     assert not np.allclose(_shadow_of(end), end[KERNEL + ":0"], rtol=1e-3, atol=1e-6)
 
 
 def test_skipped_overflow_step_skips_the_average():
-    cfg = make_tiny_config(LOOP, ema=DECAY, loss_scale="dynamic", loss_scale_init=1024.0,
+    cfg = make_tiny_config(HOST_LOOP, ema=DECAY, loss_scale="dynamic", loss_scale_init=1024.0,
                            loss_scale_growth_interval=100)
-    run = _Run(cfg, _arrays(nan_index=2))  # the second batch is poisoned
+    run = HostRun(cfg, blob_arrays(nan_index=2))  # the second batch is poisoned
     run.run()
     before = run.weights()
     assert run.run()["overflow"]
@@ -58,8 +57,8 @@ def test_skipped_overflow_step_skips_the_average():
 
 
 def test_npu_step_updates_the_average_and_overflow_skips_it(npu):
-    cfg = _npu_cfg(ema=DECAY, loss_scale="dynamic", loss_scale_init=256.0)
-    sess, fetches, nan_factor = _npu_build(cfg)
+    cfg = npu_config(ema=DECAY, loss_scale="dynamic", loss_scale_init=256.0)
+    sess, fetches, nan_factor = build_npu_step(cfg)
     variable = v1.trainable_variables()[0]
     shadow = [var for var in v1.global_variables() if var.op.name == ema.shadow_name(variable.op.name)][0]
     expected = sess.run(variable)
@@ -71,10 +70,10 @@ def test_npu_step_updates_the_average_and_overflow_skips_it(npu):
 
 
 def test_make_optimizer_wraps_only_with_ema():
-    assert not isinstance(make_optimizer(make_tiny_config(LOOP)), EmaOptimizer)
-    assert isinstance(make_optimizer(make_tiny_config(LOOP, ema=0.99)), EmaOptimizer)
+    assert not isinstance(make_optimizer(make_tiny_config(HOST_LOOP)), EmaOptimizer)
+    assert isinstance(make_optimizer(make_tiny_config(HOST_LOOP, ema=0.99)), EmaOptimizer)
     with pytest.raises(UserError, match="--ema"):
-        make_tiny_config(LOOP, ema=1.0).validate()
+        make_tiny_config(HOST_LOOP, ema=1.0).validate()
 
 
 # --- through the trainer ------------------------------------------------------------------------------------------

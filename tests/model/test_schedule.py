@@ -9,8 +9,7 @@ from unet_perf.config import Config
 from unet_perf.errors import UserError
 from unet_perf.model.optim import make_optimizer
 
-from conftest import make_tiny_config
-from test_host_loop import LOOP, _assert_same_weights, _Run
+from support import HOST_LOOP, HostRun, assert_same_weights, make_tiny_config
 
 
 @pytest.mark.parametrize("kind", schedule.SCHEDULES)
@@ -59,9 +58,9 @@ def test_scheduled_k_step_loop_equals_k_single_steps(kind):
     # A large rate with a short schedule: a loop reading a stale step would end with visibly different weights.
     k = 4
     settings = dict(learning_rate=0.05, lr_schedule=kind, warmup_steps=2, max_steps=8, optimizer="momentum")
-    looped = _Run(make_tiny_config(LOOP, iterations_per_loop=k, **settings))
-    single = _Run(make_tiny_config(LOOP, iterations_per_loop=1, **settings))
-    constant = _Run(make_tiny_config(LOOP, iterations_per_loop=k, learning_rate=0.05, max_steps=8,
+    looped = HostRun(make_tiny_config(HOST_LOOP, iterations_per_loop=k, **settings))
+    single = HostRun(make_tiny_config(HOST_LOOP, iterations_per_loop=1, **settings))
+    constant = HostRun(make_tiny_config(HOST_LOOP, iterations_per_loop=k, learning_rate=0.05, max_steps=8,
                                      optimizer="momentum"))
     for _ in range(2):
         out = looped.run()
@@ -69,7 +68,7 @@ def test_scheduled_k_step_loop_equals_k_single_steps(kind):
             single.run()
         constant.run()
     assert out["global_step"] == 2 * k
-    _assert_same_weights(looped.weights(), single.weights())
+    assert_same_weights(looped.weights(), single.weights())
     kernel = "unet/down0/conv1/kernel:0"
     assert not np.allclose(looped.weights()[kernel], constant.weights()[kernel], rtol=1e-4, atol=1e-6)
 

@@ -11,7 +11,7 @@ from unet_perf.data.loading import load_dataset, required_size, summarize_slices
 from unet_perf.data.sources import load_pairs, natural_key
 from unet_perf.errors import UserError
 
-from conftest import SHARED_DATA
+from support import SHARED_DATA
 
 SIDE = 32
 

@@ -19,7 +19,8 @@ import pytest
 from unet_perf.storage import checkpoints
 from unet_perf.launch import free_ports, tf_config
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from support import REPO
+
 TIMEOUT = 30  # --collective_timeout of the workers (also bounds the start-up wait for the peer)
 TOTAL = 200
 ARGS = ["--depth", "2", "--base_filters", "4", "--crop_size", "32", "--synthetic_count", "4", "--synthetic_size",

@@ -13,103 +13,14 @@ import sys
 import numpy as np
 import pytest
 
-from test_host_loop import _assert_same_weights
 from unet_perf.backends.base import FETCH_KEYS, ITERATION_OP_KEY
 from unet_perf.compat import npu_bridge_available, v1
-from unet_perf.config import Config
 from unet_perf.errors import UserError
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-STUB_DIR = os.path.join(HERE, "npu_stub")
-NPU_PY = os.path.join(HERE, "..", "unet_perf", "backends", "npu.py")
-API_LISTING = os.path.join(HERE, "..", "..", "shared", "compat", "npu_bridge_api.txt")
+from support import (NPU_BRIDGE_API, REPO, assert_same_weights, build_npu_step, npu_backend, npu_config, tiny_problem,
+                     write_rank_table)
 
-
-def _drop_npu_bridge_modules():
-    for name in list(sys.modules):
-        if name == "npu_bridge" or name.startswith("npu_bridge."):
-            del sys.modules[name]
-
-
-@pytest.fixture
-def npu(monkeypatch):
-    """The stand-in npu_bridge on sys.path; yields its call log; removes every trace afterwards."""
-    if npu_bridge_available():
-        pytest.skip("a real npu_bridge is installed; these tests use the stand-in")
-    monkeypatch.delenv("RANK_SIZE", raising=False)
-    _drop_npu_bridge_modules()
-    sys.path.insert(0, STUB_DIR)
-    try:
-        from npu_bridge import ge_plugin, stub_log
-        from npu_bridge.estimator.npu import npu_plugin
-        del stub_log.CALLS[:]
-        ge_plugin.reset()
-        npu_plugin.INF_NAN_MODE = False
-        yield stub_log
-    finally:
-        sys.path.remove(STUB_DIR)
-        _drop_npu_bridge_modules()
-
-
-def _cfg(**overrides):
-    values = dict(max_steps=8, iterations_per_loop=1, save_checkpoints_steps=8, learning_rate=0.05,
-                  loss_scale="auto", precision_mode="allow_mix_precision")
-    values.update(overrides)
-    return Config(**values)
-
-
-def _backend():
-    from unet_perf.backends.npu import NpuBackend
-    return NpuBackend()
-
-
-FLOAT32_MAX = float(np.finfo(np.float32).max)
-
-
-def _tiny_problem(seed=0, unused_variable=False):
-    """A fixed batch and a 2-layer conv net: (next_batch, loss_fn, nan_factor placeholder).
-
-    Feed nan_factor NaN to make the gradients non-finite. Feed the placeholder "saturation" 1e30 for an overflow
-    whose clipped result leaves the loss and the gradients finite (the device's float status still records it).
-    `unused_variable` adds a trainable variable the loss does not reach (its gradient is None).
-    """
-    rng = np.random.RandomState(seed)
-    images = rng.rand(2, 8, 8, 1).astype(np.float32)
-    masks = (images > 0.5).astype(np.float32)
-    nan_factor = v1.placeholder_with_default(1.0, [], name="nan_factor")
-    saturation = v1.placeholder_with_default(1.0, [], name="saturation")
-
-    def next_batch():
-        return v1.constant(images), v1.constant(masks)
-
-    def loss_fn(batch, step):
-        assert step.dtype == v1.int64
-        image, mask = batch
-        with v1.variable_scope("tiny", reuse=v1.AUTO_REUSE):
-            init = v1.variance_scaling_initializer(2.0, "fan_in", "truncated_normal", seed=1)
-            w1 = v1.get_variable("w1", [3, 3, 1, 4], initializer=init)
-            w2 = v1.get_variable("w2", [3, 3, 4, 1], initializer=init)
-            if unused_variable:
-                v1.get_variable("unused", [2], initializer=v1.zeros_initializer())
-        hidden = v1.nn.relu(v1.nn.conv2d(image, w1, [1, 1, 1, 1], "SAME"))
-        logits = v1.nn.conv2d(hidden, w2, [1, 1, 1, 1], "SAME")
-        loss = v1.reduce_mean(v1.nn.sigmoid_cross_entropy_with_logits(labels=mask, logits=logits))
-        clipped = v1.minimum(loss * saturation * saturation, FLOAT32_MAX)  # 1e30 * 1e30 overflows, then clips
-        return loss * nan_factor + 0.0 * v1.stop_gradient(clipped)
-
-    return next_batch, loss_fn, nan_factor
-
-
-def _build(cfg, backend=None, **problem):
-    backend = backend if backend is not None else _backend()
-    config = backend.session_config(cfg)
-    next_batch, loss_fn, nan_factor = _tiny_problem(**problem)
-    global_step = v1.train.get_or_create_global_step()
-    fetches = backend.build_train_loop(cfg, next_batch, loss_fn, global_step)
-    sess = v1.Session(config=config)
-    sess.run(v1.global_variables_initializer())
-    fetches = backend.prepare_session(sess, fetches)
-    return sess, fetches, nan_factor
+NPU_PY = os.path.join(REPO, "unet_perf", "backends", "npu.py")
 
 
 def _saturation():
@@ -125,8 +36,8 @@ def _weights(sess):
 def test_session_config_has_the_npu_optimizer_and_rewriter_settings(npu):
     from tensorflow.core.protobuf.rewriter_config_pb2 import RewriterConfig
     from unet_perf.backends.npu import profiling_options
-    cfg = _cfg(iterations_per_loop=4, precision_mode="allow_fp32_to_fp16")
-    config = _backend().session_config(cfg)
+    cfg = npu_config(iterations_per_loop=4, precision_mode="allow_fp32_to_fp16")
+    config = npu_backend().session_config(cfg)
     assert isinstance(config, v1.ConfigProto)
     rewrite = config.graph_options.rewrite_options
     assert [op.name for op in rewrite.custom_optimizers] == ["NpuOptimizer"]
@@ -141,7 +52,7 @@ def test_session_config_has_the_npu_optimizer_and_rewriter_settings(npu):
     assert rewrite.constant_folding == RewriterConfig.DEFAULT  # the other passes stay on
 
     options = profiling_options("/tmp/prof", fp_point="fp", bp_point="")
-    profiled = _backend().session_config(cfg, profiling_options=options)
+    profiled = npu_backend().session_config(cfg, profiling_options=options)
     params = profiled.graph_options.rewrite_options.custom_optimizers[0].parameter_map
     assert params["profiling_mode"].b is True
     assert json.loads(params["profiling_options"].s.decode()) == {
@@ -154,8 +65,8 @@ def test_session_config_has_the_npu_optimizer_and_rewriter_settings(npu):
 # --- arguments passed to npu_bridge -----------------------------------------------------------------------------
 
 def test_dynamic_loss_scaling_arguments_and_fetches(npu):
-    cfg = _cfg(loss_scale_init=1024.0, loss_scale_growth_interval=7)
-    sess, fetches, _ = _build(cfg)
+    cfg = npu_config(loss_scale_init=1024.0, loss_scale_growth_interval=7)
+    sess, fetches, _ = build_npu_step(cfg)
     managers = npu.calls_named("ExponentialUpdateLossScaleManager")
     assert managers == [dict(init_loss_scale=1024.0, incr_every_n_steps=7, decr_every_n_nan_or_inf=2,
                              incr_ratio=2, decr_ratio=0.5)]
@@ -176,13 +87,14 @@ def test_dynamic_loss_scaling_arguments_and_fetches(npu):
 
 
 def test_fixed_and_no_loss_scaling(npu):
-    sess, fetches, _ = _build(_cfg(loss_scale="128"))
+    sess, fetches, _ = build_npu_step(npu_config(loss_scale="128"))
     assert npu.calls_named("FixedLossScaleManager") == [dict(loss_scale=128.0, enable_overflow_check=True)]
     assert sess.run(fetches["loss_scale"]) == 128.0
 
     del npu.CALLS[:]
     with v1.Graph().as_default():
-        sess, fetches, nan_factor = _build(_cfg(precision_mode="force_fp32"))  # auto: fp32 needs no scaling
+        # auto: fp32 needs no scaling
+        sess, fetches, nan_factor = build_npu_step(npu_config(precision_mode="force_fp32"))
         assert npu.calls_named("NPULossScaleOptimizer") == []
         assert npu.calls_named("FixedLossScaleManager") == [] == npu.calls_named("ExponentialUpdateLossScaleManager")
         values = sess.run(fetches)
@@ -191,20 +103,21 @@ def test_fixed_and_no_loss_scaling(npu):
 
 def test_auto_loss_scale_follows_precision_mode(npu):
     from unet_perf.backends.npu import npu_loss_scale_kind
-    assert npu_loss_scale_kind(_cfg(precision_mode="allow_mix_precision")) == ("dynamic", None)
-    assert npu_loss_scale_kind(_cfg(precision_mode="allow_fp32_to_fp16")) == ("dynamic", None)
-    assert npu_loss_scale_kind(_cfg(precision_mode="force_fp32")) == ("none", None)
-    assert npu_loss_scale_kind(_cfg(precision_mode="allow_mix_precision_bf16")) == ("none", None)
-    assert npu_loss_scale_kind(_cfg(precision_mode="must_keep_origin_dtype")) == ("none", None)
-    assert npu_loss_scale_kind(_cfg(precision_mode="must_keep_origin_dtype", precision="fp16")) == ("dynamic", None)
-    assert npu_loss_scale_kind(_cfg(precision_mode="force_fp32", loss_scale="dynamic")) == ("dynamic", None)
-    assert npu_loss_scale_kind(_cfg(loss_scale="none")) == ("none", None)
+    assert npu_loss_scale_kind(npu_config(precision_mode="allow_mix_precision")) == ("dynamic", None)
+    assert npu_loss_scale_kind(npu_config(precision_mode="allow_fp32_to_fp16")) == ("dynamic", None)
+    assert npu_loss_scale_kind(npu_config(precision_mode="force_fp32")) == ("none", None)
+    assert npu_loss_scale_kind(npu_config(precision_mode="allow_mix_precision_bf16")) == ("none", None)
+    assert npu_loss_scale_kind(npu_config(precision_mode="must_keep_origin_dtype")) == ("none", None)
+    assert npu_loss_scale_kind(npu_config(precision_mode="must_keep_origin_dtype", precision="fp16")) == \
+        ("dynamic", None)
+    assert npu_loss_scale_kind(npu_config(precision_mode="force_fp32", loss_scale="dynamic")) == ("dynamic", None)
+    assert npu_loss_scale_kind(npu_config(loss_scale="none")) == ("none", None)
 
 
 def test_sink_mode_wraps_the_train_op_and_loads_k(npu):
-    cfg = _cfg(iterations_per_loop=2, max_steps=8, save_checkpoints_steps=4)
-    backend_config_k = _backend().session_config(cfg).graph_options.rewrite_options.custom_optimizers[0]
-    sess, fetches, _ = _build(cfg)
+    cfg = npu_config(iterations_per_loop=2, max_steps=8, save_checkpoints_steps=4)
+    backend_config_k = npu_backend().session_config(cfg).graph_options.rewrite_options.custom_optimizers[0]
+    sess, fetches, _ = build_npu_step(cfg)
     (call,) = npu.calls_named("set_iteration_per_loop")
     assert call["sess"] is sess
     assert isinstance(call["train_op"], v1.Operation) and call["train_op"].name.endswith("npu_train_step")
@@ -220,10 +133,10 @@ def test_sink_mode_wraps_the_train_op_and_loads_k(npu):
 
 
 def test_session_and_loop_must_agree_on_k(npu):
-    backend = _backend()
-    backend.session_config(_cfg(iterations_per_loop=2))
-    next_batch, loss_fn, _ = _tiny_problem()
-    fetches = backend.build_train_loop(_cfg(iterations_per_loop=4), next_batch, loss_fn,
+    backend = npu_backend()
+    backend.session_config(npu_config(iterations_per_loop=2))
+    next_batch, loss_fn, _ = tiny_problem()
+    fetches = backend.build_train_loop(npu_config(iterations_per_loop=4), next_batch, loss_fn,
                                        v1.train.get_or_create_global_step())
     with v1.Session() as sess:
         with pytest.raises(ValueError, match="iterations_per_loop=2"):
@@ -233,7 +146,7 @@ def test_session_and_loop_must_agree_on_k(npu):
 # --- training through the stand-in ----------------------------------------------------------------------------
 
 def test_steps_train_the_tiny_model(npu):
-    sess, fetches, _ = _build(_cfg(iterations_per_loop=2))
+    sess, fetches, _ = build_npu_step(npu_config(iterations_per_loop=2))
     before = _weights(sess)
     losses = [sess.run(fetches)["loss"] for _ in range(6)]
     after = _weights(sess)
@@ -244,10 +157,10 @@ def test_steps_train_the_tiny_model(npu):
 
 def test_gradients_reach_the_optimizer_unscaled(npu):
     """Momentum SGD's first step is w - lr*grad: the loss scale must cancel out exactly (up to float error)."""
-    cfg = _cfg(optimizer="momentum", learning_rate=0.1, loss_scale="dynamic", loss_scale_init=4096.0)
-    sess, fetches, _ = _build(cfg)
+    cfg = npu_config(optimizer="momentum", learning_rate=0.1, loss_scale="dynamic", loss_scale_init=4096.0)
+    sess, fetches, _ = build_npu_step(cfg)
     variables = v1.trainable_variables()
-    next_batch, loss_fn, _ = _tiny_problem()
+    next_batch, loss_fn, _ = tiny_problem()
     plain_grads = v1.gradients(loss_fn(next_batch(), v1.constant(0, v1.int64)), variables)
     before, grads = sess.run([variables, plain_grads])
     sess.run(fetches)
@@ -261,9 +174,9 @@ def test_overflow_skips_the_update_and_counts(npu, inf_nan_mode):
     from npu_bridge.estimator.npu import npu_plugin
     from unet_perf.backends import npu as npu_module
     npu_plugin.INF_NAN_MODE = inf_nan_mode
-    cfg = _cfg(loss_scale="dynamic", loss_scale_init=256.0, loss_scale_growth_interval=2)
-    backend = _backend()
-    sess, fetches, nan_factor = _build(cfg, backend)
+    cfg = npu_config(loss_scale="dynamic", loss_scale_init=256.0, loss_scale_growth_interval=2)
+    backend = npu_backend()
+    sess, fetches, nan_factor = build_npu_step(cfg, backend)
     names = [op.name for op in v1.get_default_graph().get_operations()]
     assert any(name.endswith("overflow_status_reduce_all") for name in names) is not inf_nan_mode
     assert backend.overflow_source == (npu_module.OVERFLOW_FROM_GRADIENTS if inf_nan_mode
@@ -290,8 +203,8 @@ def test_overflow_skips_the_update_and_counts(npu, inf_nan_mode):
 
 def test_dynamic_scale_stays_unchanged_at_the_top_of_float32(npu):
     """A due increase that would pass 3.4e38 leaves the scale as it is (no clamping to 1.7e38)."""
-    cfg = _cfg(loss_scale="dynamic", loss_scale_init=2.0 ** 126, loss_scale_growth_interval=1)
-    sess, fetches, nan_factor = _build(cfg)
+    cfg = npu_config(loss_scale="dynamic", loss_scale_init=2.0 ** 126, loss_scale_growth_interval=1)
+    sess, fetches, nan_factor = build_npu_step(cfg)
     runs = [sess.run(fetches, {nan_factor: 0.0}) for _ in range(3)]  # zero loss: finite zero gradients
     assert [bool(v["overflow"]) for v in runs] == [False, False, False]
     assert [float(v["loss_scale"]) for v in runs] == [2.0 ** 127] * 3
@@ -301,8 +214,8 @@ def test_dynamic_scale_stays_unchanged_at_the_top_of_float32(npu):
 def test_saturation_mode_counts_an_overflow_that_leaves_the_gradients_finite(npu):
     """The float status records every overflow of the step; the INF/NaN-mode fallback sees only the gradients."""
     from npu_bridge.estimator.npu import npu_plugin
-    cfg = _cfg(loss_scale="dynamic", loss_scale_init=256.0)
-    sess, fetches, _ = _build(cfg)
+    cfg = npu_config(loss_scale="dynamic", loss_scale_init=256.0)
+    sess, fetches, _ = build_npu_step(cfg)
     before = _weights(sess)
     values = sess.run(fetches, {_saturation(): 1e30})
     assert np.isfinite(values["loss"]) and bool(values["overflow"]) and values["skipped_steps"] == 1
@@ -310,7 +223,7 @@ def test_saturation_mode_counts_an_overflow_that_leaves_the_gradients_finite(npu
 
     npu_plugin.INF_NAN_MODE = True
     with v1.Graph().as_default():
-        sess, fetches, _ = _build(cfg)
+        sess, fetches, _ = build_npu_step(cfg)
         values = sess.run(fetches, {_saturation(): 1e30})
         assert not values["overflow"] and values["skipped_steps"] == 0
 
@@ -319,7 +232,7 @@ def test_saturation_mode_counts_an_overflow_that_leaves_the_gradients_finite(npu
 def test_none_gradients_are_dropped_before_the_update(npu, inf_nan_mode):
     from npu_bridge.estimator.npu import npu_plugin
     npu_plugin.INF_NAN_MODE = inf_nan_mode
-    sess, fetches, nan_factor = _build(_cfg(loss_scale="dynamic"), unused_variable=True)
+    sess, fetches, nan_factor = build_npu_step(npu_config(loss_scale="dynamic"), unused_variable=True)
     assert "tiny/unused" in [var.op.name for var in v1.trainable_variables()]
     values = sess.run(fetches)
     assert not values["overflow"] and values["global_step"] == 1
@@ -348,8 +261,8 @@ def test_older_adapters_without_the_overflow_check_parameter_and_status_name(npu
     monkeypatch.setattr(npu_loss_scale_manager, "FixedLossScaleManager",
                         npu_loss_scale_manager.LegacyFixedLossScaleManager)
     monkeypatch.setattr(npu_loss_scale_optimizer, "NAMES_OVERFLOW_STATUS", False)
-    backend = _backend()
-    sess, fetches, nan_factor = _build(_cfg(loss_scale="64"), backend)
+    backend = npu_backend()
+    sess, fetches, nan_factor = build_npu_step(npu_config(loss_scale="64"), backend)
     assert npu.calls_named("FixedLossScaleManager") == [dict(loss_scale=64.0)]
     assert backend.overflow_source == npu_module.OVERFLOW_FROM_GRADIENTS
     before = _weights(sess)
@@ -360,20 +273,20 @@ def test_older_adapters_without_the_overflow_check_parameter_and_status_name(npu
 
 def test_overflow_source_without_loss_scaling_and_loss_scale_kind(npu):
     from unet_perf.backends import npu as npu_module
-    backend = _backend()
-    cfg = _cfg(precision_mode="force_fp32")
-    _build(cfg, backend)
+    backend = npu_backend()
+    cfg = npu_config(precision_mode="force_fp32")
+    build_npu_step(cfg, backend)
     assert backend.overflow_source == npu_module.OVERFLOW_NOT_CHECKED
     assert backend.loss_scale_kind(cfg) == ("none", None)
-    assert backend.loss_scale_kind(_cfg(precision_mode="allow_fp32_to_fp16")) == ("dynamic", None)
+    assert backend.loss_scale_kind(npu_config(precision_mode="allow_fp32_to_fp16")) == ("dynamic", None)
 
 
 # --- IterationOp: created once, named exactly IterationOp -------------------------------------------------------
 
 def test_prepare_session_twice_reuses_the_iteration_op(npu):
-    backend = _backend()
-    cfg = _cfg(iterations_per_loop=2, max_steps=8, save_checkpoints_steps=4)
-    sess, fetches, _ = _build(cfg, backend)
+    backend = npu_backend()
+    cfg = npu_config(iterations_per_loop=2, max_steps=8, save_checkpoints_steps=4)
+    sess, fetches, _ = build_npu_step(cfg, backend)
     again = backend.prepare_session(sess, fetches)
     raw_again = backend.prepare_session(sess, {"global_step": v1.train.get_global_step().read_value()})
     assert len(npu.calls_named("set_iteration_per_loop")) == 1
@@ -386,9 +299,9 @@ def test_prepare_session_twice_reuses_the_iteration_op(npu):
 
 
 def test_prepare_session_inside_a_name_scope_still_makes_iteration_op(npu):
-    backend = _backend()
-    cfg = _cfg(iterations_per_loop=2, max_steps=8, save_checkpoints_steps=4)
-    next_batch, loss_fn, _ = _tiny_problem()
+    backend = npu_backend()
+    cfg = npu_config(iterations_per_loop=2, max_steps=8, save_checkpoints_steps=4)
+    next_batch, loss_fn, _ = tiny_problem()
     fetches = backend.build_train_loop(cfg, next_batch, loss_fn, v1.train.get_or_create_global_step())
     sess = v1.Session(config=backend.session_config(cfg))
     sess.run(v1.global_variables_initializer())
@@ -401,13 +314,13 @@ def test_prepare_session_inside_a_name_scope_still_makes_iteration_op(npu):
 def test_a_taken_iteration_op_name_is_a_clear_error(npu):
     v1.no_op(name="IterationOp")  # e.g. made by an earlier set_iteration_per_loop on this graph
     with pytest.raises(ValueError, match="'IterationOp_1'.*exactly 'IterationOp'"):
-        _build(_cfg(iterations_per_loop=2, max_steps=8, save_checkpoints_steps=4))
+        build_npu_step(npu_config(iterations_per_loop=2, max_steps=8, save_checkpoints_steps=4))
 
 
 def test_a_second_session_on_the_prepared_graph_is_refused(npu):
-    backend = _backend()
-    cfg = _cfg(iterations_per_loop=2, max_steps=8, save_checkpoints_steps=4)
-    _, fetches, _ = _build(cfg, backend)
+    backend = npu_backend()
+    cfg = npu_config(iterations_per_loop=2, max_steps=8, save_checkpoints_steps=4)
+    _, fetches, _ = build_npu_step(cfg, backend)
     with v1.Session() as other:
         with pytest.raises(ValueError, match="another session"):
             backend.prepare_session(other, fetches)
@@ -444,7 +357,7 @@ def _train(backend, cfg, make_loss_fn, runs):
 
 def _assert_same_training(npu_result, host_result, k, runs):
     (npu_values, npu_vars), (host_values, host_vars) = npu_result, host_result
-    _assert_same_weights(npu_vars, host_vars, rtol=1e-4, atol=1e-6)
+    assert_same_weights(npu_vars, host_vars, rtol=1e-4, atol=1e-6)
     assert [int(v["global_step"]) for v in npu_values] == [k * (i + 1) for i in range(runs)]
     assert [int(v["global_step"]) for v in host_values] == [k * (i + 1) for i in range(runs)]
     for key in ("loss", "mean_loss"):  # last iteration's loss; mean over the K iterations of the run
@@ -454,12 +367,12 @@ def _assert_same_training(npu_result, host_result, k, runs):
 def test_k_steps_per_run_match_the_host_loop_on_the_same_batches(npu):
     from unet_perf.backends.host import HostBackend
     k, runs = 4, 2
-    cfg = _cfg(iterations_per_loop=k, max_steps=k * runs, save_checkpoints_steps=k, optimizer="momentum",
+    cfg = npu_config(iterations_per_loop=k, max_steps=k * runs, save_checkpoints_steps=k, optimizer="momentum",
                learning_rate=0.1, loss_scale="none")
     def make_loss_fn():
-        return _tiny_problem()[1]
+        return tiny_problem()[1]
 
-    npu_result = _train(_backend(), cfg, make_loss_fn, runs)
+    npu_result = _train(npu_backend(), cfg, make_loss_fn, runs)
     host_result = _train(HostBackend(), cfg, make_loss_fn, runs)
     _assert_same_training(npu_result, host_result, k, runs)
     losses = [v["loss"] for v in npu_result[0]]
@@ -471,13 +384,13 @@ def test_batch_norm_moving_statistics_update_like_the_host(npu):
     from unet_perf.backends.host import HostBackend
     from unet_perf.training.assembly import make_loss_fn
     k, runs = 2, 2
-    cfg = _cfg(iterations_per_loop=k, max_steps=k * runs, save_checkpoints_steps=k, optimizer="momentum",
+    cfg = npu_config(iterations_per_loop=k, max_steps=k * runs, save_checkpoints_steps=k, optimizer="momentum",
                learning_rate=0.05, loss_scale="none", batch_norm=True, depth=1, base_filters=2, crop_size=16,
                dropout=0.0)
     def unet_loss_fn():
         return make_loss_fn(cfg, False)
 
-    npu_values, npu_vars = npu_result = _train(_backend(), cfg, unet_loss_fn, runs)
+    npu_values, npu_vars = npu_result = _train(npu_backend(), cfg, unet_loss_fn, runs)
     moving = sorted(name for name in npu_vars if "moving_" in name)
     assert moving, "the model built no batch-norm statistics"
     for name in moving:  # initialised to mean 0 / variance 1; trained statistics differ
@@ -494,7 +407,7 @@ def _open_npu_training(tiny_config, source_kind, k=10):
     from unet_perf.training import assembly
     cfg = tiny_config(iterations_per_loop=k, max_steps=k, save_checkpoints_steps=k, synthetic_count=4,
                       synthetic_size=64, xla_augment="off", precision_mode="allow_mix_precision")
-    training = assembly.build(cfg, assembly.dataset_source(cfg, source_kind), backend=_backend())
+    training = assembly.build(cfg, assembly.dataset_source(cfg, source_kind), backend=npu_backend())
     return cfg, training, assembly.open_session(training, cfg)
 
 
@@ -545,7 +458,7 @@ def test_a_device_that_runs_the_graph_once_stops_training_with_one_line(npu, tin
     from npu_bridge.estimator.npu import util
 
     from unet_perf.training import run as trainer
-    # (a healthy stand-in run through the trainer passes the check: tests/test_modelzoo_scripts.py, 8p)
+    # (a healthy stand-in run through the trainer passes the check: tests/tools/test_modelzoo_scripts.py, 8p)
     monkeypatch.setattr(util._DeviceLoop, "_fetches_iteration_op", lambda self, fetches: False)
     cfg = _trainer_cfg(tiny_config, tmp_path, device="npu", model_dir=str(tmp_path / "once"))
     with pytest.raises(UserError) as info:
@@ -556,22 +469,23 @@ def test_a_device_that_runs_the_graph_once_stops_training_with_one_line(npu, tin
 
 def test_bf16_precision_modes_are_refused_on_ascend_910_only(npu):
     from unet_perf.backends.npu import NpuBackend
-    next_batch, loss_fn, _ = _tiny_problem()
+    next_batch, loss_fn, _ = tiny_problem()
     step = v1.train.get_or_create_global_step()
     for mode in ("allow_mix_precision_bf16", "allow_fp32_to_bf16"):
         for chip in ("Ascend910A", "Ascend910ProB"):
             with pytest.raises(UserError) as info:
-                NpuBackend(chip=lambda: chip).build_train_loop(_cfg(precision_mode=mode), next_batch, loss_fn, step)
+                NpuBackend(chip=lambda: chip).build_train_loop(npu_config(precision_mode=mode), next_batch, loss_fn,
+                                                               step)
             message = str(info.value)
             assert mode in message and chip in message and "\n" not in message
             with pytest.raises(UserError, match=mode):
-                NpuBackend(chip=lambda: chip).session_config(_cfg(precision_mode=mode))
+                NpuBackend(chip=lambda: chip).session_config(npu_config(precision_mode=mode))
     # Kept where the chip has bf16 (910B), and when the chip is unknown (no pyACL): the device decides.
     for chip in ("Ascend910B1", None):
-        config = NpuBackend(chip=lambda: chip).session_config(_cfg(precision_mode="allow_mix_precision_bf16"))
+        config = NpuBackend(chip=lambda: chip).session_config(npu_config(precision_mode="allow_mix_precision_bf16"))
         assert config.graph_options.rewrite_options.custom_optimizers[0].parameter_map["precision_mode"].s == \
             b"allow_mix_precision_bf16"
-    NpuBackend(chip=lambda: "Ascend910A").session_config(_cfg(precision_mode="allow_mix_precision"))
+    NpuBackend(chip=lambda: "Ascend910A").session_config(npu_config(precision_mode="allow_mix_precision"))
 
 
 def test_the_start_up_session_fixes_precision_mode_and_profiling_for_the_process(npu, tmp_path, monkeypatch):
@@ -580,7 +494,6 @@ def test_the_start_up_session_fixes_precision_mode_and_profiling_for_the_process
     config."""
     from npu_bridge import ge_plugin
 
-    from test_npu_distributed import write_rank_table
     from unet_perf import cluster as cluster_lib
     from unet_perf.backends.hccl import NpuCollectives
     from unet_perf.backends.npu import NpuBackend
@@ -589,13 +502,13 @@ def test_the_start_up_session_fixes_precision_mode_and_profiling_for_the_process
     env = {"RANK_TABLE_FILE": table, "RANK_ID": "0", "RANK_SIZE": "2", "ASCEND_DEVICE_ID": "0", "JOB_ID": "job"}
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    cfg = _cfg(precision_mode="allow_fp32_to_fp16", iterations_per_loop=2, save_checkpoints_steps=4)
+    cfg = npu_config(precision_mode="allow_fp32_to_fp16", iterations_per_loop=2, save_checkpoints_steps=4)
     backend = NpuBackend(collectives=NpuCollectives(cluster_lib.from_rank_table(table, 0, 2), 60), cfg=cfg)
     try:
         assert backend.session_target() == ""
         assert ge_plugin.effective()["precision_mode"] == "allow_fp32_to_fp16"
         # a later session's precision_mode is ignored, as by the real plugin
-        with v1.Session(config=backend.session_config(_cfg(precision_mode="force_fp32"))) as later:
+        with v1.Session(config=backend.session_config(npu_config(precision_mode="force_fp32"))) as later:
             later.run(v1.constant(1.0))
         assert ge_plugin.effective()["precision_mode"] == "allow_fp32_to_fp16"
         assert [options["precision_mode"] for options in ge_plugin.ignored()] == ["force_fp32"]
@@ -606,7 +519,6 @@ def test_the_start_up_session_fixes_precision_mode_and_profiling_for_the_process
 def test_the_hccl_stand_in_refuses_64_bit_all_reduces_and_the_engine_sends_int32_words(npu, tmp_path, monkeypatch):
     from npu_bridge.hccl import hccl_ops
 
-    from test_npu_distributed import write_rank_table
     from unet_perf import cluster as cluster_lib
     from unet_perf.backends.hccl import NpuCollectives
 
@@ -632,29 +544,29 @@ def test_auto_device_picks_npu_when_npu_bridge_imports(npu):
         from unet_perf.backends import get_backend
     except ImportError as err:
         pytest.fail("unet_perf.backends.get_backend is missing ({})".format(err))
-    backend = get_backend(_cfg(device="auto"))
+    backend = get_backend(npu_config(device="auto"))
     assert backend.name == "npu"
-    assert get_backend(_cfg(device="npu")).name == "npu"
+    assert get_backend(npu_config(device="npu")).name == "npu"
 
 
 def test_step_counts_must_be_multiples_of_k(npu):
     with pytest.raises(UserError, match="multiple of --iterations_per_loop"):
-        _cfg(iterations_per_loop=4, max_steps=10, save_checkpoints_steps=4).validate()
+        npu_config(iterations_per_loop=4, max_steps=10, save_checkpoints_steps=4).validate()
     with pytest.raises(UserError, match="save_checkpoints_steps"):
-        _cfg(iterations_per_loop=4, max_steps=8, save_checkpoints_steps=6).validate()
+        npu_config(iterations_per_loop=4, max_steps=8, save_checkpoints_steps=6).validate()
     with pytest.raises(UserError, match="val_every"):
-        _cfg(iterations_per_loop=4, max_steps=8, save_checkpoints_steps=4, val_every=2).validate()
+        npu_config(iterations_per_loop=4, max_steps=8, save_checkpoints_steps=4, val_every=2).validate()
     from unet_perf.training import assembly
 
-    bad = _cfg(iterations_per_loop=3)
+    bad = npu_config(iterations_per_loop=3)
     with pytest.raises(UserError):  # a Config built in code is checked where the graph is assembled, too
-        assembly.build(bad, assembly.cached_batch_source(bad), backend=_backend())
+        assembly.build(bad, assembly.cached_batch_source(bad), backend=npu_backend())
 
 
 def test_multi_device_rank_size_is_refused(npu, monkeypatch):
     monkeypatch.setenv("RANK_SIZE", "8")
     with pytest.raises(UserError, match="RANK_SIZE"):
-        _backend()
+        npu_backend()
 
 
 def test_missing_npu_bridge_gives_a_user_error():
@@ -673,7 +585,7 @@ def test_missing_npu_bridge_gives_a_user_error():
 def _listed_signatures():
     """{dotted name: [parameter names]} from npu_bridge_api.txt (calls only, not the re-export lines)."""
     listed = {}
-    with open(API_LISTING) as handle:
+    with open(NPU_BRIDGE_API) as handle:
         for line in handle:
             match = re.match(r"^(npu_bridge[\w.]*)\((.*)\)\s*$", line.strip())
             if not match:
@@ -706,7 +618,7 @@ def _parameter_names(func):
     return [name for name in inspect.signature(func).parameters if name != "self"]
 
 
-@pytest.mark.skipif(not os.path.exists(API_LISTING), reason="../shared/compat/npu_bridge_api.txt not present")
+@pytest.mark.skipif(not os.path.exists(NPU_BRIDGE_API), reason="../shared/compat/npu_bridge_api.txt not present")
 def test_stand_in_and_backend_match_the_listed_api(npu):
     import importlib
     listed = _listed_signatures()

@@ -1,5 +1,6 @@
 """The augmentation engines (xla, graph, opencv): same draws, same output within interpolation tolerance, exact
-where the map is exact (identity, crops, flips, borders at integer positions), and how the engine is chosen."""
+where the map is exact (identity, crops, flips, borders at integer positions), how the engine is chosen, and that
+the engine description names why XLA is off (no silent fallback)."""
 import dataclasses
 import os
 
@@ -158,6 +159,25 @@ def test_contradictory_engine_flags_are_a_user_error(xla_augment, engine):
     with pytest.raises(UserError, match="--xla_augment"):
         make_cfg(xla_augment=xla_augment, augment_engine=engine).validate()
     make_cfg(xla_augment="off", augment_engine="opencv").validate()
+
+
+def test_engine_description_names_the_reason_xla_is_off(monkeypatch):
+    assert augment.describe_engine(Config(xla_augment="off")) == "graph"
+    assert augment.describe_engine(Config(augment_engine="opencv")) == "opencv"
+    monkeypatch.setattr(compat, "_XLA_JIT_STATUS", [(False, "InvalidArgumentError: no XLA kernels")])
+    assert augment.describe_engine(Config(xla_augment="auto")) == \
+        "opencv (XLA unavailable: InvalidArgumentError: no XLA kernels)"
+    monkeypatch.setattr(compat, "_XLA_JIT_STATUS", [(True, "")])
+    assert augment.describe_engine(Config(xla_augment="auto")) == "xla"
+
+
+def test_xla_probe_reports_why_it_failed(monkeypatch):
+    def broken(fn):
+        raise RuntimeError("XLA compilation is not supported here\nsecond line")
+    monkeypatch.setattr(compat, "_XLA_JIT_STATUS", [])
+    monkeypatch.setattr(compat, "xla_function", broken)
+    assert compat.xla_jit_status() == (False, "RuntimeError: XLA compilation is not supported here")
+    assert compat.xla_jit_available() is False
 
 
 def test_opencv_engine_keeps_the_bundled_openblas_to_one_thread():

@@ -14,13 +14,12 @@ import sys
 import numpy as np
 import pytest
 
-from test_distributed import (assert_one_skip_everywhere, assert_rank_0_weights_everywhere, free_addresses,
-                              poisoned_source, run_rank_processes, save_single_reference, weights_of)
 from unet_perf.compat import npu_bridge_available
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-STUB_DIR = os.path.join(HERE, "npu_stub")
+from support import (NPU_BRIDGE_API, NPU_STUB, REPO, assert_one_skip_everywhere, assert_rank_0_weights_everywhere,
+                     forget_stand_in, free_addresses, made_up_device_ip, poisoned_source, rank_python_path,
+                     run_rank_processes, save_single_reference, train_rank, weights_of, write_rank_table)
+
 # Seconds for the whole pair: a hang fails instead of blocking CI. About 1-2 minutes here; the margin is for a
 # 2-core machine shared with other jobs.
 HARD_TIMEOUT = 600
@@ -38,24 +37,9 @@ pytestmark = pytest.mark.skipif(npu_bridge_available(), reason="a real npu_bridg
 def rank_env(addresses, rank, table_path):
     env = dict(os.environ, RANK_TABLE_FILE=table_path, RANK_ID=str(rank), RANK_SIZE=str(len(addresses)),
                ASCEND_DEVICE_ID=str(rank), JOB_ID="unet-perf-test", NPU_STUB_HCCL_ADDRESSES=",".join(addresses),
-               TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=os.pathsep.join([REPO, STUB_DIR, os.environ.get("PYTHONPATH", "")]))
+               TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=rank_python_path(NPU_STUB))
     env.pop("TF_CONFIG", None)
     return env
-
-
-def test_device_ip(device):
-    """A made-up NIC address for test rank tables (the stand-in's HCCL does not use it)."""
-    return "192.0.2.{}".format(10 + device)
-
-
-test_device_ip.__test__ = False  # a helper, not a test
-
-
-def write_rank_table(path, devices):
-    from unet_perf import rank_table
-    with open(path, "w") as handle:
-        json.dump(rank_table.generate(devices, device_ip=test_device_ip), handle)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -247,44 +231,18 @@ def _share_source(cfg, rank, size, batches=3):
 
 
 def _train(cfg, backend, source, size, keep_initial=False, inspect=False):
-    """Build cfg's graph for this rank and open it in assembly.open_session's order (init, sync, iterator,
-    prepare_session); RUNS Session.runs. A dict of the final trainable variables ("var:<name>") and fetches."""
+    """support.train_rank of RUNS Session.runs; the call log marks where the training session starts and, on
+    several ranks, whether its config has hcom_parallel."""
     from npu_bridge.stub_log import record
 
-    from unet_perf.training import assembly
-    from unet_perf.backends.base import FETCH_KEYS, check_loop_steps
-    from unet_perf.compat import v1
-
-    training = assembly.build(cfg, source, backend=backend)
-    with training.graph.as_default():
-        trainable = v1.trainable_variables()
-    read = lambda sess: dict(("var:" + v.op.name, value) for v, value in zip(trainable, sess.run(trainable)))
-    data = {}
-    config = backend.session_config(cfg)
-    if size > 1:
-        params = config.graph_options.rewrite_options.custom_optimizers[0].parameter_map
-        record("session_config", hcom_parallel=params["hcom_parallel"].b)
-    with v1.Session(backend.session_target(), graph=training.graph, config=config) as sess:
+    def mark_training_session():
+        if size > 1:
+            params = backend.session_config(cfg).graph_options.rewrite_options.custom_optimizers[0].parameter_map
+            record("session_config", hcom_parallel=params["hcom_parallel"].b)
         record("training")
-        sess.run(training.init_ops)
-        if inspect:
-            data["before"] = np.array(read(sess), dtype=object)
-        if keep_initial:
-            data.update(("initial:" + key[4:], value) for key, value in read(sess).items())
-        backend.sync_variables(sess)
-        if inspect:
-            data["after_sync"] = np.array(read(sess), dtype=object)
-        if keep_initial and size > 1:
-            data["initial"] = np.array(read(sess), dtype=object)
-        sess.run(training.iterator.initializer)
-        fetches = backend.prepare_session(sess, training.fetches)
-        step = 0
-        for _ in range(RUNS):
-            values = sess.run(fetches)
-            step = check_loop_steps(step, values, cfg.iterations_per_loop)
-        data.update(read(sess))
-        data.update((key, np.asarray(values[key])) for key in FETCH_KEYS)
-    return data
+
+    return train_rank(cfg, backend, source, size, RUNS, keep_initial=keep_initial, inspect=inspect,
+                      before_session=mark_training_session)
 
 
 if __name__ == "__main__":
@@ -339,7 +297,7 @@ def test_the_rank_table_is_checked_against_the_physical_device(tmp_path):
 
     table = tmp_path / "table.json"
     table.write_text(json.dumps({"server_count": "1", "status": "completed", "version": "1.0", "server_list": [
-        {"server_id": "10.0.0.1", "device": [{"device_id": str(4 + rank), "device_ip": test_device_ip(4 + rank),
+        {"server_id": "10.0.0.1", "device": [{"device_id": str(4 + rank), "device_ip": made_up_device_ip(4 + rank),
                                               "rank_id": str(rank)} for rank in range(2)]}]}))
     cluster = cluster_lib.from_rank_table(str(table), 1, 2)
     env = {"RANK_TABLE_FILE": str(table), "JOB_ID": "job"}
@@ -404,10 +362,7 @@ def test_collectives_config_adds_hcom_parallel_and_the_timeouts(tmp_path):
     assert config.operation_timeout_in_ms >= 30000
 
 
-API_LISTING = os.path.join(REPO, "..", "shared", "compat", "npu_bridge_api.txt")
-
-
-@pytest.mark.skipif(not os.path.exists(API_LISTING), reason="../shared/compat/npu_bridge_api.txt not present")
+@pytest.mark.skipif(not os.path.exists(NPU_BRIDGE_API), reason="../shared/compat/npu_bridge_api.txt not present")
 def test_hccl_module_and_stand_in_follow_the_listed_api():
     """Every npu_bridge name unet_perf/backends/hccl.py imports is listed (a signature or an npu_init re-export),
     and the stand-in's functions have the listed parameters."""
@@ -417,7 +372,7 @@ def test_hccl_module_and_stand_in_follow_the_listed_api():
     import re
 
     listed, reexports = {}, set()
-    with open(API_LISTING) as handle:
+    with open(NPU_BRIDGE_API) as handle:
         for line in handle:
             line = line.strip()
             reexport = re.match(r"^([\w.]+)\s+<-\s+from\s+[\w.]+\s+import\s+(\w+)$", line)
@@ -432,7 +387,7 @@ def test_hccl_module_and_stand_in_follow_the_listed_api():
     imports = [(node.module, alias.name) for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
                and (node.module or "").startswith("npu_bridge") for alias in node.names]
     assert len(imports) >= 4
-    sys.path.insert(0, STUB_DIR)
+    sys.path.insert(0, NPU_STUB)
     try:
         for module, name in imports:
             dotted = module + "." + name
@@ -453,7 +408,5 @@ def test_hccl_module_and_stand_in_follow_the_listed_api():
             obj = getattr(importlib.import_module(module), name)
             assert list(inspect.signature(obj).parameters) == listed[dotted], dotted
     finally:
-        sys.path.remove(STUB_DIR)
-        for name in list(sys.modules):
-            if name.split(".")[0] in ("npu_bridge", "hccl"):
-                del sys.modules[name]
+        sys.path.remove(NPU_STUB)
+        forget_stand_in()

@@ -1,75 +1,21 @@
 """Host backend: the K-step while_loop equals K single steps, loss scaling inside the loop, precisions, fetches."""
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from unet_perf import compat
 from unet_perf.backends import get_backend
 from unet_perf.backends.base import FETCH_KEYS
 from unet_perf.backends.host import HostBackend
-from unet_perf.compat import v1
 from unet_perf.errors import UserError
-from unet_perf.model.losses import compute_loss
-from unet_perf.model.network import unet
 
-SIZE = 32
-LOOP = dict(crop_size=SIZE, dropout=0.5, iterations_per_loop=1, learning_rate=1e-3)  # this file's tiny_config base
-
-
-def _arrays(count=8, nan_index=None):
-    """Blobs on noise: a learnable in-memory task. Optionally one image full of NaN (a poisoned batch)."""
-    rng = np.random.RandomState(1)
-    yy, xx = np.mgrid[:SIZE, :SIZE]
-    masks = np.zeros((count, SIZE, SIZE, 1), np.float32)
-    for i in range(count):
-        cy, cx = rng.randint(8, SIZE - 8, size=2)
-        masks[i, ..., 0] = ((yy - cy) ** 2 + (xx - cx) ** 2 < 40).astype(np.float32)
-    images = (0.6 * masks + 0.4 * rng.rand(count, SIZE, SIZE, 1)).astype(np.float32)
-    if nan_index is not None:
-        images[nan_index] = np.nan
-    return images, masks
-
-
-class _Run(object):
-    """A graph + session training the tiny U-Net with the host backend on a fixed, unshuffled dataset."""
-
-    def __init__(self, cfg, arrays=None, backend=None):
-        self.graph = v1.Graph()
-        with self.graph.as_default():
-            images, masks = arrays if arrays is not None else _arrays()
-            dataset = tf.data.Dataset.from_tensor_slices((images, masks)).repeat()
-            iterator = v1.data.make_initializable_iterator(dataset.batch(cfg.batch_size, drop_remainder=True))
-            global_step = v1.train.get_or_create_global_step()
-
-            def loss_fn(batch, step):
-                return compute_loss(unet(batch[0], cfg, True, step), batch[1], None, cfg.loss)
-
-            self.backend = backend or HostBackend()
-            self.fetches = self.backend.build_train_loop(cfg, iterator.get_next, loss_fn, global_step)
-            self.sess = v1.Session(graph=self.graph, config=self.backend.session_config(cfg))
-            self.sess.run(v1.global_variables_initializer())
-            self.sess.run(iterator.initializer)
-            self.names = [v.name for v in v1.global_variables()]
-            self.variables = v1.global_variables()
-
-    def run(self):
-        return self.sess.run(self.fetches)
-
-    def weights(self):
-        return dict(zip(self.names, self.sess.run(self.variables)))
-
-
-def _assert_same_weights(a, b, rtol=1e-5, atol=1e-6):
-    assert sorted(a) == sorted(b)
-    for name in a:
-        np.testing.assert_allclose(a[name], b[name], rtol=rtol, atol=atol, err_msg=name)
+from support import HOST_LOOP, HostRun, assert_same_weights, blob_arrays
 
 
 @pytest.mark.parametrize("batch_norm", [False, True])
 def test_k_step_loop_equals_k_single_steps(batch_norm, tiny_config):
     k = 4
-    looped = _Run(tiny_config(LOOP, iterations_per_loop=k, batch_norm=batch_norm))
-    single = _Run(tiny_config(LOOP, iterations_per_loop=1, batch_norm=batch_norm))
+    looped = HostRun(tiny_config(HOST_LOOP, iterations_per_loop=k, batch_norm=batch_norm))
+    single = HostRun(tiny_config(HOST_LOOP, iterations_per_loop=1, batch_norm=batch_norm))
     start = looped.weights()
     out = looped.run()
     single_losses = [single.run()["loss"] for _ in range(k)]
@@ -78,7 +24,7 @@ def test_k_step_loop_equals_k_single_steps(batch_norm, tiny_config):
     assert out["loss"] == pytest.approx(single_losses[-1], rel=1e-4)
     assert out["mean_loss"] == pytest.approx(np.mean(single_losses), rel=1e-4)
     end = looped.weights()
-    _assert_same_weights(end, single.weights())
+    assert_same_weights(end, single.weights())
     assert not np.allclose(start["unet/down0/conv1/kernel:0"], end["unet/down0/conv1/kernel:0"])
     if batch_norm:
         assert np.any(end["unet/down0/conv1/moving_mean:0"] != 0)
@@ -86,8 +32,8 @@ def test_k_step_loop_equals_k_single_steps(batch_norm, tiny_config):
 
 def test_poisoned_batch_skips_update_halves_scale_and_counts_once(tiny_config):
     # Slice 2 is NaN: with batch 2 the second step's batch is poisoned.
-    cfg = tiny_config(LOOP, loss_scale="dynamic", loss_scale_init=1024.0, loss_scale_growth_interval=100)
-    run = _Run(cfg, _arrays(nan_index=2))
+    cfg = tiny_config(HOST_LOOP, loss_scale="dynamic", loss_scale_init=1024.0, loss_scale_growth_interval=100)
+    run = HostRun(cfg, blob_arrays(nan_index=2))
     first = run.run()
     assert not first["overflow"]
     before = run.weights()
@@ -107,11 +53,11 @@ def test_poisoned_batch_skips_update_halves_scale_and_counts_once(tiny_config):
 
 def test_loop_keeps_scale_state_across_iterations(tiny_config):
     # Interval 2 over a 6-step loop: the scale doubles three times; a looped NaN batch is skipped once.
-    cfg = tiny_config(LOOP, iterations_per_loop=6, loss_scale="dynamic", loss_scale_init=4.0,
+    cfg = tiny_config(HOST_LOOP, iterations_per_loop=6, loss_scale="dynamic", loss_scale_init=4.0,
                       loss_scale_growth_interval=2)
-    out = _Run(cfg).run()
+    out = HostRun(cfg).run()
     assert out["loss_scale"] == 32.0 and out["scale_changes"] == 3 and out["skipped_steps"] == 0
-    poisoned = _Run(cfg, _arrays(nan_index=5)).run()  # step 3 (0-based 2) sees slices 4,5
+    poisoned = HostRun(cfg, blob_arrays(nan_index=5)).run()  # step 3 (0-based 2) sees slices 4,5
     assert poisoned["skipped_steps"] == 1
     assert poisoned["global_step"] == 6
     assert poisoned["scale_changes"] == 3  # x2 after steps 0,1; /2 at step 2; x2 after 3,4
@@ -123,9 +69,9 @@ def test_loop_keeps_scale_state_across_iterations(tiny_config):
 def test_fp16_reaches_fp32_loss_and_bf16_trains(tiny_config):
     losses = {}
     for precision in ("fp32", "fp16", "bf16"):
-        cfg = tiny_config(LOOP, precision=precision, iterations_per_loop=15, dropout=0.0, learning_rate=3e-3,
+        cfg = tiny_config(HOST_LOOP, precision=precision, iterations_per_loop=15, dropout=0.0, learning_rate=3e-3,
                           base_filters=8)
-        run = _Run(cfg)
+        run = HostRun(cfg)
         for _ in range(2):
             out = run.run()
         losses[precision] = out["mean_loss"]
@@ -136,7 +82,7 @@ def test_fp16_reaches_fp32_loss_and_bf16_trains(tiny_config):
 
 
 def test_training_graph_has_static_shapes(tiny_config):
-    run = _Run(tiny_config(LOOP, precision="bf16", batch_norm=True))
+    run = HostRun(tiny_config(HOST_LOOP, precision="bf16", batch_norm=True))
     tensors = [t for op in run.graph.get_operations() if op.name.startswith("unet/") for t in op.outputs
                if not (op.type.startswith("FusedBatchNorm") and t.value_index >= 3)]  # opaque reserve space
     assert len(tensors) > 100
@@ -145,13 +91,13 @@ def test_training_graph_has_static_shapes(tiny_config):
 
 
 def test_session_config_and_backend_selection(tiny_config):
-    config = HostBackend().session_config(tiny_config(LOOP))
+    config = HostBackend().session_config(tiny_config(HOST_LOOP))
     assert config.gpu_options.allow_growth and config.allow_soft_placement
-    assert isinstance(get_backend(tiny_config(LOOP, device="host")), HostBackend)
+    assert isinstance(get_backend(tiny_config(HOST_LOOP, device="host")), HostBackend)
     if not compat.npu_bridge_available():
-        assert isinstance(get_backend(tiny_config(LOOP, device="auto")), HostBackend)
+        assert isinstance(get_backend(tiny_config(HOST_LOOP, device="auto")), HostBackend)
         with pytest.raises(UserError, match="--device"):
-            get_backend(tiny_config(LOOP, device="npu"))
+            get_backend(tiny_config(HOST_LOOP, device="npu"))
 
 
 def test_a_loop_that_runs_fewer_than_k_steps_is_a_one_line_error(tiny_config, tmp_path, monkeypatch):
@@ -163,8 +109,8 @@ def test_a_loop_that_runs_fewer_than_k_steps_is_a_one_line_error(tiny_config, tm
     from unet_perf.training import assembly
     from unet_perf.training import run as trainer
 
-    cfg = tiny_config(LOOP, iterations_per_loop=3, max_steps=6, save_checkpoints_steps=3)
-    healthy = _Run(cfg)
+    cfg = tiny_config(HOST_LOOP, iterations_per_loop=3, max_steps=6, save_checkpoints_steps=3)
+    healthy = HostRun(cfg)
     loop = assembly.CheckedRuns(healthy.sess, healthy.fetches, cfg.iterations_per_loop)
     assert [int(loop.run()["global_step"]) for _ in range(2)] == [3, 6] and loop.step == 6
 
@@ -174,7 +120,7 @@ def test_a_loop_that_runs_fewer_than_k_steps_is_a_one_line_error(tiny_config, tm
         return build(self, dataclasses.replace(cfg, iterations_per_loop=cfg.iterations_per_loop - 1), *args)
 
     monkeypatch.setattr(HostBackend, "build_train_loop", short_loop)
-    run_cfg = tiny_config(LOOP, iterations_per_loop=3, max_steps=6, save_checkpoints_steps=3, synthetic_count=4,
+    run_cfg = tiny_config(HOST_LOOP, iterations_per_loop=3, max_steps=6, save_checkpoints_steps=3, synthetic_count=4,
                           synthetic_size=64, xla_augment="off", summary_images=0, model_dir=str(tmp_path / "run"))
     with pytest.raises(UserError) as info:  # the trainer checks every run
         trainer.train(run_cfg, out=io.StringIO())

@@ -1,7 +1,6 @@
 """Overlap-tile inference: the numpy tiler, normalisation, the predictor graph, model-dir loading, validation."""
 import dataclasses
 import json
-import os
 
 import numpy as np
 import pytest
@@ -10,40 +9,17 @@ from unet_perf.inference import tiling
 from unet_perf.inference.predictor import Predictor, build_predictor
 from unet_perf.input import pipeline
 from unet_perf.compat import v1
-from unet_perf.config import Config
 from unet_perf.data.sources import Pairs
 from unet_perf.errors import UserError
 
-TINY = dict(depth=2, base_filters=4, crop_size=32, input_scale=1.0, dropout=0.0, batch_size=2)
+from support import make_model_dir, make_tiny_config
+
+NO_DROPOUT = dict(dropout=0.0)
 
 
 def tiny_config(**overrides):
-    values = dict(TINY)
-    values.update(overrides)
-    return Config(**values)
-
-
-def make_model_dir(path, cfg=None, seed=0):
-    """A trained-model directory as the trainer writes it: config.json + a checkpoint of random U-Net weights.
-    Returns (model_dir, cfg, probability of a fixed random tile computed by the saving session)."""
-    from unet_perf.model.network import unet
-
-    cfg = cfg or tiny_config()
-    model_dir = str(path)
-    os.makedirs(model_dir, exist_ok=True)
-    tile = np.random.default_rng(seed).random((1, cfg.crop_size, cfg.crop_size, 1)).astype(np.float32)
-    with v1.Graph().as_default():
-        v1.set_random_seed(seed)
-        images = v1.placeholder(np.float32, [1, cfg.crop_size, cfg.crop_size, 1])
-        probability = v1.math.sigmoid(unet(images, cfg, training=False))
-        with v1.Session() as sess:
-            sess.run(v1.global_variables_initializer())
-            expected = sess.run(probability, {images: tile})
-            v1.train.Saver().save(sess, os.path.join(model_dir, "model.ckpt"), global_step=0,
-                                  write_meta_graph=False)
-    with open(os.path.join(model_dir, "config.json"), "w") as handle:
-        json.dump(dataclasses.asdict(cfg), handle)
-    return model_dir, cfg, tile, expected
+    """The tiny U-Net without dropout (make_model_dir's default), updated by `overrides`."""
+    return make_tiny_config(NO_DROPOUT, **overrides)
 
 
 def identity(batch):

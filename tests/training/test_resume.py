@@ -16,7 +16,8 @@ from unet_perf.compat import v1
 from unet_perf.config import config_from_args
 from unet_perf.training.run import train
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from support import REPO
+
 INTERVAL = 4  # save_checkpoints_steps
 TOTAL = 120
 # No augmentation: building it would only slow each restart (the CLI and determinism tests cover it).

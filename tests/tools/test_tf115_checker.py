@@ -8,10 +8,9 @@ import textwrap
 import pytest
 
 import tf115check
-from conftest import REPO
+from support import REPO, SHARED_COMPAT
 
 TOOL = os.path.join(REPO, "tools", "check_tf115.py")
-SHARED_COMPAT = os.path.join(REPO, "..", "shared", "compat")
 SHIPPED = ("unet_perf", "benchmarks", "tools")
 
 

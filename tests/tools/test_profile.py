@@ -11,9 +11,9 @@ import pytest
 
 from unet_perf.compat import v1
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from support import NPU_STUB, REPO
+
 TOOLS = os.path.join(REPO, "tools")
-STUB_DIR = os.path.join(REPO, "tests", "npu_stub")  # the stand-in npu_bridge
 if TOOLS not in sys.path:
     sys.path.insert(0, TOOLS)
 
@@ -187,7 +187,7 @@ def test_profile_on_the_npu_backend_leaves_the_export_for_after_the_process(tmp_
     (output / "PROF_000001_test").mkdir(parents=True)
     (output / "JOB000002").mkdir()
     env = dict(os.environ, PATH="{}:{}".format(bin_dir, os.environ["PATH"]),
-               PYTHONPATH=os.pathsep.join([STUB_DIR, REPO]))
+               PYTHONPATH=os.pathsep.join([NPU_STUB, REPO]))
     tiny = ["--depth", "1", "--base_filters", "2", "--crop_size", "16", "--batch_size", "2", "--synthetic_count",
             "2", "--synthetic_size", "32"]
     proc = subprocess.run(

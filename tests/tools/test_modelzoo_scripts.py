@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from support import NPU_STUB, REPO
+
 TINY = ["--max_steps=4", "--iterations_per_loop=2", "--save_checkpoints_steps=2", "--depth=2", "--base_filters=4",
         "--crop_size=32", "--synthetic_count=4", "--synthetic_size=64"]
 MODEL_ROOT = "UNet_unet_perf_ID0000_for_TensorFlow"  # a ModelZoo network folder: the Network key is its name
@@ -113,7 +114,6 @@ def test_bad_data_path_fails_with_the_trainers_message(tmp_path):
 
 # --- 8p scripts: one process per device, here 2 ranks of the stand-in npu_bridge on the CPU --------------------
 
-STUB_DIR = os.path.join(REPO, "tests", "npu_stub")
 HARD_TIMEOUT_8P = 480  # seconds: two ranks start, build and train on a shared 2-core machine
 ONE_RUN = ["--max_steps=2", "--iterations_per_loop=2", "--save_checkpoints_steps=2", "--depth=2",
            "--base_filters=4", "--crop_size=32", "--synthetic_count=4", "--synthetic_size=64"]
@@ -133,7 +133,7 @@ def _run_8p(script, args, cwd, ranks, extra_env=None):
     from unet_perf.launch import free_ports
     addresses = ",".join("127.0.0.1:{}".format(port) for port in free_ports(ranks))
     env = dict(os.environ, PYTHON=sys.executable, RANK_SIZE=str(ranks), NPU_STUB_HCCL_ADDRESSES=addresses,
-               TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=os.pathsep.join([STUB_DIR, os.environ.get("PYTHONPATH", "")]),
+               TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=os.pathsep.join([NPU_STUB, os.environ.get("PYTHONPATH", "")]),
                PATH=os.pathsep.join([_fake_hccn_tool(cwd), os.environ.get("PATH", "")]))
     for name in ("TF_CONFIG", "RANK_TABLE_FILE", "RANK_ID", "JOB_ID", "ASCEND_DEVICE_ID", "DEVICE_ID"):
         env.pop(name, None)

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import take_batches
+from support import take_batches
 from unet_perf.input import pipeline
 from unet_perf.compat import v1
 from unet_perf.errors import UserError

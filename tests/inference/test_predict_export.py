@@ -11,7 +11,7 @@ from unet_perf import evaluate, export, predict
 from unet_perf.compat import v1
 from unet_perf.inference.predictor import Predictor, build_predictor, restore
 
-from test_inference import make_model_dir
+from support import make_model_dir
 
 
 @pytest.fixture

@@ -5,11 +5,12 @@ optimizer skips an overflowing step, so training must go on. Without loss scalin
 """
 import pytest
 
-from test_npu_backend import npu  # noqa: F401  (the stand-in npu_bridge fixture)
 from unet_perf.backends.host import HostBackend
 from unet_perf.config import Config
 from unet_perf.errors import UserError
 from unet_perf.training.run import LossGuard
+
+from support import npu_backend
 
 NAN_VALUES = {"loss": float("nan"), "mean_loss": float("nan")}
 
@@ -18,26 +19,21 @@ def _check(backend, cfg, values, step):
     LossGuard(backend, cfg).check(values, step, last_good=lambda: "the last good checkpoint is none")
 
 
-def _npu_backend():
-    from unet_perf.backends.npu import NpuBackend
-    return NpuBackend()
-
-
-def test_npu_mixed_precision_skips_a_non_finite_step_instead_of_stopping(npu):  # noqa: F811
+def test_npu_mixed_precision_skips_a_non_finite_step_instead_of_stopping(npu):
     cfg = Config(precision="fp32", precision_mode="allow_mix_precision", loss_scale="auto")
     # The host rule would call this "no loss scaling" (fp32) and stop; the NPU backend knows better.
     assert cfg.loss_scale_kind()[0] == "none"
-    _check(_npu_backend(), cfg, NAN_VALUES, step=10)
+    _check(npu_backend(), cfg, NAN_VALUES, step=10)
 
 
 @pytest.mark.parametrize("overrides", [
     {"precision_mode": "force_fp32", "loss_scale": "auto"},
     {"precision_mode": "allow_mix_precision", "loss_scale": "none"},
 ])
-def test_npu_without_loss_scaling_stops_on_a_non_finite_loss(npu, overrides):  # noqa: F811
+def test_npu_without_loss_scaling_stops_on_a_non_finite_loss(npu, overrides):
     cfg = Config(precision="fp32", **overrides)
     with pytest.raises(UserError, match="the loss became nan by step 10"):
-        _check(_npu_backend(), cfg, NAN_VALUES, step=10)
+        _check(npu_backend(), cfg, NAN_VALUES, step=10)
 
 
 def test_host_follows_precision():
