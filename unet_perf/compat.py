@@ -7,7 +7,8 @@ import os
 
 from unet_perf.tf_logging import import_tensorflow
 
-tf = import_tensorflow()  # quiet unless --verbose: see unet_perf.tf_logging
+import_tensorflow()  # loads TensorFlow quietly unless --verbose: see unet_perf.tf_logging
+import tensorflow as tf  # noqa: E402  (already loaded: this plain binding is what tools/check_tf115.py follows)
 
 v1 = tf.compat.v1
 
