@@ -191,3 +191,15 @@ def test_training_prints_no_tensorflow_lines(tmp_path):
     assert "Final Performance" in process.stdout
     noise = [line for line in process.stderr.splitlines() if TF_NOISE.search(line)]
     assert noise == [], process.stderr
+
+
+def test_a_ctrl_c_outside_training_is_one_line_and_exit_130(capsys):
+    from unet_perf.errors import run_cli
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as exited:
+        run_cli(interrupted, [])
+    assert exited.value.code == 130
+    assert capsys.readouterr().err.splitlines() == ["interrupted"]

@@ -1,6 +1,8 @@
 """The package's import rules (issue 20), read from the source with ast: no import cycle (lazy imports inside
-functions count), no module importing or reaching for a private name (`_x`) of another, and inference independent
-of the training pipeline (nothing in unet_perf.inference reaches unet_perf.input or unet_perf.training)."""
+functions count), no module importing or reaching for a private name (`_x`) of another, inference independent
+of the training pipeline (nothing in unet_perf.inference reaches unet_perf.input or unet_perf.training), layer
+folders that import only earlier layers, backends that share only their base, and a Team that speaks only the
+collectives contract."""
 import ast
 import os
 
@@ -77,3 +79,38 @@ def test_inference_does_not_depend_on_the_training_pipeline():
             reached = reachable(graph, module)
             assert not [other for other in reached if other.startswith(("unet_perf.input.", "unet_perf.training."))], \
                 module
+
+
+# The layer folders in import order (README "Layout"): a module imports the foundation (the package's top level)
+# and the layers before its own, never a later one.
+LAYERS = ("storage", "data", "model", "input", "backends", "inference", "training")
+# Modules of the backends layer that every backend may import: the contracts and what Ascend's two modules share.
+SHARED_BACKEND_MODULES = ("unet_perf.backends.base", "unet_perf.backends.ascend")
+
+
+def layer_of(module):
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 and parts[1] in LAYERS else None
+
+
+def test_layers_import_only_the_foundation_and_earlier_layers():
+    for module, (imports, _) in read_package().items():
+        layer = layer_of(module)
+        if layer is None:
+            continue
+        later = [other for other in imports if layer_of(other) and LAYERS.index(layer_of(other)) > LAYERS.index(layer)]
+        assert not later, (module, later)
+
+
+def test_no_backend_imports_another_backend():
+    backends = [module for module in read_package() if module.startswith("unet_perf.backends.")]
+    for module in backends:
+        imports = read_package()[module][0]
+        others = [other for other in imports if other in backends and other not in SHARED_BACKEND_MODULES]
+        assert not others, (module, others)
+
+
+def test_team_uses_only_the_collectives_contract():
+    imports = read_package()["unet_perf.training.team"][0]
+    assert not [other for other in imports if other.startswith("unet_perf.backends.")
+                and other not in ("unet_perf.backends", "unet_perf.backends.base")], imports
