@@ -116,20 +116,18 @@ def test_predict_evaluate_export_with_the_readme_relative_paths(fresh_run):
 
 def test_pack_then_train_from_relative_shards(fresh_run):
     ok(run_here(fresh_run, ["unet_perf.data.pack", "--data_path", "data", "--output", "shards/"]))
-    args = ["unet_perf.train", "--data_path", "shards/", "--model_dir", "runs/shards"] + TINY
-    ok(run_here(fresh_run, args + ["--max_steps", "5"]))
-    result = ok(run_here(fresh_run, args + ["--max_steps", "10"]))
-    assert "resumed from {} at step 5".format(os.path.join("runs", "shards", "model.ckpt-5")) in result.stdout
+    # The same tiny U-Net resumes from the default model dir's step 10 on the packed set.
+    result = ok(run_here(fresh_run, ["unet_perf.train", "--data_path", "shards/", "--max_steps", "15"] + TINY))
+    assert "streamed from 1 shard in shards/" in result.stdout
+    assert "resumed from {} at step 10".format(os.path.join(DEFAULT_MODEL_DIR, "model.ckpt-10")) in result.stdout
 
 
 @pytest.mark.slow
-def test_launch_two_workers_resume_in_a_relative_model_dir(fresh_run):
-    args = ["unet_perf.launch", "--nproc", "2", "--"] + TINY + SYNTHETIC + ["--batch_size", "1",
-                                                                           "--model_dir", "runs/dp2"]
-    ok(run_here(fresh_run, args + ["--max_steps", "5"], timeout=240))
-    result = ok(run_here(fresh_run, args + ["--max_steps", "10"], timeout=240))
-    assert "resumed from {} at step 5".format(os.path.join("runs", "dp2", "model.ckpt-5")) in result.stdout
-    assert listed_steps(str(fresh_run / "runs" / "dp2"))[-2:] == [5, 10]
+def test_launch_two_workers_resume_the_default_model_dir(fresh_run):
+    args = ["unet_perf.launch", "--nproc", "2", "--"] + TINY + SYNTHETIC + ["--batch_size", "1", "--max_steps", "20"]
+    result = ok(run_here(fresh_run, args, timeout=240))
+    assert "resumed from {} at step 10".format(os.path.join(DEFAULT_MODEL_DIR, "model.ckpt-10")) in result.stdout
+    assert listed_steps(str(fresh_run / DEFAULT_MODEL_DIR))[-2:] == [15, 20]
 
 
 def test_profile_writes_into_a_relative_output(fresh_run):
