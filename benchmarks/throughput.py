@@ -26,11 +26,8 @@ import os
 import sys
 import time
 
-# The unet_perf of this checkout (benchmarks/ sits in it), not another installed copy: the fetches it hands over and
-# their per-run check (assembly.CheckedRuns) must be the ones being measured.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # No TensorFlow import here: flag errors are reported at once. bench_lib (which imports it) is imported in main.
-from unet_perf.config import PRECISIONS, Config, build_parser  # noqa: E402
+from unet_perf.config import PRECISIONS, Config, build_parser
 from unet_perf.errors import UserError, run_cli
 
 SCHEMA = "unet_perf.throughput/1"

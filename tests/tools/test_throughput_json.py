@@ -22,7 +22,9 @@ TINY_RUN = dict(synthetic_count=4, synthetic_size=64, input_scale=0.5)
 
 
 def _run(args, cwd):
-    return subprocess.run([sys.executable, os.path.join(BENCHMARKS, "throughput.py")] + args, cwd=cwd,
+    # This checkout's unet_perf, not another installed copy (the benchmark must measure the code under test).
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, os.path.join(BENCHMARKS, "throughput.py")] + args, cwd=cwd, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=240)
 
 

@@ -30,6 +30,17 @@ ARGS = ["--depth", "2", "--base_filters", "4", "--crop_size", "32", "--synthetic
 START_LIMIT = 600  # seconds for TensorFlow start-up and graph building on a busy 2-core machine
 
 
+def wait_for_line(process, lines, text, timeout):
+    """True once a line of `lines` (filled by a reader thread) contains `text`; False after `timeout` seconds or
+    when `process` has exited without printing it."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and process.poll() is None:
+        if any(text in line for line in list(lines)):
+            return True
+        time.sleep(0.05)
+    return any(text in line for line in list(lines))
+
+
 class Worker(object):
     """One training process of the pair; stdout and stderr lines collected by threads."""
 
@@ -46,12 +57,7 @@ class Worker(object):
             reader.start()
 
     def wait_for(self, text, timeout):
-        deadline = time.time() + timeout
-        while time.time() < deadline and self.process.poll() is None:
-            if any(text in line for line in list(self.out)):
-                return True
-            time.sleep(0.05)
-        return any(text in line for line in list(self.out))
+        return wait_for_line(self.process, self.out, text, timeout)
 
     def finish(self, timeout):
         try:
@@ -90,12 +96,7 @@ class Launched(object):
         reader.start()
 
     def wait_for(self, text, timeout):
-        deadline = time.time() + timeout
-        while time.time() < deadline and self.process.poll() is None:
-            if any(text in line for line in list(self.lines)):
-                return True
-            time.sleep(0.05)
-        return any(text in line for line in list(self.lines))
+        return wait_for_line(self.process, self.lines, text, timeout)
 
     def worker_pid(self, rank):
         """The pid of the launcher's worker `rank` (a child of the launcher whose TF_CONFIG has that index)."""
