@@ -49,8 +49,7 @@ def make_loss_fn(cfg, with_weights, backend=None):
     a test hook that is the identity unless UNET_PERF_FAULTS arms it.
     """
     from unet_perf import faults
-    from unet_perf.model import losses
-    from unet_perf.model import network
+    from unet_perf.model import losses, network
 
     share = backend.cluster if backend is not None else None
     rank, size = (share.rank, share.size) if share is not None else (0, 1)
