@@ -37,9 +37,25 @@ class Config:
     normalize: str = _field(
         "unit", "image normalisation: unit=x/255, symmetric=[-1,1], standard=zero mean unit std",
         NORMALIZE_MODES)
-    weight_map: bool = _field(False, "use the U-Net border weight map w_c + w0*exp(-(d1+d2)^2/2sigma^2) in the loss")
+    weight_map: bool = _field(False, "use the U-Net border weight map w_c + w0*exp(-(d1+d2)^2/2sigma^2) in the loss "
+                                     "(with --num_classes >= 2: between touching objects of the same class)")
     weight_w0: float = _field(10.0, "w0 of the border weight map")
     weight_sigma: float = _field(5.0, "sigma of the border weight map in pixels")
+    # --- classes -----------------------------------------------------------------------------------------
+    num_classes: int = _field(
+        1, "1 = one sigmoid output (labels {0,1} or {0,255}, the membrane task); C >= 2 = softmax over C classes "
+           "(labels: class ids 0..C-1, a palette PNG, or colours with --class_colors; for C = 2 a 0/255 mask is 0/1)")
+    class_colors: str = _field(
+        "", "colour-coded RGB labels: 'r,g,b;r,g,b;...' one triple per class in class order (one more at position "
+            "--ignore_index marks unlabelled pixels), or a JSON file holding [[r,g,b], ...]; empty = integer labels")
+    ignore_index: int = _field(
+        -1, "label value of unlabelled pixels, left out of the loss and the metrics (C >= 2; a value >= C, "
+            "e.g. 255); -1 = every pixel is labelled")
+    class_weights: str = _field(
+        "", "cross-entropy class weights (C >= 2): 'w0,w1,...', 'auto' (median-frequency balancing from the "
+            "training set, printed at start), or empty = all 1")
+    dice_background: bool = _field(
+        True, "the soft Dice loss averages over every class including class 0 (false: classes 1..C-1 only; C >= 2)")
     # --- augmentation (one fused pass) -------------------------------------------------------------------
     augment: bool = _field(True, "master switch of the augmentation (off = crop/rescale only)")
     flip: bool = _field(True, "random dihedral transform (flips and 90 degree rotations)")
@@ -91,7 +107,9 @@ class Config:
                              "(e.g. 0.999; 0 = off)")
     weights: str = _field("ema", "weights validation and best/ use: ema (the average, when --ema > 0) or raw",
                           WEIGHT_CHOICES)
-    loss: str = _field("bce", "loss function", ("bce", "dice", "bce_dice"))
+    loss: str = _field("bce", "loss: bce (cross-entropy: sigmoid for --num_classes 1, softmax for C >= 2; ce is the "
+                              "same), dice (soft Dice), bce_dice (their sum; ce_dice is the same)",
+                       ("bce", "dice", "bce_dice", "ce", "ce_dice"))
     train_epochs: int = _field(1, "epochs of --steps_per_epoch steps (ignored when --max_steps is set)")
     steps_per_epoch: int = _field(300, "steps per epoch (the ModelZoo uses 300)")
     max_steps: int = _field(0, "total training steps; 0 = train_epochs * steps_per_epoch")
@@ -164,8 +182,32 @@ class Config:
             raise UserError("the step count {} must be a multiple of --iterations_per_loop {} (try --max_steps {})"
                             .format(self.total_steps, k, (self.total_steps // k + 1) * k))
         self._check_augment_engine()
+        self._check_classes()
         self.loss_scale_kind()
         return self
+
+    def _check_classes(self):
+        from unet_perf.data.classes import MAX_CLASSES, class_weight_values, color_table
+
+        if not 1 <= self.num_classes <= MAX_CLASSES:
+            raise UserError("--num_classes must be in [1, {}], got {}".format(MAX_CLASSES, self.num_classes))
+        if self.num_classes == 1:
+            for name, unset in (("class_colors", ""), ("class_weights", ""), ("ignore_index", -1)):
+                if getattr(self, name) != unset:
+                    raise UserError("--{} needs --num_classes >= 2 (a two-class task is --num_classes 2)".format(
+                        name))
+            return
+        if self.ignore_index != -1 and not self.num_classes <= self.ignore_index <= MAX_CLASSES:
+            raise UserError("--ignore_index {} must be -1 or a label value in [{}, {}] (0..{} are classes)".format(
+                self.ignore_index, self.num_classes, MAX_CLASSES, self.num_classes - 1))
+        if self.mask_interp != "nearest":
+            raise UserError("--mask_interp {} would blend class ids of --num_classes {}; use --mask_interp nearest"
+                            .format(self.mask_interp, self.num_classes))
+        if self.weight_map and self.class_weights:
+            raise UserError("--class_weights and --weight_map both weight the classes (the weight map balances "
+                            "them already); drop one")
+        color_table(self.class_colors, self.num_classes, self.ignore_index)
+        class_weight_values(self.class_weights, self.num_classes)
 
     def check_resume_step(self, start_step):
         """The steps left after resuming at `start_step` must be whole Session.runs of K steps, like the total."""

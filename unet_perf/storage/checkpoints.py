@@ -33,7 +33,8 @@ STATE_FILE = "checkpoint"
 PARTIAL_PATTERNS = ("*.tempstate*", "*.tmp[0-9]*")
 # Config fields that change the variables of the graph (names/shapes), for the architecture error message.
 # ema: resuming with --ema on from a checkpoint without shadow variables cannot restore them.
-ARCHITECTURE_FLAGS = ("depth", "base_filters", "batch_norm", "optimizer", "precision", "loss_scale", "weight_map",
+ARCHITECTURE_FLAGS = ("depth", "base_filters", "num_classes", "batch_norm", "optimizer", "precision", "loss_scale",
+                      "weight_map",
                       "ema")
 
 
