@@ -34,8 +34,7 @@ PARTIAL_PATTERNS = ("*.tempstate*", "*.tmp[0-9]*")
 # Config fields that change the variables of the graph (names/shapes), for the architecture error message.
 # ema: resuming with --ema on from a checkpoint without shadow variables cannot restore them.
 ARCHITECTURE_FLAGS = ("depth", "base_filters", "num_classes", "batch_norm", "optimizer", "precision", "loss_scale",
-                      "weight_map",
-                      "ema")
+                      "weight_map", "ema")
 
 
 def op_error_reason(err):
