@@ -22,7 +22,8 @@ _BN_EPSILON = 1e-3
 
 
 def unet(images, cfg, training, step=None, worker_index=0, num_workers=1):
-    """Logits float32 [B, h, w, 1] for images [B, h, w, 1] (any float dtype); h, w divisible by 2^cfg.depth.
+    """Logits float32 [B, h, w, C] (C = cfg.num_classes) for images [B, h, w, 1] (any float dtype); h, w divisible
+    by 2^cfg.depth.
 
     `step` (int64 scalar tensor, normally the global step) seeds the stateless dropout together with cfg.seed, so
     the same step always draws the same mask (a K-step loop equals K single steps). When it is None the graph's
@@ -50,7 +51,7 @@ def unet(images, cfg, training, step=None, worker_index=0, num_workers=1):
             x = builder.conv(upsample_nearest2x(x), filters, 2, "up{}/upconv".format(level))
             x = tf.concat([skips[level], x], axis=3)
             x = builder.conv_block(x, filters, "up{}".format(level))
-        logits = builder.conv(x, 1, 1, "logits", relu=False, batch_norm=False)
+        logits = builder.conv(x, cfg.num_classes, 1, "logits", relu=False, batch_norm=False)
     return tf.cast(logits, tf.float32)
 
 
@@ -97,7 +98,7 @@ def _conv_shapes(cfg, height, width):
         h, w = h * 2, w * 2
         shapes += [(h, w, 2, cin, filters), (h, w, 3, 2 * filters, filters), (h, w, 3, filters, filters)]
         cin = filters
-    shapes.append((h, w, 1, cin, 1))
+    shapes.append((h, w, 1, cin, cfg.num_classes))
     return shapes
 
 
