@@ -13,12 +13,17 @@ synthetic set (smoke tests). Output: <output>/accuracy.json, <output>/v_rand_vs_
 installed), one model dir per seed (<output>/seed_<n>) and its training log (<output>/seed_<n>.log).
 Scores are on held-out training slices, not the challenge's test set: they are not leaderboard numbers.
 
+`--folds K` switches to NVIDIA UNet_Medical's protocol instead (benchmarks/crossval.py): their K-fold split of the
+slices (K = 5: 24 train / 6 validate per fold on ISBI's 30), one training per fold (the first of --seeds), and per
+fold the Dice NVIDIA reports (soft, both classes, at 512 and resampled to 388 px) beside V_rand, V_info and the
+membrane Dice, for the best and the last checkpoint (the last also with TTA). A fold folder whose training finished
+is scored again without retraining; an unfinished one resumes. Output: <output>/folds.json.
+
 `--merge a/accuracy.json b/accuracy.json ...` combines runs of the same config with different seeds (e.g. seeds
 trained in parallel processes) into one report in --output, recomputing the summary and the goals.
 """
 import dataclasses
 import json
-import math
 import os
 import sys
 import time
@@ -52,6 +57,9 @@ def build_arg_parser():
                         help="folder of accuracy.json, the plot and one model dir per seed (must not hold a "
                              "previous run's seed folders)")
     parser.add_argument("--eval_batch_size", type=int, default=4, help="tiles per Session.run when scoring")
+    parser.add_argument("--folds", type=int, default=0,
+                        help="K > 0: NVIDIA's K-fold cross-validation (replaces --val_split; one training per fold "
+                             "with the first of --seeds); 0: the seeds protocol")
     parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                         help="instead of training: combine these accuracy.json files (same config, different "
                              "seeds) into <output>/accuracy.json")
@@ -70,7 +78,9 @@ def parse_args(argv=None):
     if args.data_path and not os.path.exists(args.data_path):
         raise UserError("--data_path {} does not exist; pass the ISBI 2012 folder (or any labelled data train "
                         "accepts), or --data_path \"\" for the built-in synthetic set".format(args.data_path))
-    if not args.val_split:
+    if args.folds < 0 or args.folds == 1:
+        raise UserError("--folds must be 0 (seeds protocol) or at least 2, got {}".format(args.folds))
+    if not args.val_split and not args.folds:
         raise UserError("--val_split is empty: the benchmark scores held-out slices; pass e.g. --val_split 20-23")
     if args.val_every <= 0:
         raise UserError("--val_every must be positive: the benchmark records V_rand against the step")
@@ -151,16 +161,10 @@ def run_seed(base, seed, output, batch_size):
     return result
 
 
-def mean_std(values):
-    """{"mean", "std" (sample std, 0 for one value), "min", "max"} of a list of numbers."""
-    values = [float(v) for v in values]
-    mean = sum(values) / len(values)
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
-    return {"mean": mean, "std": std, "min": min(values), "max": max(values)}
-
-
 def aggregate(results):
     """Mean +- std over seeds of every score, the training time, and the issue-13 goals."""
+    from bench_lib import mean_std
+
     summary = {}
     for key in ("best", "best_tta", "last", "last_tta"):
         for metric in ("v_rand", "v_info"):
@@ -258,6 +262,10 @@ def main(argv=None):
         raise UserError("--output {} cannot be created ({}); pass a writable folder".format(output, err.strerror))
     if args.merge:
         return merge(args.merge, output)
+    if args.folds:
+        import fold_runs
+        return fold_runs.run(base, seeds[0], args.folds, output, args.eval_batch_size,
+                             [os.path.basename(sys.argv[0])] + list(sys.argv[1:] if argv is None else argv))
     from unet_perf import compat  # noqa: F401 -- before TensorFlow loads: it quiets TensorFlow's C++ logging
     import bench_lib
 

@@ -2,6 +2,7 @@
 
 Training graphs come from unet_perf.training.assembly, the trainer's own assembly point.
 """
+import math
 import os
 import platform
 import shutil
@@ -27,6 +28,14 @@ def stats(samples):
     if not values:
         return {"median": None, "min": None, "max": None, "samples": []}
     return {"median": float(np.median(values)), "min": min(values), "max": max(values), "samples": values}
+
+
+def mean_std(values):
+    """{"mean", "std" (sample std, 0 for one value), "min", "max"} of a list of numbers."""
+    values = [float(v) for v in values]
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return {"mean": mean, "std": std, "min": min(values), "max": max(values)}
 
 
 # --- machine --------------------------------------------------------------------------------------------------
