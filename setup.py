@@ -12,6 +12,7 @@ setup(
     install_requires=[
         "numpy",
         "opencv-python-headless",
+        "pillow",  # reads the indices of palette label PNGs (OpenCV expands them to colours)
         # The Ascend stack (Python 3.7) ships its own TensorFlow 1.15 and npu_bridge: install nothing there.
         'tensorflow>=2.13; python_version>="3.8"',
     ],

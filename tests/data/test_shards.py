@@ -15,7 +15,7 @@ from unet_perf import errors
 from unet_perf.input import pipeline
 from unet_perf.compat import v1
 from unet_perf.config import Config
-from unet_perf.data import pack, shard_format, shard_reader, shard_stream
+from unet_perf.data import classes, loading, pack, shard_format, shard_reader, shard_stream
 from unet_perf.data.loading import load_dataset
 from unet_perf.data.sources import load_pairs
 from unet_perf.data.weights import border_weight_map
@@ -314,3 +314,46 @@ def test_tile_extent_holds_every_sampled_position():
         x, y = sess.run([x, y])
     spread = max((x.max(axis=(1, 2)) - x.min(axis=(1, 2))).max(), (y.max(axis=(1, 2)) - y.min(axis=(1, 2))).max())
     assert spread + 2 <= geometry.source_extent(cfg) < 2 * spread
+
+
+# --- classes (issue 21) -----------------------------------------------------------------------------------------
+
+def test_pack_keeps_class_maps_and_records_the_classes(tmp_path):
+    rng = np.random.RandomState(0)
+    colours = np.array([[0, 0, 0], [255, 0, 0], [0, 0, 255], [255, 255, 255]], np.uint8)  # last: unlabelled
+    source = write_folder(tmp_path / "src", [(SIDE, SIDE)] * 3)
+    labels = [rng.randint(0, 4, (SIDE, SIDE)).astype(np.uint8) for _ in range(3)]
+    labels[2][labels[2] == 2] = 1  # class 2 absent from one slice
+    for index, label in enumerate(labels):
+        cv2.imwrite(os.path.join(source, "label", "{}.png".format(index)), colours[label][:, :, ::-1])
+    output = str(tmp_path / "shards")
+    flags = ["--num_classes", "3", "--class_colors", "0,0,0;255,0,0;0,0,255;255,255,255", "--ignore_index", "3"]
+    assert pack.main(["--data_path", source, "--output", output, "--shard_mb", "0.004"] + flags) == 0
+    shard_set = shard_reader.open_shard_set(output)
+    expected = [np.where(label == 3, 255, label) for label in labels]
+    for index in range(3):
+        np.testing.assert_array_equal(shard_set.masks[index], expected[index])
+    manifest = shard_set.manifest
+    assert (manifest["num_classes"], manifest["class_colors"], manifest["ignore_index"]) == (3, colours.tolist(), 3)
+    assert manifest["class_pixels"] == [int(sum((label == c).sum() for label in labels)) for c in range(3)]
+    labelled = [int((label != 3).sum()) for label in labels]
+    assert manifest["class_image_pixels"] == [sum(labelled), sum(labelled), sum(labelled[:2])]
+    cfg = make_cfg(output, num_classes=3, class_weights="auto")
+    train, _, _ = load_dataset(cfg)
+    np.testing.assert_allclose(loading.class_weights_for(cfg, train),
+                               classes.median_frequency_weights(expected, 3))
+    with pytest.raises(UserError, match="shards was packed with --num_classes 3 but training has --num_classes 2"):
+        load_dataset(make_cfg(output, num_classes=2))
+
+
+def test_a_manifest_without_num_classes_is_the_membrane_task(tmp_path):
+    _, output = packed(tmp_path, count=2)
+    path = os.path.join(output, shard_format.MANIFEST)
+    with open(path) as handle:
+        manifest = json.load(handle)
+    assert manifest.pop("num_classes") == 1 and manifest["class_pixels"] is None
+    with open(path, "w") as handle:
+        json.dump(manifest, handle)
+    assert len(load_dataset(make_cfg(output))[0]) == 2
+    with pytest.raises(UserError, match="--num_classes 1 but training has --num_classes 3"):
+        load_dataset(make_cfg(output, num_classes=3))

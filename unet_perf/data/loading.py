@@ -1,12 +1,13 @@
-"""From a Config to arrays: read (or synthesise) the slices, split them, and build border weight maps."""
+"""From a Config to arrays: read (or synthesise) the slices, split them, build border weight maps and class
+weights."""
 import math
 
 import numpy as np
 
-from unet_perf.data import shard_format, shard_reader
+from unet_perf.data import classes, shard_format, shard_reader
 from unet_perf.data.sources import Pairs, load_pairs
 from unet_perf.data.split import split_indices
-from unet_perf.data.synthetic import membranes
+from unet_perf.data.synthetic import SYNTHETIC_CLASSES, membranes, organelles
 from unet_perf.data.weights import border_weight_maps
 from unet_perf.errors import UserError
 
@@ -37,16 +38,24 @@ def load_dataset(cfg):
     val = subset(pairs, val_idx) if len(val_idx) else None
     weights = None
     if cfg.weight_map:
-        weights = border_weight_maps(train.masks, cfg.weight_w0, cfg.weight_sigma)
+        weights = border_weight_maps(train.masks, cfg.weight_w0, cfg.weight_sigma, num_classes=cfg.num_classes)
     return train, val, weights
 
 
 def read_slices(cfg, min_size=0):
     """Every slice `cfg` names, as Pairs: cfg.data_path (read with cfg.rgb, each side at least `min_size` px), or
-    the built-in synthetic set (cfg.synthetic_count, cfg.synthetic_size, cfg.seed) when it is empty."""
+    the built-in synthetic set (cfg.synthetic_count, cfg.synthetic_size, cfg.seed) when it is empty. Labels are
+    decoded for cfg.num_classes (data.classes.label_spec); the synthetic set is the membrane task for C <= 2
+    (C = 2: 0 membrane, 1 interior) and synthetic.organelles for C = 3 or 4."""
     if cfg.data_path:
-        return load_pairs(cfg.data_path, rgb=cfg.rgb, min_size=min_size)
-    return membranes(cfg.synthetic_count, cfg.synthetic_size, cfg.seed)
+        return load_pairs(cfg.data_path, rgb=cfg.rgb, min_size=min_size, spec=classes.label_spec(cfg))
+    if cfg.num_classes <= 2:
+        return membranes(cfg.synthetic_count, cfg.synthetic_size, cfg.seed)
+    if cfg.num_classes > len(SYNTHETIC_CLASSES):
+        raise UserError("the built-in synthetic set has {} classes ({}), not --num_classes {}; pass --num_classes 2-{} "
+                        "or your own labels with --data_path".format(len(SYNTHETIC_CLASSES), ", ".join(
+                            SYNTHETIC_CLASSES), cfg.num_classes, len(SYNTHETIC_CLASSES)))
+    return organelles(cfg.synthetic_count, cfg.synthetic_size, cfg.seed, cfg.num_classes)
 
 
 def _load_shard_set(cfg, min_size):
@@ -55,6 +64,11 @@ def _load_shard_set(cfg, min_size):
         raise UserError("--val_split is not supported with the packed shard set {}; pack the held-out slices into "
                         "their own folder and evaluate on it, or train from the unpacked folder".format(cfg.data_path))
     shard_set = shard_reader.open_shard_set(cfg.data_path, verify=cfg.verify_shards, skip_bad=cfg.skip_bad_shards)
+    if shard_set.num_classes != cfg.num_classes:
+        raise UserError("{} was packed with --num_classes {} but training has --num_classes {}; pass --num_classes {} "
+                        "or re-pack with python -m unet_perf.data.pack --num_classes {}".format(
+                            cfg.data_path, shard_set.num_classes, cfg.num_classes, shard_set.num_classes,
+                            cfg.num_classes))
     height, width = shard_set.min_size
     if min(height, width) < min_size:
         raise UserError("the smallest slice in {} is {}x{} but training samples {}x{} px; use a smaller --crop_size "
@@ -87,15 +101,42 @@ def subset(pairs, indices):
     return Pairs(pairs.images[indices], pairs.masks[indices], [pairs.names[i] for i in indices])
 
 
-def summarize_slices(pairs):
+def summarize_slices(pairs, num_classes=1):
     """One line: count, size and membrane share, e.g. '24 slices 512x512, membrane 21.9%' (a shard set: count,
-    smallest size, shard count and folder)."""
+    smallest size, shard count and folder); for num_classes >= 2 the class shares of the labelled pixels instead,
+    e.g. '..., classes 0 71.0% 1 20.1% 2 8.9%'."""
     if isinstance(pairs, shard_reader.ShardSet):
         height, width = pairs.min_size
-        return "{} slices >= {}x{} streamed from {} shard{} in {}".format(
+        text = "{} slices >= {}x{} streamed from {} shard{} in {}".format(
             len(pairs), width, height, len(pairs.shards), "" if len(pairs.shards) == 1 else "s", pairs.directory)
+        pixels = pairs.manifest.get("class_pixels")
+        return text + (", " + _class_shares(pixels) if num_classes >= 2 and pixels else "")
     if pairs is None or len(pairs.names) == 0:
         return "0 slices"
     count, height, width = pairs.masks.shape
+    text = "{} slice{} {}x{}".format(count, "" if count == 1 else "s", width, height)
+    if num_classes >= 2:
+        return text + ", " + _class_shares(classes.class_pixel_counts(pairs.masks, num_classes)[0])
     membrane = 100.0 * (1.0 - float(np.mean(pairs.masks)))
-    return "{} slice{} {}x{}, membrane {:.1f}%".format(count, "" if count == 1 else "s", width, height, membrane)
+    return text + ", membrane {:.1f}%".format(membrane)
+
+
+def _class_shares(pixels):
+    total = float(max(1, sum(pixels)))
+    return "classes " + " ".join("{} {:.1f}%".format(label, 100.0 * count / total)
+                                 for label, count in enumerate(pixels))
+
+
+def class_weights_for(cfg, train):
+    """The C cross-entropy class weights of --class_weights (list of floats), or None for all 1: the explicit
+    list, or 'auto' = median-frequency balancing over `train` (Pairs: its masks; a ShardSet: its manifest's
+    class pixel counts)."""
+    values = classes.class_weight_values(cfg.class_weights, cfg.num_classes) if cfg.num_classes >= 2 else None
+    if values != "auto":
+        return values
+    if isinstance(train, shard_reader.ShardSet):
+        manifest = train.manifest
+        return classes.median_frequency_from_counts(manifest["class_pixels"], manifest["class_image_pixels"],
+                                                    source="the labels packed in {}".format(train.directory))
+    source = "the training labels of {}".format(cfg.data_path or "the synthetic set")
+    return classes.median_frequency_weights(train.masks, cfg.num_classes, source=source)

@@ -1,12 +1,16 @@
 """The on-disk format of packed shard sets, written by unet_perf.data.pack and read by data.shard_reader.
 
 A shard set is a folder with `manifest.json` and TFRecord files `shard-00000.tfrecord`, ... Each record is a
-tf.train.Example of one slice: "image" (raw uint8 bytes, row-major), "mask" (raw uint8 {0, 1}), optionally
+tf.train.Example of one slice: "image" (raw uint8 bytes, row-major), "mask" (raw uint8 {0, 1}, or class ids
+0..C-1 and 255 = unlabelled when the manifest's num_classes C >= 2), optionally
 "weights" (raw little-endian float32), "height", "width" (int64) and "name" (bytes). Slices may differ in size.
 The manifest is written last, so a folder without it is not a shard set. Per shard it lists the slice count, the
 byte size, the CRC-32 (zlib) of the whole file, the smallest slice height and width, and per record its height,
 width and the file offsets of its raw image, mask (and weight) bytes (payload_offsets finds them by walking the
-record's protobuf wire format, so readers can pread tiles without decoding records).
+record's protobuf wire format, so readers can pread tiles without decoding records). It also records num_classes
+(absent in older sets: 1), class_colors (the RGB table the labels were decoded with, or null), ignore_index, and for
+C >= 2 class_pixels (pixels per class) and class_image_pixels (labelled pixels of the slices holding each class),
+from which --class_weights auto is computed without reading the shards.
 """
 import os
 import zlib

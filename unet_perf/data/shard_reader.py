@@ -41,6 +41,7 @@ class ShardSet(object):
         self.shards = shards  # manifest entries of the usable shards
         self.count = sum(entry["slices"] for entry in shards)
         self.has_weights = bool(manifest.get("weights"))
+        self.num_classes = manifest.get("num_classes", 1)  # sets packed before --num_classes: the membrane task
         self.min_size = (min(entry["min_height"] for entry in shards), min(entry["min_width"] for entry in shards))
         records = np.array([record for entry in shards for record in entry["records"]], np.int64)
         self.heights, self.widths, self.offsets = records[:, 0], records[:, 1], records[:, 2:]

@@ -9,7 +9,9 @@ Accepted layouts under `data_path` (the first that matches wins):
 
 Images come back as uint8 [N,H,W]; 16-bit images are scaled to uint8 by the full-range linear map
 v * 255 / 65535 (not a per-slice min-max stretch, so one intensity means the same on every slice).
-Labels come back as uint8 {0,1} [N,H,W] with 1 = cell interior (ISBI 255) and 0 = membrane.
+Labels come back as uint8 {0,1} [N,H,W] with 1 = cell interior (ISBI 255) and 0 = membrane; with a LabelSpec of
+C >= 2 classes (data.classes) as uint8 class ids 0..C-1 and 255 for unlabelled pixels, decoded from integer maps
+(8/16-bit PNG or TIFF), palette PNGs (the palette index is the label, read with Pillow) or colour-coded RGB.
 Every problem a user can cause raises UserError with one line naming the file and the fix.
 """
 import collections
@@ -21,6 +23,7 @@ import warnings
 import cv2
 import numpy as np
 
+from unet_perf.data import classes
 from unet_perf.errors import UserError
 
 Pairs = collections.namedtuple("Pairs", "images masks names")
@@ -33,12 +36,13 @@ LAYOUTS = ("<p>/{image,label}, <p>/train/{image,label}, <p>/data/membrane/train/
            "or <p>/train-volume.tif + <p>/train-labels.tif")
 
 
-def load_pairs(data_path, rgb="convert", min_size=0):
+def load_pairs(data_path, rgb="convert", min_size=0, spec=classes.BINARY):
     """Read every image/label pair under `data_path` into a validated `Pairs`.
 
     rgb: "convert" turns colour files into gray with one warning, "refuse" raises UserError. Files whose colour
     channels are all equal (gray saved as RGB or palette) are gray and pass in both modes.
     min_size: smallest allowed slice side in pixels (the area the training crop samples).
+    spec: how the label files encode classes (classes.LabelSpec; the default is the binary membrane task).
     """
     if rgb not in ("convert", "refuse"):
         raise UserError("--rgb must be convert or refuse, got {!r}".format(rgb))
@@ -46,7 +50,7 @@ def load_pairs(data_path, rgb="convert", min_size=0):
         raise UserError("--data_path {} does not exist; pass a folder laid out as {}".format(data_path, LAYOUTS))
     if not os.path.isdir(data_path):
         raise UserError("--data_path {} is a file; pass the folder that holds it ({})".format(data_path, LAYOUTS))
-    reader = _Reader(rgb)
+    reader = _Reader(rgb, spec)
     found = _find_layout(data_path)
     if found[0] == "folders":
         pairs = _load_folders(found[1], found[2], reader)
@@ -66,13 +70,13 @@ def read_image(path, rgb="convert"):
     return pages
 
 
-def iter_pairs(data_path, rgb="convert"):
-    """(total slice count, generator of (image uint8 [H, W], mask uint8 {0, 1} [H, W], name)) for any layout
+def iter_pairs(data_path, rgb="convert", spec=classes.BINARY):
+    """(total slice count, generator of (image uint8 [H, W], mask uint8 [H, W], name)) for any layout
     load_pairs accepts, reading one slice at a time (folders file by file, volumes page by page) so memory stays
-    bounded. Slices may differ in size; a label must match its image."""
+    bounded. Slices may differ in size; a label must match its image. Masks are decoded by `spec` as in load_pairs."""
     if not data_path or not os.path.isdir(data_path):
         raise UserError("--data_path {} is not a folder; pass a folder laid out as {}".format(data_path, LAYOUTS))
-    reader = _Reader(rgb)
+    reader = _Reader(rgb, spec)
     kind, first, second = _find_layout(data_path)
     if kind == "folders":
         images, labels = _list_slices(first), _list_slices(second)
@@ -204,8 +208,9 @@ def _size(shape):
 class _Reader(object):
     """Reads files into 2-D uint8 arrays, remembering which colour files it converted (one warning per load)."""
 
-    def __init__(self, rgb):
+    def __init__(self, rgb, spec=classes.BINARY):
         self.rgb = rgb
+        self.spec = spec
         self.converted = []
 
     def single(self, path, is_label):
@@ -216,6 +221,8 @@ class _Reader(object):
         return pages[0]
 
     def pages(self, path, is_label):
+        if is_label and self.spec.num_classes >= 2 and self.spec.colors is None and _is_palette_png(path):
+            return [classes.decode_label(_palette_indices(path), path, self.spec)]
         raw = _read_raw(path)
         out = []
         for index, page in enumerate(raw):
@@ -234,7 +241,9 @@ class _Reader(object):
         return self.convert(pages[0], where, is_label)
 
     def convert(self, page, where, is_label):
-        """A decoded page as a validated uint8 image or {0, 1} label; `where` names it in errors."""
+        """A decoded page as a validated uint8 image or label (self.spec); `where` names it in errors."""
+        if is_label and self.spec.num_classes >= 2:
+            return classes.decode_label(page, where, self.spec)
         page = self._to_gray(page, where)
         return _to_mask(page, where) if is_label else _to_uint8(page, where)
 
@@ -276,6 +285,26 @@ def _read_raw(path):
     if not pages:
         raise UserError("{} cannot be decoded (corrupt or not an image); replace it with a valid image".format(path))
     return pages
+
+
+def _is_palette_png(path):
+    """True for a PNG of colour type 3 (indexed), whose pixels OpenCV would expand into the palette's colours."""
+    with open(path, "rb") as handle:
+        header = handle.read(26)
+    return header[:8] == b"\x89PNG\r\n\x1a\n" and header[12:16] == b"IHDR" and header[25:26] == b"\x03"
+
+
+def _palette_indices(path):
+    """uint8 [H, W] palette indices of an indexed PNG (Pillow keeps them; OpenCV expands them to colours)."""
+    try:
+        from PIL import Image
+    except ImportError:
+        raise UserError("{} is a palette PNG and reading its indices needs Pillow; pip install pillow".format(path))
+    try:
+        with Image.open(path) as image:
+            return np.array(image, np.uint8)
+    except (OSError, ValueError, SyntaxError) as err:
+        raise UserError("{} cannot be decoded ({}); replace it with a valid image".format(path, err))
 
 
 def _page_count(path):

@@ -6,6 +6,11 @@ gray level plus dark and bright organelle-like blobs; then blur, uneven illumina
 Gaussian noise. Masks follow the project convention: 1 = cell interior, 0 = membrane (about 20% membrane).
 A numpy RandomState drives everything, so the same seed gives the same arrays on every numpy version, and the
 first k slices of membranes(n, seed=s) equal membranes(k, seed=s).
+
+organelles() is the multi-class mode (--num_classes 3 or 4, class ids SYNTHETIC_CLASSES): the same cells and
+membranes, with labelled organelles of their own shape and texture: mitochondria are elongated mid-gray ellipses
+crossed by bright cristae stripes, vesicles small bright discs with a dark rim. With 3 classes the vesicles are
+cytoplasm in the labels (they stay in the image).
 """
 import cv2
 import numpy as np
@@ -13,6 +18,8 @@ import numpy as np
 from unet_perf.data.sources import Pairs
 
 CELL_AREA = 1300.0  # mean cell area in px^2; with 2-6 px membranes this gives about 20% membrane
+SYNTHETIC_CLASSES = ("cytoplasm", "membrane", "mitochondria", "vesicles")  # class ids 0..3 of organelles()
+CYTOPLASM, MEMBRANE, MITOCHONDRION, VESICLE = range(len(SYNTHETIC_CLASSES))
 
 
 def membranes(count, size=512, seed=0):
@@ -25,6 +32,80 @@ def membranes(count, size=512, seed=0):
     for index in range(count):
         images[index], masks[index] = _slice(rng, size)
     return Pairs(images, masks, ["synthetic[{}]".format(index) for index in range(count)])
+
+
+def organelles(count, size=512, seed=0, num_classes=4):
+    """`count` synthetic slices with class-id masks: Pairs(images uint8, masks uint8 0..num_classes-1, names) of
+    SYNTHETIC_CLASSES; num_classes 3 labels vesicles as cytoplasm. Seeded like membranes()."""
+    if count <= 0 or size < 16 or num_classes not in (3, 4):
+        raise ValueError("organelles needs count > 0, size >= 16 and 3 or 4 classes, got count={} size={} "
+                         "num_classes={}".format(count, size, num_classes))
+    rng = np.random.RandomState(seed)
+    images = np.empty((count, size, size), np.uint8)
+    masks = np.empty((count, size, size), np.uint8)
+    for index in range(count):
+        images[index], masks[index] = _organelle_slice(rng, size)
+    if num_classes == 3:
+        masks[masks == VESICLE] = CYTOPLASM
+    return Pairs(images, masks, ["synthetic[{}]".format(index) for index in range(count)])
+
+
+def _organelle_slice(rng, size):
+    cells = _warped_voronoi(rng, size)
+    membrane = _membrane(rng, cells, size)
+    labels = np.full((size, size), CYTOPLASM, np.uint8)
+    texture = np.zeros((size, size), np.float32)  # added to the organelle pixels' gray level
+    _draw_mitochondria(rng, labels, texture, size)
+    _draw_vesicles(rng, labels, texture, size)
+    labels[membrane] = MEMBRANE  # membranes cross organelles that straddle a cell boundary
+    ids = cells - cells.min()
+    image = rng.uniform(150.0, 200.0, ids.max() + 1).astype(np.float32)[ids]
+    image += cv2.GaussianBlur(rng.normal(0.0, 1.0, (size, size)).astype(np.float32), (0, 0), 2.0) * 40.0
+    organelle = (labels == MITOCHONDRION) | (labels == VESICLE)
+    image = np.where(organelle, texture, image)
+    image = np.where(membrane, _smooth_field(rng, size, 6, 40.0, 100.0), image)
+    image = cv2.GaussianBlur(image, (0, 0), rng.uniform(0.6, 1.0))
+    image *= _smooth_field(rng, size, 3, 0.85, 1.15)
+    image += rng.normal(0.0, rng.uniform(5.0, 10.0), (size, size)).astype(np.float32)
+    return np.clip(image + 0.5, 0, 255).astype(np.uint8), labels
+
+
+def _draw_mitochondria(rng, labels, texture, size):
+    """Elongated ellipses (8-18 x 4-7 px half-axes) of level 105-125 with bright cristae stripes across them."""
+    for _ in range(int(size * size / 3000.0 * rng.uniform(0.7, 1.3))):
+        cx, cy = rng.uniform(0, size, 2)
+        long_axis, short_axis = rng.uniform(8.0, 18.0), rng.uniform(4.0, 7.0)
+        angle = rng.uniform(0.0, 180.0)
+        window, (top, left) = _window(labels, cx, cy, 19)
+        shape = np.zeros(window.shape, np.uint8)
+        cv2.ellipse(shape, (int(cx) - left, int(cy) - top), (int(long_axis), int(short_axis)), angle, 0.0, 360.0,
+                    1, -1)
+        rows, cols = np.nonzero(shape)
+        along = (cols + left - cx) * np.cos(np.radians(angle)) + (rows + top - cy) * np.sin(np.radians(angle))
+        stripes = np.cos(along * (2.0 * np.pi / rng.uniform(4.0, 6.0))) > 0.3
+        texture[rows + top, cols + left] = rng.uniform(105.0, 125.0) + np.where(stripes, 45.0, 0.0)
+        window[shape > 0] = MITOCHONDRION
+
+
+def _draw_vesicles(rng, labels, texture, size):
+    """Small discs (radius 2-4 px) of level 215-240 inside a 1 px dark rim (the rim is labelled vesicle too)."""
+    for _ in range(int(size * size / 1200.0 * rng.uniform(0.7, 1.3))):
+        cx, cy = rng.uniform(0, size, 2)
+        radius = int(rng.uniform(2.0, 5.0))
+        window, (top, left) = _window(labels, cx, cy, 6)
+        shape = np.zeros(window.shape, np.uint8)
+        cv2.circle(shape, (int(cx) - left, int(cy) - top), radius + 1, 1, -1)
+        cv2.circle(shape, (int(cx) - left, int(cy) - top), radius, 2, -1)
+        patch = texture[top:top + window.shape[0], left:left + window.shape[1]]
+        patch[shape == 1] = 70.0
+        patch[shape == 2] = rng.uniform(215.0, 240.0)
+        window[shape > 0] = VESICLE
+
+
+def _window(labels, cx, cy, reach):
+    """(view of labels within `reach` px of (cx, cy), clipped to the slice; its (top, left))."""
+    top, left = max(0, int(cy) - reach), max(0, int(cx) - reach)
+    return labels[top:int(cy) + reach + 1, left:int(cx) + reach + 1], (top, left)
 
 
 def _slice(rng, size):
