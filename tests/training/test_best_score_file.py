@@ -30,8 +30,8 @@ def test_best_score_survives_and_only_a_better_one_replaces_it(tmp_path):
     best.mkdir()
     (best / BEST_METRICS).write_text('{"v_rand": 0.9, "step": 100}')
     saved = RunCheckpoints(_Writer(str(tmp_path)), _Writer(str(best)))
-    assert saved.best_v_rand == 0.9
+    assert saved.best_score == 0.9
     assert saved.offer_best(sess=None, step=200, metrics={"v_rand": 0.85}) is False
-    assert saved.best_v_rand == 0.9
+    assert saved.best_score == 0.9
     fresh = RunCheckpoints(_Writer(str(tmp_path)), _Writer(str(tmp_path / "missing")))
-    assert fresh.best_v_rand is None
+    assert fresh.best_score is None
