@@ -56,13 +56,13 @@ class RunCheckpoints(object):
         if not os.path.exists(path):
             return None
         saved = read_json(path)
+        if isinstance(saved, dict) and saved.get("metric", self.metric) != self.metric:
+            raise UserError("{} ranks best/ by {}, this run by {}; delete {} to start a new best checkpoint".format(
+                path, saved["metric"], self.metric, self.best.directory))
         if not isinstance(saved, dict) or not isinstance(saved.get(self.metric), (int, float)):
             # Starting from "no best" would let a worse checkpoint overwrite best/.
             raise UserError("{} is unreadable or has no {}; restore it, or delete {} to start a new best "
                             "checkpoint".format(path, self.metric, self.best.directory))
-        if saved.get("metric", DEFAULT_METRIC) != self.metric:
-            raise UserError("{} ranks best/ by {}, this run by {}; delete {} to start a new best checkpoint".format(
-                path, saved.get("metric", DEFAULT_METRIC), self.metric, self.best.directory))
         return float(saved[self.metric])
 
     def recover_and_restore(self, sess, prefix):
