@@ -201,7 +201,7 @@ def build_npu_step(cfg, backend=None, **problem):
 def make_model_dir(path, cfg=None, seed=0):
     """A trained-model directory as the trainer writes it: config.json + a checkpoint of random U-Net weights
     (cfg: the tiny U-Net without dropout unless given). Returns (model_dir, cfg, a fixed random tile, its
-    probability computed by the saving session)."""
+    probability computed by the saving session: sigmoid [1,t,t,1] for num_classes 1, softmax [1,t,t,C] for C >= 2)."""
     from unet_perf.compat import v1
     from unet_perf.model.network import unet
 
@@ -212,7 +212,8 @@ def make_model_dir(path, cfg=None, seed=0):
     with v1.Graph().as_default():
         v1.set_random_seed(seed)
         images = v1.placeholder(np.float32, [1, cfg.crop_size, cfg.crop_size, 1])
-        probability = v1.math.sigmoid(unet(images, cfg, training=False))
+        logits = unet(images, cfg, training=False)
+        probability = v1.math.sigmoid(logits) if cfg.num_classes == 1 else v1.nn.softmax(logits)
         with v1.Session() as sess:
             sess.run(v1.global_variables_initializer())
             expected = sess.run(probability, {images: tile})

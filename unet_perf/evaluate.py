@@ -7,6 +7,13 @@ per slice (image | ground truth | prediction | errors: false membrane red, misse
 (default `<model_dir>/eval`), replacing an earlier evaluation there once complete (a folder holding other files is
 refused; a failed run leaves nothing behind). Without --data_path it scores the held-out slices of the model's own
 config.
+
+A --num_classes C >= 2 model is scored per class instead (unet_perf.inference.class_metrics): the table lists Dice
+and IoU of every class, then the means over the foreground classes 1..C-1 and the pixel accuracy (all from the
+confusion matrix summed over the slices; unlabelled pixels left out); metrics.json holds dice_per_class,
+iou_per_class, mean_dice, mean_iou, pixel_accuracy, confusion_matrix (rows = truth), dice_nvidia (the soft Dice
+NVIDIA's UNet_Medical reports) and every slice's own scores; the overlays show the classes in their colours and
+the wrongly classified pixels red.
 """
 import csv
 import dataclasses
@@ -15,14 +22,16 @@ import os
 import re
 import time
 
-from unet_perf.inference.cli_flags import add_inference_flags, check_inference_flags, open_predictor, write_output_image
+from unet_perf.inference.class_metrics import class_map, evaluate_class_slices, flat_scores
+from unet_perf.inference.cli_flags import (add_inference_flags, check_inference_flags, model_palette, open_predictor,
+                                           write_output_image)
 from unet_perf.config import build_parser
 from unet_perf.data.loading import read_slices, subset
 from unet_perf.data.split import split_indices
 from unet_perf.storage import run_dir
 from unet_perf.errors import run_cli
 from unet_perf.inference.metrics import METRIC_KEYS, THRESHOLD_KEYS, evaluate_slices
-from unet_perf.inference.panels import error_overlay
+from unet_perf.inference.panels import class_error_overlay, error_overlay
 from unet_perf.storage.output_folder import OutputFolder
 from unet_perf.progress import ItemProgress
 
@@ -84,6 +93,64 @@ def write_reports(output, names, scores, meta):
         writer.writerow(["mean"] + ["{:.6f}".format(summary[c]) for c in METRIC_KEYS])
 
 
+def format_class_table(scores):
+    """The printed table of a C >= 2 model: Dice and IoU per class, then the foreground means and accuracy."""
+    rows = ["{:<8}  {:>8}  {:>8}".format("class", "dice", "iou"), "-" * 28]
+    rows += ["{:<8}  {:>8.4f}  {:>8.4f}".format(k, dice, iou)
+             for k, (dice, iou) in enumerate(zip(scores["dice_per_class"], scores["iou_per_class"]))]
+    rows += ["-" * 28, "{:<8}  {:>8.4f}  {:>8.4f}  (classes 1..{})".format(
+        "mean", scores["mean_dice"], scores["mean_iou"], len(scores["dice_per_class"]) - 1),
+        "pixel accuracy {:.4f}; soft Dice as NVIDIA UNet_Medical reports it (all classes) {:.4f}".format(
+            scores["pixel_accuracy"], scores["dice_nvidia"])]
+    return "\n".join(rows)
+
+
+def write_class_reports(output, names, scores, meta):
+    """metrics.json (the set's per-class scores at the top level, every slice's own, and `meta`) and metrics.csv
+    (a row per slice, then the set: the means, accuracy and per-class Dice and IoU)."""
+    report = dict((key, value) for key, value in scores.items() if key != "slices")
+    report["slices"] = [dict([("slice", name)] + sorted(row.items())) for name, row in zip(names, scores["slices"])]
+    report.update(meta)
+    with open(os.path.join(output, "metrics.json"), "w") as handle:
+        json.dump(report, handle, indent=2)
+    columns = list(flat_scores(scores))
+    with open(os.path.join(output, "metrics.csv"), "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["slice"] + columns)
+        for name, row in zip(names + ["all"], scores["slices"] + [scores]):
+            values = flat_scores(row)
+            writer.writerow([name] + ["{:.6f}".format(values[c]) for c in columns])
+
+
+def score_binary(predictor, names, pairs, staging, threshold):
+    """P(interior) of every slice (overlays written on the way) and evaluate_slices of them."""
+    progress = ItemProgress(len(names))
+    probs = []
+    for name, image, mask in zip(names, pairs.images, pairs.masks):
+        start = time.time()
+        prob = predictor.predict(image)
+        probs.append(prob)
+        write_output_image(os.path.join(staging, name + "_overlay.png"), error_overlay(image, mask, prob, threshold))
+        progress.step(name, time.time() - start)
+    progress.close()
+    return evaluate_slices(probs, pairs.masks)
+
+
+def score_classes(predictor, names, pairs, staging, palette):
+    """Class probabilities of every slice (overlays written on the way) and evaluate_class_slices of them."""
+    progress = ItemProgress(len(names))
+    probs = []
+    for name, image, mask in zip(names, pairs.images, pairs.masks):
+        start = time.time()
+        prob = predictor.predict(image)
+        probs.append(prob)
+        write_output_image(os.path.join(staging, name + "_overlay.png"),
+                           class_error_overlay(image, mask, class_map(prob), palette))
+        progress.step(name, time.time() - start)
+    progress.close()
+    return evaluate_class_slices(probs, pairs.masks, predictor.cfg.num_classes)
+
+
 def main(argv=None):
     parser = add_inference_flags(build_parser("Score a trained U-Net on labelled slices (ISBI 2012 metrics)",
                                               fields=()))
@@ -110,26 +177,22 @@ def main(argv=None):
         try:
             print("evaluating {} slice(s) of {} with {} ({} weights)".format(
                 len(names), source, predictor.checkpoint, predictor.weights), flush=True)
-            progress = ItemProgress(len(names))
-            probs = []
-            for name, image, mask in zip(names, pairs.images, pairs.masks):
-                start = time.time()
-                prob = predictor.predict(image)
-                probs.append(prob)
-                write_output_image(os.path.join(staging, name + "_overlay.png"),
-                                   error_overlay(image, mask, prob, args.threshold))
-                progress.step(name, time.time() - start)
-            progress.close()
+            if cfg.num_classes > 1:
+                scores = score_classes(predictor, names, pairs, staging, model_palette(cfg))
+            else:
+                scores = score_binary(predictor, names, pairs, staging, args.threshold)
         finally:
             predictor.close()
-        scores = evaluate_slices(probs, pairs.masks)
-        print(format_table(names, scores))
-        print("best thresholds: V_rand {:.1f}, V_info {:.1f}".format(scores["v_rand_threshold"],
-                                                                   scores["v_info_threshold"]))
-        write_reports(staging, names, scores, {"source": source, "checkpoint": predictor.checkpoint,
-                                               "precision": predictor.cfg.precision, "tta": args.tta,
-                                               "weights": predictor.weights,
-                                               "overlap": args.overlap})
+        meta = {"source": source, "checkpoint": predictor.checkpoint, "precision": predictor.cfg.precision,
+                "tta": args.tta, "weights": predictor.weights, "overlap": args.overlap}
+        if cfg.num_classes > 1:
+            print(format_class_table(scores))
+            write_class_reports(staging, names, scores, dict(meta, num_classes=cfg.num_classes))
+        else:
+            print(format_table(names, scores))
+            print("best thresholds: V_rand {:.1f}, V_info {:.1f}".format(scores["v_rand_threshold"],
+                                                                       scores["v_info_threshold"]))
+            write_reports(staging, names, scores, meta)
     print("wrote metrics.json, metrics.csv and {} overlay(s) to {}".format(len(names), output))
     return 0
 

@@ -13,10 +13,13 @@ Tensors (both files):
     input:0        float32 [batch, height, width, 1], the image already NORMALISED as in training
                    (--normalize of the model: unit = x/255, symmetric = x/127.5-1, standard = per-image z-score)
                    and already rescaled by the model's --input_scale
-    probability:0  float32 [batch, height, width, 1], P(cell interior) = sigmoid of the logits
+    probability:0  float32 [batch, height, width, 1], P(cell interior) = sigmoid of the logits (--num_classes 1);
+                   float32 [batch, height, width, C], the softmax over the C classes (C >= 2)
+    classes:0      (C >= 2 only) int32 [batch, height, width], the most probable class (argmax of probability)
+                   export.json then records num_classes and both outputs with their shapes
 
 Ascend: atc --model=<output>/unet.pb --framework=3 --output=unet --soc_version=Ascend910
-        --input_shape="input:1,256,256,1" --out_nodes="probability:0"
+        --input_shape="input:1,256,256,1" --out_nodes="probability:0"   (C >= 2: "probability:0;classes:0")
 """
 import json
 import os
@@ -28,6 +31,7 @@ from unet_perf.storage.output_folder import OutputFolder, add_overwrite_flag
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "probability"
+CLASSES_NAME = "classes"
 FROZEN_NAME = "unet.pb"
 SAVED_MODEL_DIR = "saved_model"
 SIGNATURE_INPUT = "images"
@@ -79,18 +83,30 @@ def _export(cfg, model_dir, output, height, width, batch, checkpoint, weights, o
         "dtype": "float32", "normalize": cfg.normalize, "input_scale": cfg.input_scale, "precision": cfg.precision,
         "signature": "serving_default", "signature_input": SIGNATURE_INPUT, "signature_output": OUTPUT_NAME,
     }
+    multi_class = cfg.num_classes > 1
+    if multi_class:
+        info["num_classes"] = cfg.num_classes
+        info["outputs"] = {
+            OUTPUT_NAME: {"tensor": OUTPUT_NAME + ":0", "shape": [batch, height, width, cfg.num_classes],
+                          "dtype": "float32", "meaning": "softmax probability of each class"},
+            CLASSES_NAME: {"tensor": CLASSES_NAME + ":0", "shape": [batch, height, width], "dtype": "int32",
+                           "meaning": "the most probable class id (argmax)"}}
+        info["signature_outputs"] = [OUTPUT_NAME, CLASSES_NAME]
     with OutputFolder(output, overwrite, lambda name: name in EXPORT_FILES, last=(INFO_NAME,),
                       command="export") as staging:
         graph = v1.Graph()
         with graph.as_default(), v1.Session(graph=graph) as sess:
             images, probability = build_predictor(cfg, batch, height, width, INPUT_NAME, OUTPUT_NAME)
+            outputs = {OUTPUT_NAME: probability}
+            if multi_class:
+                outputs[CLASSES_NAME] = v1.argmax(probability, axis=-1, output_type=v1.int32, name=CLASSES_NAME)
             info["weights"] = restore(sess, prefix, model_dir, cfg, weights)
-            frozen = v1.graph_util.convert_variables_to_constants(sess, graph.as_graph_def(), [OUTPUT_NAME])
+            frozen = v1.graph_util.convert_variables_to_constants(sess, graph.as_graph_def(), sorted(outputs))
             with open(os.path.join(staging, FROZEN_NAME), "wb") as handle:
                 handle.write(frozen.SerializeToString())
             builder = v1.saved_model.builder.SavedModelBuilder(os.path.join(staging, SAVED_MODEL_DIR))
             signature = v1.saved_model.signature_def_utils.predict_signature_def(
-                inputs={SIGNATURE_INPUT: images}, outputs={OUTPUT_NAME: probability})
+                inputs={SIGNATURE_INPUT: images}, outputs=outputs)
             builder.add_meta_graph_and_variables(
                 sess, [v1.saved_model.tag_constants.SERVING],
                 signature_def_map={v1.saved_model.signature_constants.DEFAULT_SERVING_SIGNATURE_DEF_KEY: signature})
@@ -113,10 +129,13 @@ def main(argv=None):
     args = parser.parse_args(argv)
     info = export_model(args.model_dir, args.output, args.height, args.width, args.batch, args.checkpoint,
                         args.precision, args.weights, args.overwrite)
-    print("frozen graph  {}  ({} -> {}, shape {})".format(info["frozen_graph"], info["input"], info["output"],
+    outputs = info["output"]
+    if "outputs" in info:
+        outputs = ", ".join("{} {}".format(out["tensor"], out["shape"]) for out in info["outputs"].values())
+    print("frozen graph  {}  ({} -> {}, shape {})".format(info["frozen_graph"], info["input"], outputs,
                                                          info["shape"]))
-    print("saved model   {}  (signature serving_default: {} -> {})".format(info["saved_model"], SIGNATURE_INPUT,
-                                                                           OUTPUT_NAME))
+    print("saved model   {}  (signature serving_default: {} -> {})".format(
+        info["saved_model"], SIGNATURE_INPUT, ", ".join(info.get("signature_outputs", [OUTPUT_NAME]))))
     print("input must be normalised with --normalize {} after rescaling by --input_scale {}".format(
         info["normalize"], info["input_scale"]))
     return 0

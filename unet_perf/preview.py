@@ -3,7 +3,8 @@
     python -m unet_perf.preview [--data_path P] [--out augment_preview.png] [--count 8] [augmentation flags]
 
 Each row is one sample of the first training batch exactly as the pipeline makes it: the image, then the same
-image with the mask overlaid in green.
+image with the mask overlaid in green (--num_classes C >= 2: tinted with the class colours, --class_colors or a
+fixed palette; unlabelled pixels untinted).
 """
 import dataclasses
 import os
@@ -12,13 +13,13 @@ import cv2
 
 from unet_perf.config import Config, build_parser
 from unet_perf.errors import UserError, run_cli
-from unet_perf.inference.panels import augmentation_grid
+from unet_perf.inference.panels import augmentation_grid, class_palette
 
 PREVIEW_FIELDS = (
     "data_path", "synthetic_count", "synthetic_size", "rgb", "crop_size", "input_scale", "seed",
     "augment", "flip", "rotate_deg", "scale_range", "shear", "translate", "elastic", "elastic_grid",
     "elastic_sigma", "border", "mask_interp", "brightness", "contrast", "gamma", "noise", "xla_augment",
-    "augment_engine",
+    "augment_engine", "num_classes", "class_colors", "ignore_index",
 )
 
 
@@ -60,7 +61,8 @@ def main(argv=None):
     if not os.path.isdir(folder):
         raise UserError("--out {}: folder {} does not exist; create it or choose another path".format(out, folder))
     images, masks = augmented_pairs(cfg, count)
-    if not cv2.imwrite(out, augmentation_grid(images, masks)):
+    palette = class_palette(cfg.num_classes, cfg.class_colors, cfg.ignore_index) if cfg.num_classes > 1 else None
+    if not cv2.imwrite(out, augmentation_grid(images, masks, palette)):
         raise UserError("--out {}: could not write the PNG; use a writable path ending in .png".format(out))
     print(out)
     return 0

@@ -2,10 +2,13 @@
 checks, the predictor they open, and how they write an output file (the --output folder itself:
 unet_perf.storage.output_folder). No TensorFlow is imported here until a predictor is opened, so a bad flag fails
 fast."""
+import sys
+
 import cv2
 
 from unet_perf.config import PRECISIONS, WEIGHT_CHOICES
 from unet_perf.errors import UserError
+from unet_perf.inference.panels import class_palette
 
 
 def add_model_flags(parser, precision_default=None,
@@ -34,7 +37,8 @@ def add_inference_flags(parser):
                         help="colour input: convert to gray with a warning, or refuse")
     parser.add_argument("--threshold", type=float, default=0.5,
                         help="P(interior) above it is interior in the masks and overlays (V_rand/V_info sweep "
-                             "0.0-1.0 themselves; pixel metrics use 0.5)")
+                             "0.0-1.0 themselves; pixel metrics use 0.5); --num_classes >= 2 models take the "
+                             "most probable class instead")
     return parser
 
 
@@ -61,6 +65,20 @@ def open_predictor(args, cfg=None):
         raise UserError("--overlap {} must be smaller than the tile (--crop_size {} of the model)".format(
             args.overlap, predictor.cfg.crop_size))
     return predictor
+
+
+def model_palette(cfg, warn=None):
+    """RGB [C,3] class colours of a model of --num_classes C >= 2 for its overlays (None for C = 1): its
+    --class_colors, else the fixed palette. Colours that no longer read (a JSON file moved away since training)
+    only cost the colours: one warning, then the fixed palette."""
+    if cfg.num_classes == 1:
+        return None
+    try:
+        return class_palette(cfg.num_classes, cfg.class_colors, cfg.ignore_index)
+    except UserError as err:
+        (warn or (lambda message: print(message, file=sys.stderr)))(
+            "warning: the model's --class_colors do not read ({}); overlays use the fixed palette".format(err))
+        return class_palette(cfg.num_classes)
 
 
 def write_output_image(path, image):

@@ -1,7 +1,7 @@
 """The TensorFlow side of inference: the inference graph, restoring a checkpoint into it, and `Predictor`.
 
-`build_predictor(cfg, batch_size)` adds a [B,t,t,1] placeholder and the probability tensor to the current default
-graph (reusing the "unet" variables, so the trainer validates in its own session); `Predictor.from_model_dir`
+`build_predictor(cfg, batch_size)` adds a [B,t,t,1] placeholder and the probability tensor ([B,t,t,1] P(interior)
+for --num_classes 1, [B,t,t,C] softmax for C >= 2) to the current default graph (reusing the "unet" variables, so the trainer validates in its own session); `Predictor.from_model_dir`
 builds a graph and a session, restores a checkpoint and predicts whole images through inference.tiling.
 """
 import dataclasses
@@ -18,15 +18,18 @@ from unet_perf.storage.checkpoints import check_compatible
 def build_predictor(cfg, batch_size, height=None, width=None, input_name="input", output_name="probability"):
     """Add the inference graph to the current default graph.
 
-    Returns (input placeholder float32 [batch_size, height, width, 1] of NORMALISED images, probability tensor
-    float32 [batch_size, height, width, 1] = sigmoid of the U-Net logits). height/width default to cfg.crop_size.
-    The model reuses the "unet" variables (AUTO_REUSE) and computes in cfg.precision.
+    Returns (input placeholder float32 [batch_size, height, width, 1] of NORMALISED images, probability tensor):
+    C = 1: float32 [batch_size, height, width, 1] = sigmoid of the U-Net logits (P(interior));
+    C >= 2: float32 [batch_size, height, width, C] = softmax over the C class logits.
+    height/width default to cfg.crop_size. The model reuses the "unet" variables (AUTO_REUSE) and computes in
+    cfg.precision; the sigmoid/softmax is always fp32.
     """
     height = height or cfg.crop_size
     width = width or cfg.crop_size
     images = v1.placeholder(v1.float32, [batch_size, height, width, 1], name=input_name)
-    logits = unet(images, cfg, training=False)
-    probability = v1.identity(v1.math.sigmoid(v1.cast(logits, v1.float32)), name=output_name)
+    logits = v1.cast(unet(images, cfg, training=False), v1.float32)
+    squash = v1.math.sigmoid if cfg.num_classes == 1 else v1.nn.softmax
+    probability = v1.identity(squash(logits), name=output_name)
     return images, probability
 
 
@@ -54,7 +57,8 @@ def restore(sess, prefix, model_dir, cfg, weights="ema"):
 
 
 class Predictor(object):
-    """A session holding the inference graph: `predict(image) -> P(interior) [H,W]`."""
+    """A session holding the inference graph: `predict(image)` -> P(interior) [H,W] (C = 1) or the class
+    probabilities [H,W,C] (C >= 2)."""
 
     def __init__(self, sess, cfg, images, probability, overlap=None, tta=False):
         self.sess = sess

@@ -72,9 +72,10 @@ def _tile_starts(length, tile, stride):
 
 
 def predict_tiled(predict_batch_fn, image_float, tile, overlap, batch_size, tta=False, window="cosine"):
-    """Predict a [H,W] normalised float image with tiles of `tile`x`tile`; returns float32 [H,W].
+    """Predict a [H,W] normalised float image with tiles of `tile`x`tile`; returns float32 [H,W] for one output
+    channel, [H,W,C] for C channels (each channel blended and averaged alike).
 
-    predict_batch_fn(float32 [batch_size, tile, tile, 1]) -> [batch_size, tile, tile(, 1)] probabilities; it is
+    predict_batch_fn(float32 [batch_size, tile, tile, 1]) -> [batch_size, tile, tile(, C)] probabilities; it is
     always called with exactly `batch_size` tiles (the last batch is padded with zeros), as a static-shape graph
     needs. Borders are extended by mirroring (overlap // 2 pixels, more when the image is smaller than a tile),
     neighbours share `overlap` pixels, and tiles are blended with `blend_window(tile, window)`.
@@ -92,9 +93,9 @@ def predict_tiled(predict_batch_fn, image_float, tile, overlap, batch_size, tta=
     cols, covered_w = _tile_starts(width + 2 * margin, tile, stride)
     padded = np.pad(image, ((margin, covered_h - height - margin), (margin, covered_w - width - margin)),
                     mode="reflect" if min(height, width) > 1 else "edge")
-    weights = blend_window(tile, window)
-    total = np.zeros(padded.shape, np.float64)
-    weight_sum = np.zeros(padded.shape, np.float64)
+    weights = blend_window(tile, window)[..., None]
+    total = None  # [H', W', channels] once the first batch tells the channel count
+    weight_sum = np.zeros(padded.shape + (1,), np.float64)
     transforms = list(range(DIHEDRAL)) if tta else [0]
     items = [(r, c, k) for r in rows for c in cols for k in transforms]
     for first in range(0, len(items), batch_size):
@@ -102,13 +103,24 @@ def predict_tiled(predict_batch_fn, image_float, tile, overlap, batch_size, tta=
         batch = np.zeros((batch_size, tile, tile, 1), np.float32)
         for slot, (r, c, k) in enumerate(chunk):
             batch[slot, :, :, 0] = dihedral(padded[r:r + tile, c:c + tile], k)
-        probs = np.asarray(predict_batch_fn(batch), np.float32).reshape(batch_size, tile, tile)
+        probs = np.asarray(predict_batch_fn(batch), np.float32).reshape(batch_size, tile, tile, -1)
+        if total is None:
+            total = np.zeros(padded.shape + probs.shape[-1:], np.float64)
         for slot, (r, c, k) in enumerate(chunk):
             prob = inverse_dihedral(probs[slot], k)
             total[r:r + tile, c:c + tile] += prob * weights / len(transforms)
             weight_sum[r:r + tile, c:c + tile] += weights / len(transforms)
-    out = total / weight_sum
-    return out[margin:margin + height, margin:margin + width].astype(np.float32)
+    out = (total / weight_sum)[margin:margin + height, margin:margin + width].astype(np.float32)
+    return out[..., 0] if out.shape[-1] == 1 else out
+
+
+def resize_channels(prob, height, width):
+    """A [h,w] or [h,w,C] map resized (bilinear) to [height,width](,C), one channel at a time (for any C)."""
+    size = (width, height)
+    if prob.ndim == 2:
+        return cv2.resize(prob, size, interpolation=cv2.INTER_LINEAR)
+    return np.stack([cv2.resize(np.ascontiguousarray(prob[..., k]), size, interpolation=cv2.INTER_LINEAR)
+                     for k in range(prob.shape[-1])], axis=-1)
 
 
 def default_overlap(tile):
@@ -118,7 +130,8 @@ def default_overlap(tile):
 
 def predict_image(predict_batch_fn, image, cfg, batch_size, overlap=None, tta=False):
     """Full inference of one [H,W] image in 0..255 units: rescale by cfg.input_scale, normalise (cfg.normalize),
-    tile at cfg.crop_size, resize the probability map back to [H,W]. Returns float32 P(interior) in [0,1]."""
+    tile at cfg.crop_size, resize the probability map back to [H,W]. Returns float32 in [0,1]: P(interior) [H,W]
+    for --num_classes 1, the class probabilities [H,W,C] for C >= 2 (each channel resized alike)."""
     image = np.asarray(image, np.float32)
     if image.ndim == 3 and image.shape[-1] == 1:
         image = image[..., 0]
@@ -129,6 +142,6 @@ def predict_image(predict_batch_fn, image, cfg, batch_size, overlap=None, tta=Fa
     tile = cfg.crop_size
     overlap = default_overlap(tile) if overlap is None else int(overlap)
     prob = predict_tiled(predict_batch_fn, normalize_array(scaled, cfg.normalize), tile, overlap, batch_size, tta)
-    if prob.shape != (height, width):
-        prob = cv2.resize(prob, (width, height), interpolation=cv2.INTER_LINEAR)
+    if prob.shape[:2] != (height, width):
+        prob = resize_channels(prob, height, width)
     return np.clip(prob, 0.0, 1.0)

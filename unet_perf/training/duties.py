@@ -15,7 +15,8 @@ import time
 from unet_perf import compat
 from unet_perf.config import config_to_dict
 from unet_perf.data.loading import summarize_slices
-from unet_perf.inference.panels import prediction_panels
+from unet_perf.inference.class_metrics import SUMMARY_KEYS, labelled_accuracy, primary_metric
+from unet_perf.inference.panels import class_palette, prediction_panels
 from unet_perf.progress import Progress, RateMeter
 from unet_perf.storage import checkpoints, run_dir
 from unet_perf.storage.atomic import atomic_write_json
@@ -93,6 +94,8 @@ class ChiefDuties(FollowerDuties):
         self.sess = self.saved = self.log = self.probe = self.progress = self.meter = None
         self.history = []
         self.validation = None
+        self.metric = primary_metric(cfg.num_classes)  # what best/ is chosen by
+        self.palette = None  # class colours of the probe images (C >= 2)
 
     # --- before the graph ---------------------------------------------------------------------------------------
 
@@ -132,8 +135,11 @@ class ChiefDuties(FollowerDuties):
         atomic_write_json(os.path.join(self.model_dir, run_dir.CONFIG_FILE), config_to_dict(self.cfg))
         with training.graph.as_default():
             self.saved = RunCheckpoints.create(self.model_dir, training.variables, self.cfg.keep_checkpoints,
-                                               with_best=training.extras.validator is not None)
+                                               with_best=training.extras.validator is not None,
+                                               metric=self.metric)
         self.probe = probe_tiles(self.cfg, self.train_pairs, self.probe_count)
+        if self.cfg.num_classes > 1:
+            self.palette = class_palette(self.cfg.num_classes, self.cfg.class_colors, self.cfg.ignore_index)
         self.log = SummaryLog(self.model_dir, self.say)
 
     def restore(self, sess):
@@ -186,11 +192,15 @@ class ChiefDuties(FollowerDuties):
         images, raws, masks = self.probe
         extras = self.training.extras
         prob = self.sess.run(extras.probe_prob, {extras.probe_input: images})
-        accuracy = pixel_accuracy(prob, masks)
+        if self.cfg.num_classes > 1:
+            accuracy = labelled_accuracy(prob, masks, self.cfg.num_classes)
+        else:
+            accuracy = pixel_accuracy(prob, masks)
         self.log.scalars(step, {"train_accuracy": accuracy})
         if self.cfg.summary_images:
             count = self.cfg.summary_images  # encode only the tiles that are logged
-            self.log.images(step, "predictions", prediction_panels(raws[:count], masks[:count], prob[:count]))
+            self.log.images(step, "predictions", prediction_panels(raws[:count], masks[:count], prob[:count],
+                                                                   self.palette))
         return accuracy
 
     def validate(self, step):
@@ -203,8 +213,10 @@ class ChiefDuties(FollowerDuties):
         note = ""
         if self.saved.offer_best(self.sess, step, metrics):
             note = " (best so far, saved to {})".format(self.saved.best.directory)
+        # C >= 2: the headline scores only (the per-class ones are in TensorBoard and summary.json)
+        shown = sorted(metrics) if self.cfg.num_classes == 1 else SUMMARY_KEYS
         self.say("validation at step {}: {}{}".format(
-            step, "  ".join("{} {:.4f}".format(k, metrics[k]) for k in sorted(metrics)), note))
+            step, "  ".join("{} {:.4f}".format(k, metrics[k]) for k in shown), note))
 
     def interrupted(self, step, signal_name):
         path = self.save(step)
@@ -231,7 +243,7 @@ class ChiefDuties(FollowerDuties):
             "images_per_sec": images_per_sec, "images_per_sec_note": note, "train_accuracy": accuracy,
             "loss_scale": last_value("loss_scale"), "skipped_steps": last_value("skipped_steps", int),
             "scale_changes": last_value("scale_changes", int),
-            "validation": self.validation, "best_v_rand": self.saved.best_v_rand,
+            "validation": self.validation, "best_" + self.metric: self.saved.best_score,
             "checkpoint": self.saved.latest.newest,
         }
         return summary
@@ -248,6 +260,8 @@ class ChiefDuties(FollowerDuties):
         self.say("Final Performance images/sec : {:.2f}".format(summary["images_per_sec"]))
         self.say("E2E Training Duration sec : {:.2f}".format(summary["duration_sec"]))
         self.say("Final Train Accuracy : {:.4f}".format(summary["train_accuracy"]))
+        if self.cfg.num_classes > 1 and summary["validation"]:
+            self.say("Final Validation Mean Dice : {:.4f}".format(summary["validation"]["mean_dice"]))
         return summary
 
     def close(self):

@@ -34,7 +34,7 @@ class SummaryLog(object):
             value = summary.value.add(tag="{}/{}".format(tag, index))
             value.image.height = int(shape[0])
             value.image.width = int(shape[1])
-            value.image.colorspace = 1
+            value.image.colorspace = 3 if len(shape) == 3 and shape[2] == 3 else 1  # class colours or gray
             value.image.encoded_image_string = png
         self._guard(lambda: self.writer.add_summary(summary, step))
 

@@ -3,6 +3,8 @@
     validator = Validator(cfg, val_pairs)   # while the trainer builds its graph (adds the predictor graph)
     ...
     metrics = validator.run(sess)           # {"v_rand", "v_info", "dice", "iou", "pixel_error", thresholds}
+                                            # C >= 2: {"mean_dice", "mean_iou", "pixel_accuracy",
+                                            #          "dice_class_<k>", "iou_class_<k>"}
 
 `inference_graphs` builds everything the trainer evaluates inside the training graph: the validator and the probe.
 """
@@ -12,10 +14,12 @@ from unet_perf.compat import v1
 from unet_perf.inference.predictor import build_predictor
 from unet_perf.inference.tiling import predict_image
 from unet_perf.inference.metrics import METRIC_KEYS, THRESHOLD_KEYS, evaluate_slices
+from unet_perf.inference.class_metrics import evaluate_class_slices, flat_scores
 
 
 class Validator(object):
-    """Scores the held-out slices `val_pairs` (Pairs of images uint8 [N,H,W], masks uint8 {0,1}) with the
+    """Scores the held-out slices `val_pairs` (Pairs of images uint8 [N,H,W], masks uint8 {0,1}, or class ids
+    with 255 = unlabelled for --num_classes >= 2) with the
     overlap-tile inference (no TTA, for speed). Build it inside the trainer's graph: the predictor reuses the
     "unet" variables, so `run(sess)` sees the weights the training session holds."""
 
@@ -33,7 +37,7 @@ class Validator(object):
                                                            output_name="probability")
 
     def predict(self, sess):
-        """P(interior) float32 [N,H,W] of the held-out slices."""
+        """P(interior) float32 [N,H,W] of the held-out slices ([N,H,W,C] class probabilities for C >= 2)."""
         def predict_batch(batch):
             return sess.run(self.probability, {self.input: batch})
 
@@ -42,7 +46,10 @@ class Validator(object):
 
     def run(self, sess):
         """Dict of floats: v_rand, v_info (best threshold of the slice means), dice, iou, pixel_error (means),
-        v_rand_threshold, v_info_threshold."""
+        v_rand_threshold, v_info_threshold. C >= 2: mean_dice, mean_iou, pixel_accuracy, dice_class_<k> and
+        iou_class_<k> (unet_perf.inference.class_metrics; NaN for a class in neither truth nor prediction)."""
+        if self.cfg.num_classes > 1:
+            return flat_scores(evaluate_class_slices(self.predict(sess), self.masks, self.cfg.num_classes))
         scores = evaluate_slices(self.predict(sess), self.masks)
         return {key: float(scores[key]) for key in METRIC_KEYS + THRESHOLD_KEYS}
 
