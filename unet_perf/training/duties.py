@@ -15,6 +15,7 @@ import time
 from unet_perf import compat
 from unet_perf.config import config_to_dict
 from unet_perf.data.loading import summarize_slices
+from unet_perf.data.synthetic import SYNTHETIC_CLASSES
 from unet_perf.inference.class_metrics import SUMMARY_KEYS, labelled_accuracy, primary_metric
 from unet_perf.inference.panels import class_palette, prediction_panels
 from unet_perf.progress import Progress, RateMeter
@@ -104,14 +105,18 @@ class ChiefDuties(FollowerDuties):
         if self.team.size > 1:
             self.say(self.team.describe(cfg))
         if not cfg.data_path:
-            self.say("training on the built-in synthetic set ({} slices of {}x{}, seed {}); pass --data_path for "
-                     "real data".format(cfg.synthetic_count, cfg.synthetic_size, cfg.synthetic_size, cfg.seed))
+            kind = "" if cfg.num_classes < 3 else ", {} classes: {}".format(
+                cfg.num_classes, ", ".join(SYNTHETIC_CLASSES[:cfg.num_classes]))
+            self.say("training on the built-in synthetic set ({} slices of {}x{}, seed {}{}); pass --data_path for "
+                     "real data".format(cfg.synthetic_count, cfg.synthetic_size, cfg.synthetic_size, cfg.seed, kind))
         run_dir.check_model_dir(self.model_dir)
 
     def resume_point(self, train_pairs, val_pairs, engine):
         self.train_pairs = train_pairs
-        validation = "; validation {}".format(summarize_slices(val_pairs)) if val_pairs is not None else ""
-        self.say("data: train {}{}; augmentation: {}".format(summarize_slices(train_pairs), validation, engine))
+        classes = self.cfg.num_classes
+        validation = "; validation {}".format(summarize_slices(val_pairs, classes)) if val_pairs is not None else ""
+        self.say("data: train {}{}; augmentation: {}".format(summarize_slices(train_pairs, classes), validation,
+                                                             engine))
         if os.path.isdir(self.model_dir):
             for path in checkpoints.remove_partial_files(self.model_dir):
                 self.say("removed the partial file of an interrupted save: {}".format(path))
