@@ -120,7 +120,7 @@ def compute_loss(logits, masks, weights=None, kind="bce", weight_total=None, cla
     if kind not in LOSS_KINDS:
         raise UserError("--loss must be one of {}, got {!r}".format(", ".join(LOSS_KINDS), kind))
     kind = _ALIASES.get(kind, kind)
-    num_classes = logits.shape.as_list()[-1]
+    num_classes = int(logits.shape[-1])  # static: a tensor or a numpy array
     if num_classes == 1:
         if class_weights is not None:
             raise ValueError("class_weights need logits of C >= 2 classes")
