@@ -224,3 +224,26 @@ def test_worker_shares_with_the_global_normaliser_equal_the_whole_batch(classes_
     whole, global_norm, local_norm = _run([whole, global_norm, local_norm])
     assert np.mean(global_norm) == pytest.approx(whole, rel=1e-6)
     assert abs(np.mean(local_norm) - whole) > 1e-3 * abs(whole)  # per-share normalisation would differ
+
+
+def test_loss_fn_takes_class_weights_from_the_argument_or_an_explicit_config_list(tiny_config):
+    import dataclasses
+    import tensorflow as tf
+    from unet_perf.training.assembly import make_loss_fn
+    cfg = tiny_config(num_classes=3, dropout=0.0)
+    rng = np.random.RandomState(2)
+    batch = (tf.constant(rng.rand(2, 32, 32, 1).astype(np.float32)),
+             tf.constant(rng.randint(0, 3, (2, 32, 32, 1)).astype(np.float32)))
+    step = tf.constant(0, tf.int64)
+    plain = make_loss_fn(cfg, False)(batch, step)
+    given = make_loss_fn(cfg, False, class_weights=[1.0, 1.0, 5.0])(batch, step)
+    listed = make_loss_fn(dataclasses.replace(cfg, class_weights="1,1,5"), False)(batch, step)
+    with v1.Session() as sess:
+        sess.run(v1.global_variables_initializer())
+        plain, given, listed = sess.run([plain, given, listed])
+    assert given == listed and given != pytest.approx(plain, rel=1e-4)
+    with pytest.raises(ValueError, match="auto"):  # the caller computes 'auto' from the training set
+        make_loss_fn(dataclasses.replace(cfg, class_weights="auto"), False)
+    make_loss_fn(dataclasses.replace(cfg, class_weights="auto"), False, class_weights=[1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match="num_classes 3"):
+        make_loss_fn(cfg, False, class_weights=[1.0, 2.0])
