@@ -14,8 +14,10 @@ def _pyplot():
 
 
 def config_label(result):
-    return "{} K{} b{} {}px f{}".format(result["precision"], result["iterations_per_loop"], result["batch_size"],
-                                         result["crop_size"], result["base_filters"])
+    classes = result.get("num_classes", 1)  # a --num_classes sweep: one bar per C
+    return "{} K{} b{} {}px f{}{}".format(result["precision"], result["iterations_per_loop"], result["batch_size"],
+                                           result["crop_size"], result["base_filters"],
+                                           " C{}".format(classes) if classes != 1 else "")
 
 
 def _bars(ax, results, modes, colors):

@@ -5,7 +5,8 @@ Modes (run alone or together):
   model     training steps fed by one cached random batch (the compute ceiling of this config)
   e2e       the real input pipeline feeding the same training loop; input-bound share = max(0, 1 - e2e/model)
 Sweeps are comma lists: --iterations_per_loop 1,10,100 --precision fp32,bf16,fp16 --batch_size 2,8
---crop_size 128,256 --base_filters 16,64. Each training config: warm-up excluded, --repeats timed blocks of
+--crop_size 128,256 --base_filters 16,64 --num_classes 1,2,8 (C = 1 sigmoid, C >= 2 softmax; above 4 classes the
+pipeline and e2e modes need --data_path, the synthetic set has 4). Each training config: warm-up excluded, --repeats timed blocks of
 --steps steps (rounded up to whole Session.runs), median and min-max. The same run measures the machine's
 matmul ceiling per precision and reports achieved FLOP/s (analytic U-Net FLOPs) as a fraction of it.
   loss_scale  (or --loss_scale_report) fp16 dynamic loss scaling vs fp32, step by step, on the same batches, at
@@ -32,20 +33,22 @@ from unet_perf.errors import UserError, run_cli
 
 SCHEMA = "unet_perf.throughput/1"
 MODES = ("pipeline", "model", "e2e", "loss_scale")
-SWEEPS = {"iterations_per_loop": int, "precision": str, "batch_size": int, "crop_size": int, "base_filters": int}
+SWEEPS = {"iterations_per_loop": int, "precision": str, "batch_size": int, "crop_size": int, "base_filters": int,
+          "num_classes": int}
+SYNTHETIC_MAX_CLASSES = 4  # the built-in synthetic set has at most 4 classes (the real pipeline needs data beyond)
 # Config fields that are not passed through: the sweeps, and --warmup_steps, which here means the untimed warm-up
 # steps (the learning-rate warm-up does not change the speed of a step).
 NOT_CONFIG = set(SWEEPS) | {"warmup_steps"}
 # Values of the sweep flags and of a few Config fields per preset; explicit flags always win.
 PRESETS = {
     "default": {"precision": "auto", "iterations_per_loop": "1,10", "batch_size": "2", "crop_size": "128",
-                "base_filters": "16", "steps": 20, "repeats": 3, "warmup_steps": 5, "matmul_size": 2048,
+                "base_filters": "16", "num_classes": "1", "steps": 20, "repeats": 3, "warmup_steps": 5, "matmul_size": 2048,
                 "pipeline_batches": 20, "loss_scale_steps": 60},
     "full": {"precision": "auto", "iterations_per_loop": "1,10", "batch_size": "2,8", "crop_size": "512",
-             "base_filters": "64", "input_scale": 1.0, "depth": 4, "steps": 10, "repeats": 3, "warmup_steps": 2,
+             "base_filters": "64", "num_classes": "1", "input_scale": 1.0, "depth": 4, "steps": 10, "repeats": 3, "warmup_steps": 2,
              "matmul_size": 2048, "pipeline_batches": 20, "loss_scale_steps": 100},
     "tiny": {"precision": "fp32", "iterations_per_loop": "1,2", "batch_size": "2", "crop_size": "32",
-             "base_filters": "4", "depth": 2, "synthetic_count": 4, "synthetic_size": 64, "steps": 4, "repeats": 2,
+             "base_filters": "4", "num_classes": "1", "depth": 2, "synthetic_count": 4, "synthetic_size": 64, "steps": 4, "repeats": 2,
              "warmup_steps": 2, "matmul_size": 256, "pipeline_batches": 4, "loss_scale_steps": 12},
 }
 
@@ -121,6 +124,12 @@ def make_plan(argv):
     for name in ("steps", "repeats", "warmup_steps", "matmul_size", "pipeline_batches", "loss_scale_steps"):
         if getattr(args, name) <= 0 and not (name == "warmup_steps" and getattr(args, name) == 0):
             raise UserError("--{} must be positive, got {}".format(name, getattr(args, name)))
+    # the modes that load data: e2e at every value, the others at the first (a failure after minutes otherwise)
+    loading = max(sweeps["num_classes"]) if "e2e" in modes else sweeps["num_classes"][0] if (
+        {"pipeline", "loss_scale"} & set(modes) or args.scaling_source == "pipeline" and args.workers) else 0
+    if loading > SYNTHETIC_MAX_CLASSES and not args.data_path:
+        raise UserError("--num_classes {} needs --data_path for the modes that load data (the synthetic set has at "
+                        "most {} classes); use --mode model".format(loading, SYNTHETIC_MAX_CLASSES))
     fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config) if f.name not in NOT_CONFIG}
     base = Config(**fields)
     return args, base, sweeps, modes
@@ -240,7 +249,8 @@ def measure_pipelines(args, base, sweeps, log):
     results = []
     for batch_size, crop_size in itertools.product(sweeps["batch_size"], sweeps["crop_size"]):
         point = {"batch_size": batch_size, "crop_size": crop_size, "precision": sweeps["precision"][0],
-                 "iterations_per_loop": 1, "base_filters": sweeps["base_filters"][0]}
+                 "iterations_per_loop": 1, "base_filters": sweeps["base_filters"][0],
+                 "num_classes": sweeps["num_classes"][0]}
         cfg = config_for(base, point, 1)
         log("pipeline batch_size={} crop_size={}".format(batch_size, crop_size))
         figures = measure_pipeline(cfg, args.pipeline_batches, args.repeats, max(1, args.warmup_steps),
@@ -266,23 +276,24 @@ def _pairs_per_sec(figures):
 
 
 def format_table(results, ceilings):
-    header = "{:<8} {:<5} {:>4} {:>5} {:>5} {:>5} {:>24} {:>10} {:>8} {:>7} {:>7}".format(
-        "mode", "prec", "K", "batch", "crop", "base", "img/s median [min-max]", "steps/s", "GFLOP/s", "ceil%",
+    header = "{:<8} {:<5} {:>4} {:>5} {:>5} {:>5} {:>3} {:>24} {:>10} {:>8} {:>7} {:>7}".format(
+        "mode", "prec", "K", "batch", "crop", "base", "C", "img/s median [min-max]", "steps/s", "GFLOP/s", "ceil%",
         "inbound")
     lines = [header, "-" * len(header)]
     for r in results:
         if "error" in r:
-            lines.append("{:<8} {:<5} {:>4} {:>5} {:>5} {:>5}  failed: {}".format(
+            lines.append("{:<8} {:<5} {:>4} {:>5} {:>5} {:>5} {:>3}  failed: {}".format(
                 r["mode"], r.get("precision", ""), r.get("iterations_per_loop", ""), r["batch_size"],
-                r["crop_size"], r.get("base_filters", ""), r["error"][:60]))
+                r["crop_size"], r.get("base_filters", ""), r.get("num_classes", ""), r["error"][:60]))
             continue
         ips = r.get("images_per_sec")
         ips_text = "{:.2f} [{:.2f}-{:.2f}]".format(ips["median"], ips["min"], ips["max"]) if ips else "see JSON"
         sps = r.get("steps_per_sec")
-        lines.append("{:<8} {:<5} {:>4} {:>5} {:>5} {:>5} {:>24} {:>10} {:>8} {:>7} {:>7}".format(
+        lines.append("{:<8} {:<5} {:>4} {:>5} {:>5} {:>5} {:>3} {:>24} {:>10} {:>8} {:>7} {:>7}".format(
             r["mode"], r.get("precision", "-") if r["mode"] != "pipeline" else "-",
             r.get("iterations_per_loop", "-") if r["mode"] != "pipeline" else "-", r["batch_size"], r["crop_size"],
-            r.get("base_filters", "-") if r["mode"] != "pipeline" else "-", ips_text,
+            r.get("base_filters", "-") if r["mode"] != "pipeline" else "-",
+            r.get("num_classes", "-") if r["mode"] != "pipeline" else "-", ips_text,
             "{:.2f}".format(sps["median"]) if sps else "-",
             "{:.1f}".format(r["achieved_gflops"]) if "achieved_gflops" in r else "-",
             "{:.0%}".format(r["ceiling_fraction"]) if r.get("ceiling_fraction") is not None else "-",

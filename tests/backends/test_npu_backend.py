@@ -411,6 +411,27 @@ def _open_npu_training(tiny_config, source_kind, k=10):
     return cfg, training, assembly.open_session(training, cfg)
 
 
+def test_multiclass_softmax_and_loss_are_kept_float32_and_the_convolutions_are_not(npu, tiny_config):
+    """allow_mix_precision lets the device run ops in float16: for C >= 2 the ops from the logits to the loss are built
+    in the adapter's keep_dtype_scope (attribute _keep_dtype), the network is not; C = 1 graphs stay as they were."""
+    from unet_perf.training import assembly
+
+    def ops_and_kept(cfg):
+        graph = assembly.build(cfg, assembly.cached_batch_source(cfg), backend=npu_backend()).graph
+        ops = graph.get_operations()
+        return {op.type for op in ops}, {op.type for op in ops if op.node_def.attr["_keep_dtype"].b}
+
+    settings = dict(iterations_per_loop=1, max_steps=1, save_checkpoints_steps=1, loss="ce_dice",
+                    precision_mode="allow_mix_precision")
+    types, kept = ops_and_kept(tiny_config(num_classes=3, **settings))
+    assert {"Softmax", "SparseSoftmaxCrossEntropyWithLogits", "Sum"} <= kept
+    assert "Conv2D" in types and not kept & {"Conv2D", "BiasAdd", "Relu", "FusedBatchNormV3"}
+    assert npu.calls_named("keep_dtype_scope")
+    del npu.CALLS[:]
+    assert ops_and_kept(tiny_config(**settings))[1] == set()
+    assert not npu.calls_named("keep_dtype_scope")
+
+
 def _nodes_grappler_left(sess, fetches):
     """(fetched values, names of the nodes TensorFlow executed): the partition graphs after Grappler, what the
     adapter's partition pass receives."""

@@ -43,6 +43,15 @@ def test_shapes_are_static_and_dtypes_follow_precision(precision, dtype, tiny_co
     assert set(np.unique(mask)) <= {0.0, 1.0}
 
 
+def test_cached_batch_source_gives_class_ids_for_multiclass(tiny_config):
+    from unet_perf.training import assembly
+    for num_classes, expected in ((1, {0.0, 1.0}), (4, {0.0, 1.0, 2.0, 3.0})):
+        cfg = tiny_config(num_classes=num_classes)
+        batch = take_batches(assembly.cached_batch_source(cfg)(), 1)[0]
+        assert batch[1].dtype == np.float32 and batch[1].shape == (2, 32, 32, 1)
+        assert set(np.unique(batch[1])) == expected
+
+
 def test_without_weights_yields_pairs(tiny_config):
     images, masks = numbered_slices()
     dataset = pipeline.make_dataset(images, masks, None, tiny_config(PIPELINE))

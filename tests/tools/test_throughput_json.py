@@ -119,6 +119,21 @@ def test_presets_yield_to_explicit_flags():
         throughput.make_plan(["--full", "--tiny"])
 
 
+def test_num_classes_is_a_sweep_with_one_row_per_value():
+    args, base, sweeps, modes = throughput.make_plan(["--tiny", "--mode", "model", "--num_classes", "1,2,8"])
+    assert sweeps["num_classes"] == [1, 2, 8]
+    assert [point["num_classes"] for point in throughput.sweep_points(sweeps)] == [1, 2, 8] * 2  # K 1,2 of tiny
+    assert throughput.config_for(base, dict(next(throughput.sweep_points(sweeps)), num_classes=8), 4).num_classes == 8
+    assert throughput.make_plan(["--tiny"])[2]["num_classes"] == [1]
+    rows = [{"mode": "model", "precision": "fp32", "iterations_per_loop": 1, "batch_size": 2, "crop_size": 32,
+             "base_filters": 4, "num_classes": c, "images_per_sec": {"median": 1.0, "min": 1.0, "max": 1.0}}
+            for c in (1, 8)]
+    table = throughput.format_table(rows, {}).splitlines()
+    assert table[0].split()[6] == "C" and [line.split()[6] for line in table[2:4]] == ["1", "8"]
+    with pytest.raises(UserError, match="--num_classes 8 needs --data_path"):  # the synthetic set has 4 classes
+        throughput.make_plan(["--tiny", "--mode", "model,e2e", "--num_classes", "1,8"])
+
+
 def test_sweep_point_steps_are_whole_loops():
     cfg = throughput.config_for(Config(), {"iterations_per_loop": 10, "precision": "fp32", "batch_size": 2,
                                            "crop_size": 128, "base_filters": 16}, 25)

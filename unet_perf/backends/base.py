@@ -248,6 +248,12 @@ class Backend(abc.ABC):
         is skipped, without it the weights are broken.
         """
 
+    def keep_fp32_scope(self):
+        """A context manager for the graph from the float32 logits to the loss (assembly.make_loss_fn, C >= 2): ops
+        built inside stay float32 under the backend's mixed precision. Default (host): nothing to do, the network
+        casts its logits to float32 and the softmax and loss run in float32."""
+        return contextlib.nullcontext()
+
     def prepare_session(self, sess, fetches):
         """Called after variables are initialised or restored and the iterator initialised; returns the fetches
         to run (the NPU adds its IterationOp under ITERATION_OP_KEY here). Default: unchanged."""

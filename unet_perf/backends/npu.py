@@ -165,6 +165,13 @@ class NpuBackend(Backend):
         """('none'|'dynamic'|'fixed', value) this backend uses for cfg: see `npu_loss_scale_kind`."""
         return npu_loss_scale_kind(cfg)
 
+    def keep_fp32_scope(self):
+        """The adapter's keep_dtype_scope: ops built inside keep float32 under precision_mode allow_mix_precision,
+        which would otherwise let the device run the softmax and the loss in float16 (it marks ops with the
+        `_keep_dtype` attribute the graph pass reads)."""
+        from npu_bridge.estimator.npu.npu_scope import keep_dtype_scope
+        return keep_dtype_scope()
+
     def chip(self):
         """The chip name (see soc_name), or None when unknown."""
         if callable(self._chip):

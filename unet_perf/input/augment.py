@@ -41,15 +41,17 @@ def augment_batch(images, masks, weights, cfg, out_size, seed, engine=None, crop
                   worker_index=0, num_workers=1):
     """Augment one batch with one fused coordinate map and one sampling pass.
 
-    images, masks: uint8 [B, H, W] (masks in {0, 1}); weights: float32 [B, H, W] or None; out_size: (h, w);
-    seed: int64 [2] (see draws.batch_seed); engine: "xla", "graph" or "opencv" (None = resolve_engine(cfg));
-    crop_centres: float32 [B, 2] source (x, y) of each crop centre, or None to draw random crops (see
-    geometry.tile_centre).
+    images, masks: uint8 [B, H, W] (masks in {0, 1}, or class ids and IGNORE_LABEL for C >= 2); weights: float32
+    [B, H, W] or None; out_size: (h, w); seed: int64 [2] (see draws.batch_seed); engine: "xla", "graph" or
+    "opencv" (None = resolve_engine(cfg)); crop_centres: float32 [B, 2] source (x, y) of each crop centre, or
+    None to draw random crops (see geometry.tile_centre).
     worker_index, num_workers: with num_workers > 1 the B images are this worker's rows of a global batch of
     B*num_workers: the random numbers are drawn for the global batch and this worker's rows kept, so each sample is
     augmented exactly as one worker with the whole batch would augment it.
     All engines use the same draws and the same map; they differ by interpolation rounding (see input.opencv_engine).
-    Returns (images float32 [B, h, w, 1] in [0, 1], masks float32 {0, 1} [B, h, w, 1],
+    Masks are sampled nearest (--mask_interp bilinear only for C = 1): class ids pass unchanged; under the constant
+    border, pixels outside the image get 0 for C = 1 and IGNORE_LABEL (unlabelled) for C >= 2.
+    Returns (images float32 [B, h, w, 1] in [0, 1], masks float32 [B, h, w, 1] (the mask values),
     weights float32 [B, h, w, 1] or None), all with static shapes.
     """
     images = tf.convert_to_tensor(images, tf.uint8)

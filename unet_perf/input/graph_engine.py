@@ -37,7 +37,8 @@ def _sampling_stage(cfg):
     def stage(inputs):
         draws = inputs["draws"]
         image, mask, weights = sampling.sample(inputs["images"], inputs["masks"], inputs["weights"], inputs["index"],
-                                      inputs["fx"], inputs["fy"], inputs["fade"], cfg.mask_interp, inputs["table"])
+                                      inputs["fx"], inputs["fy"], inputs["fade"], cfg.mask_interp, inputs["table"],
+                                      ignore_outside=cfg.num_classes > 1)
         if draws["noise"] is not None:
             sigma, shift_x, shift_y = noise_parameters(draws["uniforms"], cfg, draws["noise"].shape.as_list())
             noise = _shifted_noise(draws["noise"], shift_x, shift_y)

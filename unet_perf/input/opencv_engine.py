@@ -8,12 +8,13 @@ under the Ascend adapter).
 
 Per sample: the coordinate map is one small matrix product, x = U @ K @ V^T, where U = [bicubic rows | row
 offsets | 1] ([h, g+2]), V likewise for the columns and K holds the elastic offsets, the affine matrix and the
-tile centre; then cv2.remap samples the image (bilinear, uint8), the mask (nearest, or bilinear on {0, 1} which
-rounds at 0.5) and the weight map (bilinear, float32), and cv2.LUT applies the intensity table. Float32 maps
-are passed to cv2.remap directly: with this OpenCV they sample faster than maps converted to fixed point
-(OpenCV still interpolates with 1/32-pixel fractions). OpenCV and numpy release the GIL in these calls, so
-parallel tf.data map calls scale across cores; OpenCV's own threading, and the threads of the OpenBLAS bundled
-with the opencv-python wheel (cv2.gemm), are turned off so that each map call uses one core.
+tile centre; then cv2.remap samples the image (bilinear, uint8), the mask (nearest, which keeps class ids and
+IGNORE_LABEL, or bilinear on {0, 1} which rounds at 0.5) and the weight map (bilinear, float32), and cv2.LUT
+applies the intensity table. Float32 maps are passed to cv2.remap directly: with this OpenCV they sample faster
+than maps converted to fixed point (OpenCV still interpolates with 1/32-pixel fractions). OpenCV and numpy
+release the GIL in these calls, so parallel tf.data map calls scale across cores; OpenCV's own threading, and the
+threads of the OpenBLAS bundled with the opencv-python wheel (cv2.gemm), are turned off so that each map call uses
+one core.
 """
 import ctypes
 import functools
@@ -26,6 +27,7 @@ import tensorflow as tf
 
 from unet_perf.input import geometry, intensity, sampling
 from unet_perf.compat import v1
+from unet_perf.data.classes import IGNORE_LABEL
 
 _BORDERS = {"reflect": cv2.BORDER_REFLECT_101, "nearest": cv2.BORDER_REPLICATE, "constant": cv2.BORDER_CONSTANT}
 _THREADS_SET = []  # memo: OpenCV made single-threaded in this process
@@ -101,14 +103,16 @@ def coordinate_maps(affine, offsets, out_size):
 
 
 def sample_batch(images, masks, weights, affine, offsets, tables, noise, noise_params, out_size, border,
-                 mask_interp):
+                 mask_interp, mask_outside=0):
     """Augment one batch in numpy/OpenCV.
 
     images, masks: uint8 [B, H, W]; weights: float32 [B, H, W] or None; affine: float32 [B, 6]; offsets:
     float32 [B, 2, g, g] or None; tables: float32 [B, 256] or None (plain /255); noise: float32 [h, w] or None;
     noise_params: float32 [B, 3] = (sigma, shift_x, shift_y) or None; out_size: (h, w); border:
-    reflect|nearest|constant; mask_interp: nearest|bilinear.
-    Returns (image float32 [B, h, w] in [0, 1], mask uint8 {0, 1} [B, h, w], weights float32 [B, h, w] or None).
+    reflect|nearest|constant; mask_interp: nearest|bilinear; mask_outside: the mask value outside the image under
+    the constant border (0, or IGNORE_LABEL for class maps of C >= 2).
+    Returns (image float32 [B, h, w] in [0, 1], mask uint8 [B, h, w] (the sampled mask values), weights float32
+    [B, h, w] or None).
     """
     _one_thread_per_call()
     batch = images.shape[0]
@@ -129,7 +133,8 @@ def sample_batch(images, masks, weights, affine, offsets, tables, noise, noise_p
         cv2.remap(images[index], map_x, map_y, cv2.INTER_LINEAR, dst=sampled, borderMode=border_mode)
         table = sampling.UNIT_TABLE if tables is None else tables[index]
         cv2.LUT(sampled, table, dst=out_images[index])
-        cv2.remap(masks[index], map_x, map_y, mask_mode, dst=out_masks[index], borderMode=border_mode)
+        cv2.remap(masks[index], map_x, map_y, mask_mode, dst=out_masks[index], borderMode=border_mode,
+                  borderValue=mask_outside)
         if weights is not None:
             cv2.remap(weights[index], map_x, map_y, cv2.INTER_LINEAR, dst=out_weights[index],
                       borderMode=weight_border)
@@ -153,6 +158,7 @@ def opencv_stage(cfg, in_size, out_size):
         a, b, c, d = geometry.linear_part(uniforms, cfg)
         centre_x, centre_y = geometry.tile_centre(uniforms, cfg, in_size, out_size, draws.get("crop_centres"))
         has_weights = inputs["weights"] is not None
+        mask_outside = IGNORE_LABEL if cfg.num_classes > 1 else 0  # constant border: unlabelled, not class 0
         noise_params = None
         if draws["noise"] is not None:
             noise_params = tf.stack(intensity.noise_parameters(uniforms, cfg, out_size), axis=1)
@@ -168,7 +174,7 @@ def opencv_stage(cfg, in_size, out_size):
             arrays = iter(arrays)
             values = [next(arrays) if there else None for there in present]
             image, mask, weights = sample_batch(*values, out_size=out_size, border=cfg.border,
-                                                           mask_interp=cfg.mask_interp)
+                                                mask_interp=cfg.mask_interp, mask_outside=mask_outside)
             return [image, mask] + ([weights] if has_weights else [])
 
         outputs = v1.numpy_function(run, [argument for argument in arguments if argument is not None],

@@ -89,9 +89,10 @@ def batch_indices(count, cfg, seed, start_batch=0, worker_index=0, num_workers=1
 def make_dataset(images, masks, weights, cfg, seed=None, start_batch=0, worker_index=0, num_workers=1):
     """The training dataset of augmented batches.
 
-    images, masks: uint8 [N, H, W] (masks {0, 1}); weights: float32 [N, H, W] or None; seed: None = cfg.seed.
+    images, masks: uint8 [N, H, W] (masks {0, 1}, or class ids 0..C-1 and IGNORE_LABEL for C >= 2); weights:
+    float32 [N, H, W] or None; seed: None = cfg.seed.
     Yields (image [B, h, w, 1] in the compute dtype of cfg.precision, normalised by cfg.normalize,
-    mask [B, h, w, 1] float32 {0, 1}) plus weight [B, h, w, 1] float32 when weights is not None;
+    mask [B, h, w, 1] float32 {0, 1} or class ids) plus weight [B, h, w, 1] float32 when weights is not None;
     B = cfg.batch_size, h = w = cfg.crop_size. Batch k (counting from 0 in an uninterrupted run) is the same
     whatever start_batch is; a run resumed at step s passes start_batch=s and continues the stream.
     worker_index, num_workers: this worker's share of each global batch of B*num_workers (see batch_indices);

@@ -5,6 +5,8 @@ Everything here is elementwise plus a few gathers, so under XLA it fuses into on
 import numpy as np
 import tensorflow as tf
 
+from unet_perf.data.classes import IGNORE_LABEL
+
 
 def fold_border(coord, length, border):
     """Bring coordinates into [0, length-1]. Returns (coord, fade): fade is None except for the constant border,
@@ -64,12 +66,14 @@ def sampling_positions(x, y, in_size, border):
     return index, fx, fy, fade
 
 
-def sample(images, masks, weights, index, fx, fy, fade, mask_interp="nearest", table=None):
+def sample(images, masks, weights, index, fx, fy, fade, mask_interp="nearest", table=None, ignore_outside=False):
     """Sample image (bilinear), mask (nearest, or bilinear then >= 0.5) and optional weights (bilinear).
 
-    images, masks: uint8 [B, H, W]; weights: float32 [B, H, W] or None; index, fx, fy, fade: from
-    sampling_positions; table: [B*256] intensity table (see intensity_table) or None for plain /255.
-    Returns image float32 in [0, 1], mask float32 {0, 1}, weights float32 or None, all [B, h, w].
+    images, masks: uint8 [B, H, W] (masks {0, 1}, or class ids and IGNORE_LABEL for C >= 2); weights: float32
+    [B, H, W] or None; index, fx, fy, fade: from sampling_positions; table: [B*256] intensity table (see
+    intensity_table) or None for plain /255; ignore_outside: under the constant border, mask pixels outside the
+    image become IGNORE_LABEL (C >= 2: unlabelled, not class 0) instead of 0.
+    Returns image float32 in [0, 1], mask float32 (the sampled mask values), weights float32 or None, all [B, h, w].
     """
     batch, _, width = images.shape.as_list()
     shifts = (0, 1, width, width + 1)
@@ -90,7 +94,10 @@ def sample(images, masks, weights, index, fx, fy, fade, mask_interp="nearest", t
         mask = tf.cast(bilinear(mask_corners, fx, fy) >= 0.5, tf.float32)
     if fade is not None:
         image *= fade
-        mask *= tf.cast(fade >= 0.5, tf.float32)
+        if ignore_outside:
+            mask = tf.where(fade >= 0.5, mask, tf.fill(tf.shape(mask), float(IGNORE_LABEL)))
+        else:
+            mask *= tf.cast(fade >= 0.5, tf.float32)
     if weights is not None:
         flat_weights = tf.reshape(weights, [-1])
         weights = bilinear([tf.gather(flat_weights, index + shift) for shift in shifts], fx, fy)

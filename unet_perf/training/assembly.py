@@ -8,8 +8,9 @@
 The trainer, the benchmarks and the profiler all call these two functions, so the session ordering the NPU needs
 (variables, then restore, then the iterator initializer on its own, then `backend.prepare_session`) lives here once.
 """
+import contextlib
+
 import numpy as np
-import tensorflow as tf
 
 from unet_perf.compat import v1
 from unet_perf.errors import UserError
@@ -40,30 +41,58 @@ class Training(object):
         self.extras = extras
 
 
-def make_loss_fn(cfg, with_weights, backend=None):
+def make_loss_fn(cfg, with_weights, backend=None, class_weights=None):
     """loss_fn(batch, step) for the backend: U-Net logits -> the configured loss (float32).
 
     batch is (images, masks) or (images, masks, weights); step seeds the stateless dropout. With a backend of
     several workers the batch is this worker's share: dropout masks are the global batch's rows and the weighted
-    BCE is normalised by the global batch's weight sum (see losses.py). The loss passes through faults.nan_loss,
-    a test hook that is the identity unless UNET_PERF_FAULTS arms it.
+    cross-entropy is normalised by the global batch's weight sum (see losses.py; for C >= 2 always, as unlabelled
+    pixels differ by share). class_weights: a list of C floats, or None for cfg.class_weights (see
+    resolve_class_weights). For C >= 2 the softmax and the loss are built in backend.keep_fp32_scope(). The loss
+    passes through faults.nan_loss, a test hook that is the identity unless UNET_PERF_FAULTS arms it.
     """
     from unet_perf import faults
     from unet_perf.model import losses, network
 
     share = backend.cluster if backend is not None else None
     rank, size = (share.rank, share.size) if share is not None else (0, 1)
+    class_weights = resolve_class_weights(cfg, class_weights)
+    multiclass = cfg.num_classes > 1
 
     def loss_fn(batch, step):
         logits = network.unet(batch[0], cfg, training=True, step=step, worker_index=rank, num_workers=size)
         weights = batch[2] if with_weights else None
-        weight_total = None
-        if weights is not None and size > 1:
-            weight_total = backend.mean_over_workers([tf.reduce_sum(tf.cast(weights, tf.float32))])[0]
-        loss = losses.compute_loss(logits, batch[1], weights, cfg.loss, weight_total=weight_total)
+        scope = backend.keep_fp32_scope() if multiclass and backend is not None else contextlib.nullcontext()
+        with scope:
+            weight_total = None
+            if size > 1 and (weights is not None or multiclass):
+                weight_total = backend.mean_over_workers(
+                    [losses.weight_sum(batch[1], cfg.num_classes, weights, class_weights)])[0]
+            loss = losses.compute_loss(logits, batch[1], weights, cfg.loss, weight_total=weight_total,
+                                       class_weights=class_weights, dice_background=cfg.dice_background)
         return faults.nan_loss(loss, step)
 
     return loss_fn
+
+
+def resolve_class_weights(cfg, class_weights=None):
+    """The per-class loss weights to train with: class_weights (a list of C floats) when given, else cfg's explicit
+    --class_weights list, else None (all 1). 'auto' must be resolved by the caller from the training set and
+    passed in: a ValueError otherwise."""
+    from unet_perf.data.classes import class_weight_values
+
+    if class_weights is None:
+        class_weights = class_weight_values(cfg.class_weights, cfg.num_classes)
+        if class_weights == "auto":
+            raise ValueError("--class_weights auto: compute the weights from the training set and pass them as "
+                             "class_weights")
+    if class_weights is None:
+        return None
+    class_weights = [float(value) for value in class_weights]
+    if len(class_weights) != cfg.num_classes or cfg.num_classes == 1:
+        raise ValueError("class_weights: {} value(s) for --num_classes {}".format(len(class_weights),
+                                                                                 cfg.num_classes))
+    return class_weights
 
 
 # --- data sources: functions building a tf.data.Dataset inside the training graph ------------------------------
@@ -88,7 +117,8 @@ def pipeline_source(cfg, train, weights=None, start_step=0, worker_index=0, num_
 def cached_batch_source(cfg, seed=None):
     """One random batch shaped like the pipeline's, repeated: training speed without any input cost.
 
-    Images are uniform in [0, 1) in the compute dtype; masks are 80% ones; weights (when cfg.weight_map) are ones.
+    Images are uniform in [0, 1) in the compute dtype; masks are 80% ones (C = 1) or uniform random class ids
+    0..C-1 (C >= 2), float32 [B, h, w, 1] either way; weights (when cfg.weight_map) are ones.
     """
     import tensorflow as tf
 
@@ -97,7 +127,10 @@ def cached_batch_source(cfg, seed=None):
     shape = [cfg.batch_size, cfg.crop_size, cfg.crop_size, 1]
     rng = np.random.RandomState(cfg.seed if seed is None else seed)
     images = rng.uniform(0, 1, shape).astype(np.float32)
-    masks = (rng.uniform(0, 1, shape) > 0.2).astype(np.float32)
+    if cfg.num_classes == 1:
+        masks = (rng.uniform(0, 1, shape) > 0.2).astype(np.float32)
+    else:
+        masks = rng.randint(0, cfg.num_classes, shape).astype(np.float32)
 
     def source():
         batch = (tf.cast(tf.constant(images), compute_dtype(cfg.precision)), tf.constant(masks))
@@ -121,7 +154,7 @@ def dataset_source(cfg, kind="pipeline"):
 
 # --- assembly ----------------------------------------------------------------------------------------------------
 
-def build(cfg, source, backend=None, extras=None):
+def build(cfg, source, backend=None, extras=None, class_weights=None):
     """Assemble cfg's K-step training loop fed by `source` in a new tf.Graph.
 
     Args:
@@ -132,6 +165,8 @@ def build(cfg, source, backend=None, extras=None):
         backend: a backends.base.Backend; default backends.get_backend(cfg).
         extras: optional function called inside the graph after the training loop (so it can reuse the model's
             variables, e.g. inference graphs); its result is Training.extras.
+        class_weights: the per-class loss weights (a list of C floats) when the caller resolved
+            --class_weights auto; None: cfg's explicit list or none (see resolve_class_weights).
     Returns:
         a Training.
     """
@@ -145,8 +180,8 @@ def build(cfg, source, backend=None, extras=None):
         v1.set_random_seed(cfg.seed)
         global_step = v1.train.get_or_create_global_step()
         iterator = pipeline.make_iterator(source())
-        fetches = backend.build_train_loop(cfg, iterator.get_next, make_loss_fn(cfg, cfg.weight_map, backend),
-                                           global_step)
+        loss_fn = make_loss_fn(cfg, cfg.weight_map, backend, class_weights)
+        fetches = backend.build_train_loop(cfg, iterator.get_next, loss_fn, global_step)
         built_extras = extras() if extras is not None else None
         variables = v1.global_variables()
         init_ops = [v1.global_variables_initializer(), v1.local_variables_initializer()]
