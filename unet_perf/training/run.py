@@ -72,14 +72,19 @@ class TrainingRun(object):
         self.cfg, self.team, self.duties, self.stop = cfg, team, duties, stop
 
     def execute(self, started):
-        from unet_perf.data.loading import load_dataset
+        from unet_perf.data.loading import class_weights_for, load_dataset
         from unet_perf.input import augment
 
         cfg, team, duties = self.cfg, self.team, self.duties
         duties.announce()
         train_pairs, val_pairs, weights = load_dataset(cfg)
+        class_weights = class_weights_for(cfg, train_pairs)
         engine = augment.describe_engine(cfg)
         prefix, start_step = duties.resume_point(train_pairs, val_pairs, engine)
+        if class_weights is not None:
+            duties.say("class weights{}: {}".format(" (median frequency of the training labels)"
+                                                    if cfg.class_weights == "auto" else "",
+                                                    " ".join("{:.3f}".format(w) for w in class_weights)))
         start_step = team.handshake(cfg, train_pairs, start_step)
         total = cfg.total_steps
         if start_step >= total:
@@ -92,7 +97,8 @@ class TrainingRun(object):
             compat.enable_op_determinism()
         training = assembly.build(team.run_config(cfg),
                                   assembly.pipeline_source(cfg, train_pairs, weights, start_step, *team.share),
-                                  backend=team.backend, extras=duties.extras(val_pairs, train_pairs))
+                                  backend=team.backend, extras=duties.extras(val_pairs, train_pairs),
+                                  class_weights=class_weights)
         team.build_vote(training)
         duties.prepare(training, prefix)
         sess = None
