@@ -262,12 +262,12 @@ def main(argv=None):
         raise UserError("--output {} cannot be created ({}); pass a writable folder".format(output, err.strerror))
     if args.merge:
         return merge(args.merge, output)
+    from unet_perf import compat  # noqa: F401 -- before TensorFlow loads: it quiets TensorFlow's C++ logging
+    import bench_lib
     if args.folds:
         import fold_runs
         return fold_runs.run(base, seeds[0], args.folds, output, args.eval_batch_size,
                              [os.path.basename(sys.argv[0])] + list(sys.argv[1:] if argv is None else argv))
-    from unet_perf import compat  # noqa: F401 -- before TensorFlow loads: it quiets TensorFlow's C++ logging
-    import bench_lib
 
     load_before = os.getloadavg()
     results = []
