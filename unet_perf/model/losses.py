@@ -121,16 +121,20 @@ def compute_loss(logits, masks, weights=None, kind="bce", weight_total=None, cla
         raise UserError("--loss must be one of {}, got {!r}".format(", ".join(LOSS_KINDS), kind))
     kind = _ALIASES.get(kind, kind)
     num_classes = int(logits.shape[-1])  # static: a tensor or a numpy array
-    if num_classes == 1:
-        if class_weights is not None:
-            raise ValueError("class_weights need logits of C >= 2 classes")
-        cross_entropy = lambda: bce(logits, masks, weights, weight_total)  # noqa: E731
-        dice = lambda: soft_dice(logits, masks)  # noqa: E731
-    else:
-        if class_weights is not None and len(class_weights) != num_classes:
-            raise ValueError("{} class weights for {} classes".format(len(class_weights), num_classes))
-        cross_entropy = lambda: softmax_ce(logits, masks, weights, weight_total, class_weights)  # noqa: E731
-        dice = lambda: soft_dice_multiclass(logits, masks, dice_background)  # noqa: E731
+    if class_weights is not None and (num_classes == 1 or len(class_weights) != num_classes):
+        raise ValueError("{} class weights for logits of {} classes (C = 1 takes none)".format(
+            len(class_weights), num_classes))
+
+    def cross_entropy():
+        if num_classes == 1:
+            return bce(logits, masks, weights, weight_total)
+        return softmax_ce(logits, masks, weights, weight_total, class_weights)
+
+    def dice():
+        if num_classes == 1:
+            return soft_dice(logits, masks)
+        return soft_dice_multiclass(logits, masks, dice_background)
+
     if kind == "bce":
         return cross_entropy()
     if kind == "dice":

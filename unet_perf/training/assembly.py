@@ -62,12 +62,12 @@ def make_loss_fn(cfg, with_weights, backend=None, class_weights=None):
     def loss_fn(batch, step):
         logits = network.unet(batch[0], cfg, training=True, step=step, worker_index=rank, num_workers=size)
         weights = batch[2] if with_weights else None
+        weight_total = None
+        if size > 1 and (weights is not None or multiclass):
+            weight_total = backend.mean_over_workers(
+                [losses.weight_sum(batch[1], cfg.num_classes, weights, class_weights)])[0]
         scope = backend.keep_fp32_scope() if multiclass and backend is not None else contextlib.nullcontext()
-        with scope:
-            weight_total = None
-            if size > 1 and (weights is not None or multiclass):
-                weight_total = backend.mean_over_workers(
-                    [losses.weight_sum(batch[1], cfg.num_classes, weights, class_weights)])[0]
+        with scope:  # the logits-to-loss part only: the network and the all-reduce keep the backend's precision
             loss = losses.compute_loss(logits, batch[1], weights, cfg.loss, weight_total=weight_total,
                                        class_weights=class_weights, dice_background=cfg.dice_background)
         return faults.nan_loss(loss, step)
