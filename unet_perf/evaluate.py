@@ -122,32 +122,32 @@ def write_class_reports(output, names, scores, meta):
             writer.writerow([name] + ["{:.6f}".format(values[c]) for c in columns])
 
 
-def score_binary(predictor, names, pairs, staging, threshold):
-    """P(interior) of every slice (overlays written on the way) and evaluate_slices of them."""
+def predict_slices(predictor, names, pairs, staging, overlay):
+    """The prediction of every slice, with `overlay(image, mask, prediction)` written as <name>_overlay.png on the
+    way (progress shown)."""
     progress = ItemProgress(len(names))
     probs = []
     for name, image, mask in zip(names, pairs.images, pairs.masks):
         start = time.time()
         prob = predictor.predict(image)
         probs.append(prob)
-        write_output_image(os.path.join(staging, name + "_overlay.png"), error_overlay(image, mask, prob, threshold))
+        write_output_image(os.path.join(staging, name + "_overlay.png"), overlay(image, mask, prob))
         progress.step(name, time.time() - start)
     progress.close()
+    return probs
+
+
+def score_binary(predictor, names, pairs, staging, threshold):
+    """P(interior) of every slice (overlays written on the way) and evaluate_slices of them."""
+    probs = predict_slices(predictor, names, pairs, staging,
+                           lambda image, mask, prob: error_overlay(image, mask, prob, threshold))
     return evaluate_slices(probs, pairs.masks)
 
 
 def score_classes(predictor, names, pairs, staging, palette):
     """Class probabilities of every slice (overlays written on the way) and evaluate_class_slices of them."""
-    progress = ItemProgress(len(names))
-    probs = []
-    for name, image, mask in zip(names, pairs.images, pairs.masks):
-        start = time.time()
-        prob = predictor.predict(image)
-        probs.append(prob)
-        write_output_image(os.path.join(staging, name + "_overlay.png"),
-                           class_error_overlay(image, mask, class_map(prob), palette))
-        progress.step(name, time.time() - start)
-    progress.close()
+    probs = predict_slices(predictor, names, pairs, staging,
+                           lambda image, mask, prob: class_error_overlay(image, mask, class_map(prob), palette))
     return evaluate_class_slices(probs, pairs.masks, predictor.cfg.num_classes)
 
 

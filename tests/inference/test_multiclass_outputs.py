@@ -83,7 +83,9 @@ def test_evaluate_prints_the_class_table_and_writes_class_metrics(tmp_path, mode
         cv2.imwrite(str(tmp_path / "data" / "image" / "{}.png".format(index)), image)
         label = np.ones(image.shape, np.uint8)
         label[:, 10 + index:14 + index] = 0  # class ids 0 and 1; class 2 absent from the truth
-        cv2.imwrite(str(tmp_path / "data" / "label" / "{}.png".format(index)), label)
+        # the model reads labels through its --class_colors table (RGB): class 0 black, 1 red; OpenCV writes BGR
+        bgr = np.array([[0, 0, 0], [0, 0, 255], [255, 0, 0]], np.uint8)[label]
+        cv2.imwrite(str(tmp_path / "data" / "label" / "{}.png".format(index)), bgr)
     output = tmp_path / "eval"
     code, out, err = run(evaluate.main, ["--model_dir", model[0], "--data_path", str(tmp_path / "data"),
                                          "--output", str(output)], capsys)
@@ -94,7 +96,9 @@ def test_evaluate_prints_the_class_table_and_writes_class_metrics(tmp_path, mode
                 "slices", "checkpoint", "source"):
         assert key in report
     assert len(report["dice_per_class"]) == CLASSES and np.array(report["confusion_matrix"]).shape == (3, 3)
-    assert np.array(report["confusion_matrix"]).sum() == 2 * 36 * 44
+    confusion = np.array(report["confusion_matrix"])
+    assert confusion.sum() == 2 * 36 * 44
+    assert confusion[0].sum() == 2 * 36 * 4 and confusion[2].sum() == 0  # rows = truth, decoded from the colours
     assert len(report["slices"]) == 2 and report["slices"][0]["slice"] == "0"
     assert sorted(os.listdir(str(output))) == ["0_overlay.png", "1_overlay.png", "metrics.csv", "metrics.json"]
 
