@@ -105,6 +105,14 @@ def class_weights(interior):
     return np.where(interior > 0, 2.0 * f0, 2.0 * f1).astype(np.float32)
 
 
+def exact_distances(distance):
+    """float32 Euclidean distances between pixel centres, made exact: OpenCV's precise transform gives them to
+    within an ulp that varies from call to call (its SIMD path depends on where its buffers land), which made the
+    weight maps differ between identical runs. A squared distance is an integer, so rounding it and taking the
+    correctly rounded square root gives the same bits every time."""
+    return np.sqrt(np.round(np.square(distance.astype(np.float64)))).astype(np.float32)
+
+
 def _two_nearest_cell_distances(interior, reach):
     """(d1, d2) float32 [H,W]: distances to the nearest and second-nearest cell, inf beyond `reach` px."""
     height, width = interior.shape
@@ -117,7 +125,7 @@ def _two_nearest_cell_distances(interior, reach):
         top, bottom = max(0, y - grow), min(height, y + h + grow)
         left, right = max(0, x - grow), min(width, x + w + grow)
         outside = (labels[top:bottom, left:right] != cell).astype(np.uint8)
-        distance = cv2.distanceTransform(outside, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+        distance = exact_distances(cv2.distanceTransform(outside, cv2.DIST_L2, cv2.DIST_MASK_PRECISE))
         near, second = d1[top:bottom, left:right], d2[top:bottom, left:right]
         # second-nearest = min(old second, max(old nearest, new)); nearest = min(old nearest, new)
         np.minimum(second, np.maximum(near, distance), out=second)
