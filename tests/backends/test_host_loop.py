@@ -1,5 +1,6 @@
 """Host backend: the K-step while_loop equals K single steps, loss scaling inside the loop, precisions, fetches."""
 import numpy as np
+import tensorflow as tf
 import pytest
 
 from unet_perf import compat
@@ -126,3 +127,25 @@ def test_a_loop_that_runs_fewer_than_k_steps_is_a_one_line_error(tiny_config, tm
         trainer.train(run_cfg, out=io.StringIO())
     message = str(info.value)
     assert "from 0 to 2" in message and "--iterations_per_loop is 3" in message and "\n" not in message
+
+
+def test_three_classes_in_fp16_keep_softmax_and_loss_in_float32_under_loss_scaling(tiny_config):
+    from unet_perf.training import assembly
+
+    cfg = tiny_config(HOST_LOOP, num_classes=3, precision="fp16", loss="ce_dice", iterations_per_loop=4,
+                      max_steps=8, dropout=0.0, learning_rate=3e-3)
+    training = assembly.build(cfg, assembly.cached_batch_source(cfg))
+    graph_def = training.graph.as_graph_def()  # the K-step loop's body is a function of the graph's library
+    nodes = list(graph_def.node) + [node for function in graph_def.library.function for node in function.node_def]
+    dtypes = {}
+    for node in nodes:
+        if node.op in ("Conv2D", "Softmax", "SparseSoftmaxCrossEntropyWithLogits"):
+            dtypes.setdefault(node.op, set()).add(tf.as_dtype(node.attr["T"].type))
+    assert dtypes == {"Conv2D": {tf.float16}, "Softmax": {tf.float32},
+                      "SparseSoftmaxCrossEntropyWithLogits": {tf.float32}}
+    sess, fetches = assembly.open_session(training, cfg)
+    with sess:
+        runs = assembly.CheckedRuns(sess, fetches, cfg.iterations_per_loop)
+        values = [runs.run() for _ in range(2)]
+    assert runs.step == 8 and values[-1]["loss_scale"] >= 1.0
+    assert np.isfinite(values[-1]["mean_loss"]) and values[-1]["mean_loss"] < values[0]["mean_loss"]
