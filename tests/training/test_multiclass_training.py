@@ -1,6 +1,7 @@
 """Three classes through the whole trainer: a run stopped and resumed (with the EMA and auto class weights) ends with
 the weights of the uninterrupted run, and a packed shard set of class maps
 trains with the class shares and auto class weights of its folder."""
+import dataclasses
 import io
 import os
 
@@ -60,13 +61,14 @@ def test_packed_class_maps_train_with_the_folders_class_weights(tmp_path):
             cv2.imwrite(str(tmp_path / "data" / folder / "{}.png".format(index)), array)
     manifest = pack(str(tmp_path / "data"), str(tmp_path / "shards"), num_classes=3, progress_stream=io.StringIO())
     assert manifest["num_classes"] == 3
-    base = dict(THREE_CLASSES, ema=0.0, max_steps=5, augment=False, input_scale=1.0)
-    weights_lines = []
-    for source in ("data", "shards"):
-        log = train_quietly(make_tiny_config(base, data_path=str(tmp_path / source),
-                                             model_dir=str(tmp_path / ("run_" + source))))
-        shares = [line for line in log.splitlines() if line.startswith("data: ")][0]
-        assert "classes 0 " in shares and " 2 " in shares  # the class shares, read from the labels or the manifest
-        weights_lines += [line for line in log.splitlines() if line.startswith("class weights")]
+    cfg = make_tiny_config(THREE_CLASSES, ema=0.0, max_steps=5, augment=False, input_scale=1.0,
+                           data_path=str(tmp_path / "shards"), model_dir=str(tmp_path / "run"))
+    log = train_quietly(cfg)
+    shares = [line for line in log.splitlines() if line.startswith("data: ")][0]
+    assert "classes 0 " in shares and " 2 " in shares  # the class shares, read from the manifest
     # auto weights from the manifest's class counts are the ones computed from the folder's labels
-    assert len(weights_lines) == 2 and weights_lines[0] == weights_lines[1]
+    from unet_perf.data.loading import class_weights_for, load_dataset
+    folder = dataclasses.replace(cfg, data_path=str(tmp_path / "data"))
+    expected = class_weights_for(folder, load_dataset(folder)[0])
+    assert [line for line in log.splitlines() if line.startswith("class weights")] == [
+        "class weights (median frequency of the training labels): " + " ".join("{:.3f}".format(w) for w in expected)]
