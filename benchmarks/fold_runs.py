@@ -79,10 +79,10 @@ def score_checkpoint(model_dir, checkpoint, tta, pairs, batch_size):
             "v_rand": isbi["v_rand"], "v_info": isbi["v_info"], "membrane_dice": isbi["dice"]}
 
 
-def run_fold(base, seed, fold, folds, output, batch_size):
-    from unet_perf.data.loading import read_slices, subset
+def run_fold(base, slices, seed, fold, folds, output, batch_size):
+    """Train and score fold `fold` of `slices` (every labelled slice of base, read once by the caller)."""
+    from unet_perf.data.loading import subset
 
-    slices = read_slices(base)
     _, held_out = crossval.nvidia_fold(len(slices.names), fold, folds)
     cfg = dataclasses.replace(base, seed=seed, val_split=",".join(map(str, held_out)),
                               model_dir=fold_dir(output, fold)).validate()
@@ -122,13 +122,16 @@ def format_table(results, summary):
 
 def run(base, seed, folds, output, batch_size, command):
     """Train and score every fold; writes <output>/folds.json. Returns 0."""
+    from unet_perf.data.loading import read_slices
+
     load_before = os.getloadavg()
+    slices = read_slices(base)
     results = []
     for fold in range(folds):
         print("fold {}/{}: {} steps in {} (log: {}.log)".format(fold, folds, base.total_steps,
                                                                fold_dir(output, fold), fold_dir(output, fold)),
               flush=True)
-        results.append(run_fold(base, seed, fold, folds, output, batch_size))
+        results.append(run_fold(base, slices, seed, fold, folds, output, batch_size))
         r = results[-1]
         print("fold {}: {:.0f} s{}, Dice (NVIDIA's) best {:.4f} last {:.4f}, V_rand last {:.4f}".format(
             fold, r["train_sec"], "" if r["trained_now"] else " (trained before)", r["best"]["nvidia_dice"],

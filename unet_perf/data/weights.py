@@ -34,19 +34,11 @@ NEGLIGIBLE = 1e-3  # border terms below NEGLIGIBLE * w0 are dropped (they set th
 
 def border_weight_map(mask, w0=10.0, sigma=5.0, balance=True, num_classes=1):
     """float32 [H,W] weight map of one uint8 {0,1} mask (1 = cell interior), or of a class-id map when
-    num_classes >= 2 (class_border_weight_map); see the module doc string."""
-    if num_classes >= 2:
-        return class_border_weight_map(mask, num_classes, w0, sigma, balance)
-    mask = np.asarray(mask)
-    interior = (mask > 0).astype(np.uint8)
-    weights = class_weights(interior) if balance else np.ones(interior.shape, np.float32)
-    if w0 == 0:
-        return weights
-    if sigma <= 0:
-        raise ValueError("sigma must be positive, got {}".format(sigma))
-    d1, d2 = _two_nearest_cell_distances(interior, sigma * math.sqrt(2.0 * math.log(1.0 / NEGLIGIBLE)))
-    border = w0 * np.exp(-np.square(d1 + d2) / (2.0 * sigma * sigma))
-    return (weights + np.where(interior == 0, border, 0.0)).astype(np.float32)
+    num_classes >= 2; see the module doc string. A binary mask is the two-class map 0 membrane / 1 interior, so both
+    go through class_border_weight_map."""
+    if num_classes == 1:
+        mask, num_classes = (np.asarray(mask) > 0).astype(np.uint8), 2
+    return class_border_weight_map(mask, num_classes, w0, sigma, balance)
 
 
 def border_weight_maps(masks, w0=10.0, sigma=5.0, balance=True, num_classes=1):
@@ -71,7 +63,6 @@ def class_border_weight_map(labels, num_classes, w0=10.0, sigma=5.0, balance=Tru
             objects = (labels == label).astype(np.uint8)
             if objects.any():
                 d1, d2 = _two_nearest_cell_distances(objects, reach)
-                # the same expression as border_weight_map, so two classes give its bits
                 np.maximum(border, w0 * np.exp(-np.square(d1 + d2) / (2.0 * sigma * sigma)), out=border)
         weights = (weights + np.where(labels == 0, border, 0.0)).astype(np.float32)
     return np.where(labels == IGNORE_LABEL, 0.0, weights).astype(np.float32)
