@@ -19,6 +19,7 @@ which lets the file switch to BigTIFF at close when it has grown past ~2 GB.
 """
 import os
 import struct
+import threading
 import warnings
 import zlib
 
@@ -109,18 +110,18 @@ def _check_rows(source, top, bottom):
 # --- colour and bit depth: the rules of unet_perf.data.sources --------------------------------------------------
 
 class _GrayConverter(object):
-    """Raw rows (OpenCV channel order) -> uint8 gray, by sources._Reader's rules; warns once per file on the first
+    """Raw rows (OpenCV channel order) -> uint8 gray, by sources.Reader's rules; warns once per file on the first
     colour rows it converts."""
 
     def __init__(self, rgb):
-        self._reader = sources._Reader(rgb)
+        self.reader = sources.Reader(rgb)
         self._warned = False
 
     def convert(self, raw, where):
-        gray = sources._to_uint8(self._reader._to_gray(raw, where), where)
-        if self._reader.converted and not self._warned:
+        gray = sources.to_uint8(self.reader.to_gray(raw, where), where)
+        if self.reader.converted and not self._warned:
             self._warned = True
-            self._reader.warn_converted()
+            self.reader.warn_converted()
         return gray
 
 
@@ -135,7 +136,7 @@ def _tifffile():
 
 
 def _open_tiff(path, converter):
-    sources._refuse_truncated(path, ".tif")
+    sources.refuse_truncated(path, ".tif")
     tifffile = _tifffile()
     share = _SharedTiff(path)
     try:
@@ -161,10 +162,11 @@ def _tiff_source(path, page, index, count, share, converter):
     if samples not in (1, 3, 4):
         raise UserError("{} has {} channels per pixel; save it as grayscale (1 channel) or RGB".format(
             where, samples))
+    dtype = np.dtype(page.dtype) if page.dtype is not None else None
+    if dtype is None or dtype.kind not in "ub" or dtype.itemsize > 2:  # b: 1-bit pages, which OpenCV reads
+        raise UserError("{} has {} pixels; save images as 8- or 16-bit grayscale".format(
+            where, dtype or "{}-bit".format(page.bitspersample)))
     if _streamable(page):
-        dtype = np.dtype(page.dtype).newbyteorder("=")
-        if dtype not in (np.uint8, np.uint16):
-            raise UserError("{} has {} pixels; save images as 8- or 16-bit grayscale".format(where, dtype))
         layout = _TiffLayout(page)
         return _TiffPageSource(path, index, shape, where, converter, share, layout)
     return _WholeTiffPageSource(path, index, shape, where, converter)
@@ -225,25 +227,28 @@ class _TiffLayout(object):
 
 class _SharedTiff(object):
     """The open tifffile handle of one file, shared by its pages: opened on the first read, closed when every page
-    that opened it has been read to its last row (or closed)."""
+    that opened it has been read to its last row (or closed). Pages may be read from different threads."""
 
     def __init__(self, path):
         self.path = path
         self._tif = None
         self._pages = {}
+        self._lock = threading.Lock()
 
     def page(self, index):
-        if self._tif is None:
-            self._tif = _tifffile().TiffFile(self.path)
-        if index not in self._pages:
-            self._pages[index] = self._tif.pages[index]
-        return self._tif, self._pages[index]
+        with self._lock:
+            if self._tif is None:
+                self._tif = _tifffile().TiffFile(self.path)
+            if index not in self._pages:
+                self._pages[index] = self._tif.pages[index]
+            return self._tif, self._pages[index]
 
     def release(self, index):
-        self._pages.pop(index, None)
-        if not self._pages and self._tif is not None:
-            self._tif.close()
-            self._tif = None
+        with self._lock:
+            self._pages.pop(index, None)
+            if not self._pages and self._tif is not None:
+                self._tif.close()
+                self._tif = None
 
 
 class _TiffPageSource(_PageSource):
@@ -317,7 +322,8 @@ def _to_opencv_order(raw, samples):
 
 
 class _WholeTiffPageSource(_PageSource):
-    """A TIFF page in a layout only OpenCV reads (palette, LZW, JPEG, planar, ...): decoded whole on first use."""
+    """A TIFF page in a layout only OpenCV reads (palette, LZW, JPEG, planar, ...): decoded whole on first use and
+    kept as uint8 gray until its last row has been read."""
 
     def __init__(self, path, index, shape, where, converter):
         super(_WholeTiffPageSource, self).__init__(path, index, shape, where, converter)
@@ -325,22 +331,11 @@ class _WholeTiffPageSource(_PageSource):
 
     def _raw_rows(self, top, bottom):
         if self._page is None:
-            self._page = _opencv_page(self.path, self.index, self.where)
-        return self._page[top:bottom]
+            self._page = self._converter.reader.page(self.path, self.index, is_label=False)
+        return self._page[top:bottom]  # already gray uint8: the conversion in read_rows keeps it as it is
 
     def close(self):
         self._page = None
-
-
-def _opencv_page(path, index, where):
-    import cv2
-    try:
-        ok, pages = cv2.imreadmulti(path, index, 1, flags=cv2.IMREAD_UNCHANGED)
-    except cv2.error:
-        ok, pages = False, []
-    if not ok or len(pages) != 1:
-        raise UserError("{} cannot be decoded; replace it with a valid TIFF".format(where))
-    return pages[0]
 
 
 class _WholeFileSource(_PageSource):
@@ -353,11 +348,11 @@ class _WholeFileSource(_PageSource):
 
     def _raw_rows(self, top, bottom):
         if self._page is None:
-            page = sources._read_raw(path=self.path)[0]
+            page = sources.read_raw(self.path)[0]
             if page.shape[:2] != self.shape:
                 raise UserError("{} decodes to {}x{} but its header says {}x{}; replace it with a valid image"
                                 .format(self.path, page.shape[1], page.shape[0], self.shape[1], self.shape[0]))
-            self._page = page
+            self._page = self._converter.convert(page, self.path)  # keep gray uint8, not the colour original
         return self._page[top:bottom]
 
     def close(self):
@@ -365,18 +360,29 @@ class _WholeFileSource(_PageSource):
 
 
 def _header_size(path):
-    """(height, width) from the image header, without decoding the pixels."""
-    sources._refuse_truncated(path, os.path.splitext(path)[1].lower())
+    """(height, width) from the image header, without decoding the pixels (a PNG's IHDR, else Pillow's lazy open;
+    an image beyond Pillow's decompression-bomb limit is decoded once by OpenCV to learn its size)."""
+    sources.refuse_truncated(path, os.path.splitext(path)[1].lower())
+    with open(path, "rb") as handle:
+        header = handle.read(24)
+    if header[:8] == b"\x89PNG\r\n\x1a\n" and header[12:16] == b"IHDR":
+        width, height = struct.unpack(">II", header[16:24])
+        return height, width
     try:
         from PIL import Image
-        with Image.open(path) as image:
-            width, height = image.size
-        return height, width
     except ImportError:
-        page = sources._read_raw(path)[0]  # no Pillow: decode once to learn the size
-        return page.shape[:2]
-    except Exception as err:  # Pillow: UnidentifiedImageError (an OSError), SyntaxError, ValueError, ...
-        raise UserError("{} cannot be decoded ({}); replace it with a valid image".format(path, _reason(err)))
+        return sources.read_raw(path)[0].shape[:2]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's DecompressionBombWarning: only the header is read here
+            with Image.open(path) as image:
+                width, height = image.size
+        return height, width
+    except Image.DecompressionBombError:
+        return sources.read_raw(path)[0].shape[:2]
+    except Exception:  # Pillow: UnidentifiedImageError (an OSError), SyntaxError, ValueError, ...
+        raise UserError("{} cannot be decoded (not a PNG, JPEG or TIFF image); replace it with a valid image"
+                        .format(path))
 
 
 # --- writing ------------------------------------------------------------------------------------------------------
