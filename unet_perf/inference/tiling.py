@@ -52,6 +52,12 @@ def inverse_dihedral(array, k):
 
 def blend_window(tile, kind="cosine"):
     """Positive 2D weights peaking at the tile centre: tile edges (least context) count least when blending."""
+    line = blend_line(tile, kind)
+    return np.outer(line, line).astype(np.float32)
+
+
+def blend_line(tile, kind="cosine"):
+    """The 1D factor of blend_window (float64 [tile]): the window is its outer product with itself."""
     centres = np.arange(tile, dtype=np.float64) + 0.5
     if kind == "cosine":
         line = 0.5 - 0.5 * np.cos(2.0 * np.pi * centres / tile)  # Hann window sampled at pixel centres: > 0
@@ -62,8 +68,7 @@ def blend_window(tile, kind="cosine"):
         line = np.ones(tile)
     else:
         raise ValueError("unknown window {!r}; expected cosine, gaussian or flat".format(kind))
-    line = np.maximum(line, 1e-6)
-    return np.outer(line, line).astype(np.float32)
+    return np.maximum(line, 1e-6)
 
 
 def _tile_starts(length, tile, stride):
@@ -128,7 +133,7 @@ def default_overlap(tile):
     return (tile // 4) // 2 * 2
 
 
-def predict_image(predict_batch_fn, image, cfg, batch_size, overlap=None, tta=False):
+def predict_image(predict_batch_fn, image, cfg, batch_size, overlap=None, tta=False, window="cosine"):
     """Full inference of one [H,W] image in 0..255 units: rescale by cfg.input_scale, normalise (cfg.normalize),
     tile at cfg.crop_size, resize the probability map back to [H,W]. Returns float32 in [0,1]: P(interior) [H,W]
     for --num_classes 1, the class probabilities [H,W,C] for C >= 2 (each channel resized alike)."""
@@ -141,7 +146,8 @@ def predict_image(predict_batch_fn, image, cfg, batch_size, overlap=None, tta=Fa
     scaled = rescale(image, cfg.input_scale)
     tile = cfg.crop_size
     overlap = default_overlap(tile) if overlap is None else int(overlap)
-    prob = predict_tiled(predict_batch_fn, normalize_array(scaled, cfg.normalize), tile, overlap, batch_size, tta)
+    prob = predict_tiled(predict_batch_fn, normalize_array(scaled, cfg.normalize), tile, overlap, batch_size, tta,
+                         window)
     if prob.shape[:2] != (height, width):
         prob = resize_channels(prob, height, width)
     return np.clip(prob, 0.0, 1.0)
