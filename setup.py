@@ -13,6 +13,7 @@ setup(
         "numpy",
         "opencv-python-headless",
         "pillow",  # reads the indices of palette label PNGs (OpenCV expands them to colours)
+        "tifffile",  # streams large TIFFs strip by strip for prediction (unet_perf.inference.image_io)
         # The Ascend stack (Python 3.7) ships its own TensorFlow 1.15 and npu_bridge: install nothing there.
         'tensorflow>=2.13; python_version>="3.8"',
     ],
@@ -22,7 +23,6 @@ setup(
             "pytest-benchmark",
             "vermin",
             "scikit-image",  # reference metrics in tests
-            "tifffile",  # writes multipage TIFF fixtures
         ],
         "plots": ["matplotlib"],
     },

@@ -50,7 +50,7 @@ def load_pairs(data_path, rgb="convert", min_size=0, spec=classes.BINARY):
         raise UserError("--data_path {} does not exist; pass a folder laid out as {}".format(data_path, LAYOUTS))
     if not os.path.isdir(data_path):
         raise UserError("--data_path {} is a file; pass the folder that holds it ({})".format(data_path, LAYOUTS))
-    reader = _Reader(rgb, spec)
+    reader = Reader(rgb, spec)
     found = _find_layout(data_path)
     if found[0] == "folders":
         pairs = _load_folders(found[1], found[2], reader)
@@ -64,7 +64,7 @@ def load_pairs(data_path, rgb="convert", min_size=0, spec=classes.BINARY):
 def read_image(path, rgb="convert"):
     """All pages of one unlabelled image file (PNG/TIFF/JPEG) as a list of uint8 [H,W] arrays, validated like
     training images (used by prediction)."""
-    reader = _Reader(rgb)
+    reader = Reader(rgb)
     pages = reader.pages(path, is_label=False)
     reader.warn_converted()
     return pages
@@ -76,7 +76,7 @@ def iter_pairs(data_path, rgb="convert", spec=classes.BINARY):
     bounded. Slices may differ in size; a label must match its image. Masks are decoded by `spec` as in load_pairs."""
     if not data_path or not os.path.isdir(data_path):
         raise UserError("--data_path {} is not a folder; pass a folder laid out as {}".format(data_path, LAYOUTS))
-    reader = _Reader(rgb, spec)
+    reader = Reader(rgb, spec)
     kind, first, second = _find_layout(data_path)
     if kind == "folders":
         images, labels = _list_slices(first), _list_slices(second)
@@ -205,8 +205,9 @@ def _size(shape):
 
 # --- reading one file -----------------------------------------------------------------------------------------
 
-class _Reader(object):
-    """Reads files into 2-D uint8 arrays, remembering which colour files it converted (one warning per load)."""
+class Reader(object):
+    """Reads files into 2-D uint8 arrays, remembering which colour files it converted (one warning per load).
+    inference.image_io shares its colour rule (to_gray) for images it reads part by part."""
 
     def __init__(self, rgb, spec=classes.BINARY):
         self.rgb = rgb
@@ -223,7 +224,7 @@ class _Reader(object):
     def pages(self, path, is_label):
         if is_label and self.spec.num_classes >= 2 and self.spec.colors is None and _is_palette_png(path):
             return [classes.decode_label(_palette_indices(path), path, self.spec)]
-        raw = _read_raw(path)
+        raw = read_raw(path)
         out = []
         for index, page in enumerate(raw):
             out.append(self.convert(page, path if len(raw) == 1 else "{}[{}]".format(path, index), is_label))
@@ -244,10 +245,11 @@ class _Reader(object):
         """A decoded page as a validated uint8 image or label (self.spec); `where` names it in errors."""
         if is_label and self.spec.num_classes >= 2:
             return classes.decode_label(page, where, self.spec)
-        page = self._to_gray(page, where)
-        return _to_mask(page, where) if is_label else _to_uint8(page, where)
+        page = self.to_gray(page, where)
+        return _to_mask(page, where) if is_label else to_uint8(page, where)
 
-    def _to_gray(self, page, where):
+    def to_gray(self, page, where):
+        """[H,W] as it is; [H,W,3/4] (OpenCV's BGR(A)) -> gray by the --rgb rule (equal channels are gray)."""
         if page.ndim == 2:
             return page
         if page.ndim != 3 or page.shape[2] not in (3, 4):
@@ -266,12 +268,12 @@ class _Reader(object):
                           .format(len(self.converted), self.converted[0]))
 
 
-def _read_raw(path):
+def read_raw(path):
     """All pages of `path` as arrays; UserError for empty, truncated or undecodable files."""
     if os.path.getsize(path) == 0:
         raise UserError("{} is empty (0 bytes); replace it with a valid image".format(path))
     ext = os.path.splitext(path)[1].lower()
-    _refuse_truncated(path, ext)
+    refuse_truncated(path, ext)
     try:
         if ext in (".tif", ".tiff"):
             ok, pages = cv2.imreadmulti(path, flags=cv2.IMREAD_UNCHANGED)
@@ -309,7 +311,7 @@ def _palette_indices(path):
 
 def _page_count(path):
     """Number of pages of a multipage TIFF, without decoding them."""
-    _refuse_truncated(path, os.path.splitext(path)[1].lower())
+    refuse_truncated(path, os.path.splitext(path)[1].lower())
     try:
         count = cv2.imcount(path)
     except cv2.error:
@@ -319,7 +321,7 @@ def _page_count(path):
     return count
 
 
-def _to_uint8(page, where):
+def to_uint8(page, where):
     if page.dtype == np.uint8:
         return page
     if page.dtype == np.uint16:
@@ -343,7 +345,7 @@ def _to_mask(page, where):
 
 # --- truncation checks (OpenCV silently decodes the readable part of a cut JPEG or TIFF) --------------------
 
-def _refuse_truncated(path, ext):
+def refuse_truncated(path, ext):
     problem = _truncation(path, ext)
     if problem:
         raise UserError("{} is truncated ({}); copy or download it again".format(path, problem))
