@@ -5,6 +5,8 @@ the training size with `overlap` pixels shared between neighbours, runs them in 
 with a smooth window and optionally averages the 8 dihedral transforms (TTA). `predict_image` wraps it with the
 network's preprocessing: an image is first resized by cfg.input_scale (the fixed rescale of training), normalised
 over the WHOLE image (so tiles agree for "standard"), tiled at cfg.crop_size, and the map is resized back.
+These whole-image functions are the reference: predict, evaluate and validation run the band-by-band engine
+(inference.streaming, which reuses the helpers here and matches predict_image within 1e-5).
 """
 import cv2
 import numpy as np
