@@ -75,7 +75,7 @@ class RowResampler(object):
         out = self.kept[lo] * (np.float32(1.0) - weight) + self.kept[hi] * weight
         self.next_row = end
         if end < len(lower):  # drop the source rows no later target row reads
-            drop = int(lower[end]) - self.kept_top
+            drop = min(int(lower[end]), received) - self.kept_top  # a shrink may skip rows not received yet
             if drop > 0:
                 self.kept = self.kept[drop:]
                 self.kept_top += drop
@@ -177,16 +177,20 @@ class TileGrid(object):
         height, width = shape
         self.rows, self.covered_h = _tile_starts(height + 2 * self.margin, tile, stride)
         self.cols, self.covered_w = _tile_starts(width + 2 * self.margin, tile, stride)
-        edge = min(shape) <= 1  # predict_tiled pads with "edge" then
-        self.col_index = _mirror(np.arange(self.covered_w) - self.margin, width, edge)
-        self.row_indices = [_mirror(np.arange(r, r + tile) - self.margin, height, edge) for r in self.rows]
+        self.edge = min(shape) <= 1  # predict_tiled pads with "edge" then
+        self.col_index = _mirror(np.arange(self.covered_w) - self.margin, width, self.edge)
         # after tile row b, rows above keep_from[b + 1] are never read again
-        lows = [int(index.min()) for index in self.row_indices] + [height]
-        self.keep_from = [min(lows[b:]) for b in range(len(lows))]
+        lows = [int(self.row_index(band).min()) for band in range(len(self.rows))] + [height]
+        self.keep_from = np.minimum.accumulate(lows[::-1])[::-1].tolist()
         self.window = blend_window(tile, window)[..., None]
         line = blend_line(tile, window)
         self.row_weight = self._sums(line, self.rows, self.covered_h)
         self.col_weight = self._sums(line, self.cols, self.covered_w)
+
+    def row_index(self, band):
+        """The page rows (at the network's scale) of the tile row `band`, mirrored at the borders."""
+        top = self.rows[band]
+        return _mirror(np.arange(top, top + self.tile) - self.margin, self.shape[0], self.edge)
 
     def _sums(self, line, starts, length):
         total = np.zeros(length, np.float64)
@@ -254,8 +258,8 @@ def cut_tiles(grid, scaled, batch_size, transforms, put):
     padded with zeros: the graph has a static batch size)."""
     tile = grid.tile
     batch, slots = np.empty((batch_size, tile, tile, 1), np.float32), []
-    for band, index in enumerate(grid.row_indices):
-        padded = scaled.take(index)[:, grid.col_index]  # [tile, covered_w]
+    for band in range(len(grid.rows)):
+        padded = scaled.take(grid.row_index(band))[:, grid.col_index]  # [tile, covered_w]
         scaled.release_below(grid.keep_from[band + 1])
         for col in grid.cols:
             for k in transforms:
