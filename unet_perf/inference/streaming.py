@@ -331,12 +331,9 @@ class Stages(object):
                    threading.Thread(target=self._guarded, args=(writer,), name="tile-writer", daemon=True)]
         for thread in threads:
             thread.start()
-        try:
-            self._guarded(self._run_model, inputs, results, run, done)
-        finally:
-            self.stop.set() if self.errors else None
-            for thread in threads:
-                thread.join()
+        self._guarded(self._run_model, inputs, results, run, done)  # an error here stops the threads too
+        for thread in threads:
+            thread.join()
         if self.errors:
             raise self.errors[0]
 
@@ -378,6 +375,9 @@ def predict_source(predict_batch_fn, source, cfg, batch_size, sink, tile=None, o
 
 
 class _ArrayRows(object):
+    """An in-memory float image (0..255 units) as a page source; image_io.ArraySource would apply the file
+    rules (uint8/uint16, colour conversion) that callers of predict_array (evaluate, validation) have applied."""
+
     def __init__(self, array):
         self.array, self.shape = array, array.shape
 
