@@ -168,6 +168,8 @@ def test_row_writer_with_missing_rows_fails_and_leaves_no_file(tmp_path):
             writer.write_rows(np.zeros((3, 9), np.uint8))  # wrong width
         with pytest.raises(ValueError):
             writer.write_rows(np.zeros((11, 8), np.uint8))  # too many rows
+        with pytest.raises(ValueError):
+            writer.write_rows(np.full((1, 8), 0.7, np.float32))  # probabilities would become 0 in uint8
         writer.write_rows(np.zeros((10, 8), np.uint8))
     assert os.listdir(str(tmp_path)) == ["mask.tif"]
 

@@ -416,6 +416,8 @@ class _TiffStreamFile(object):
         dtype = np.dtype(dtype)
         if dtype.kind not in _SAMPLE_FORMATS:
             raise ValueError("cannot write {} pixels to TIFF".format(dtype))
+        if height < 1 or width < 1 or (channels is not None and channels < 1):
+            raise ValueError("{}: cannot write an empty page ({}x{})".format(self.path, width, height))
         samples = channels or 1
         row_bytes = width * samples * dtype.itemsize
         self._page = {"height": int(height), "width": int(width), "channels": channels, "dtype": dtype,
@@ -434,6 +436,9 @@ class _TiffStreamFile(object):
                 if page["channels"] else ""))
         if page["written"] + page["pending_rows"] + len(rows) > page["height"]:
             raise ValueError("{}: more than {} rows written".format(self.path, page["height"]))
+        if not np.can_cast(rows.dtype, page["dtype"], "same_kind"):  # e.g. probabilities into a uint8 file
+            raise ValueError("{}: {} rows would be truncated to {}; convert them first".format(
+                self.path, rows.dtype, page["dtype"]))
         rows = np.ascontiguousarray(rows, page["dtype"].newbyteorder("<"))
         start = 0
         while start < len(rows):
