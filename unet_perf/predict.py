@@ -12,7 +12,17 @@ input also gets the stack `classes.tif` (`<stem>_classes.tif`).
 Two inputs that would write the same file (a.png and a.tif) are refused before anything is written. --output is
 written as a whole (unet_perf.storage.output_folder): a failed run leaves nothing behind, and an existing
 --output holding predictions is replaced only with --overwrite.
+
+Memory: pages are opened lazily (inference.image_io.open_pages reads headers only), predicted one at a time band
+by band (inference.streaming) and written as they finish; the stacks are written page by page. A page of more
+than HUGE_PAGE_PIXELS (2^28, e.g. 16384 x 16384) pixels is never held whole: instead of PNGs it gets TIFFs written
+row band by row band, `<name>_prob.tif` and `<name>_mask.tif` (C >= 2: `<name>_classes.tif` and, with
+--save_probabilities, `<name>_probs.tif` as one C-sample page), and no overlay. A TIFF input holding such a page
+gets no stacks (its pages are in the per-page files; a note says so).
+The last line before "wrote ..." is the throughput: input megapixels / seconds from the first tile read to the
+last output closed (graph build and checkpoint restore excluded).
 """
+import contextlib
 import os
 import time
 
@@ -21,9 +31,10 @@ import numpy as np
 from unet_perf.inference.class_metrics import class_map
 from unet_perf.inference.cli_flags import (add_inference_flags, check_inference_flags, model_palette, open_predictor,
                                            write_output_image, write_output_stack)
+from unet_perf.inference.image_io import RowWriter, StackWriter, open_pages
 from unet_perf.inference.panels import class_overlay
 from unet_perf.config import build_parser
-from unet_perf.data.sources import EXTENSIONS, natural_key, read_image
+from unet_perf.data.sources import EXTENSIONS, natural_key
 from unet_perf.errors import UserError, run_cli
 from unet_perf.storage.output_folder import OutputFolder, add_overwrite_flag
 from unet_perf.progress import ItemProgress
@@ -61,13 +72,25 @@ STACK_OUTPUTS = ("prob.tif", "mask.tif")
 CLASS_PAGE_OUTPUTS = ("_classes.png", "_overlay.png")
 PROBABILITIES_OUTPUT = "_probs.tif"
 CLASS_STACK_OUTPUTS = ("classes.tif",)
+HUGE_PAGE_OUTPUTS = ("_prob.tif", "_mask.tif")
+CLASS_HUGE_PAGE_OUTPUTS = ("_classes.tif",)
+HUGE_PAGE_PIXELS = 2 ** 28  # above: no PNG (nor one buffer for the page), TIFFs written row band by row band
 
 
-def outputs_of(num_classes, save_probabilities=False):
-    """(suffixes of every page's files, names of a TIFF input's stacks) a model of num_classes writes."""
+def is_huge(page, huge_pixels=HUGE_PAGE_PIXELS):
+    """True for a page (anything with .shape) of more than huge_pixels pixels: it is streamed into TIFFs."""
+    return page.shape[0] * page.shape[1] > huge_pixels
+
+
+def outputs_of(num_classes, save_probabilities=False, huge=False):
+    """(suffixes of every page's files, names of a TIFF input's stacks) a model of num_classes writes; huge: the
+    suffixes of a page above HUGE_PAGE_PIXELS instead."""
+    probabilities = (PROBABILITIES_OUTPUT,) if save_probabilities and num_classes > 1 else ()
+    if huge:
+        return (HUGE_PAGE_OUTPUTS if num_classes == 1 else CLASS_HUGE_PAGE_OUTPUTS + probabilities), ()
     if num_classes == 1:
         return PAGE_OUTPUTS, STACK_OUTPUTS
-    return CLASS_PAGE_OUTPUTS + ((PROBABILITIES_OUTPUT,) if save_probabilities else ()), CLASS_STACK_OUTPUTS
+    return CLASS_PAGE_OUTPUTS + probabilities, CLASS_STACK_OUTPUTS
 
 
 def is_prediction_output(name):
@@ -76,20 +99,24 @@ def is_prediction_output(name):
                          CLASS_STACK_OUTPUTS)
 
 
-def output_plan(pages_per_file, single_input, num_classes=1, save_probabilities=False):
-    """[(path, pages, page names, stack prefix or None)] for the (path, pages) of every input; a UserError, before
-    anything is written, when two inputs would write the same file (a.png and a.tif both give a_prob.png).
+def output_plan(pages_per_file, single_input, num_classes=1, save_probabilities=False,
+                huge_pixels=HUGE_PAGE_PIXELS):
+    """[(path, pages, page names, stack prefix or None)] for the (path, pages) of every input (pages: anything with
+    .shape, e.g. image_io page sources); a UserError, before anything is written, when two inputs would write the
+    same file (a.png and a.tif both give a_prob.png). A TIFF holding a page above huge_pixels gets no stacks.
 
     Refusing keeps the documented names (`<stem>_prob.png`) a contract: silently renaming one of the clashing
     outputs would leave a file where no script expects it."""
-    page_outputs, stack_outputs = outputs_of(num_classes, save_probabilities)
+    _, stack_outputs = outputs_of(num_classes, save_probabilities)
     plan, writer_of = [], {}
     for path, pages in pages_per_file:
         stem = os.path.splitext(os.path.basename(path))[0]
         names = [stem] if len(pages) == 1 else ["{}_{}".format(stem, index) for index in range(len(pages))]
         is_tiff = os.path.splitext(path)[1].lower() in TIFF_EXTENSIONS
-        prefix = ("" if single_input else stem + "_") if is_tiff else None
-        files = [name + suffix for name in names for suffix in page_outputs]
+        any_huge = any(is_huge(page, huge_pixels) for page in pages)
+        prefix = ("" if single_input else stem + "_") if is_tiff and not any_huge else None
+        files = [name + suffix for page, name in zip(pages, names)
+                 for suffix in outputs_of(num_classes, save_probabilities, is_huge(page, huge_pixels))[0]]
         files += [prefix + suffix for suffix in stack_outputs] if prefix is not None else []
         for name in files:
             if name in writer_of:
@@ -111,36 +138,96 @@ def write_class_outputs(output, name, image, probs, palette, save_probabilities)
     return classes
 
 
-def predict_files(predictor, plan, output, threshold, palette=None, save_probabilities=False):
-    """Predict every page of an output_plan, write the outputs to `output`; returns the list of written names.
-    palette: the class colours (RGB [C,3]) of a C >= 2 model's overlays."""
+def predict_page(predictor, page):
+    """The whole probability map of one page source (a page below the huge threshold), predicted band by band."""
+    parts = []
+    predictor.predict_source(page, parts.append)
+    return np.concatenate(parts)
+
+
+def predict_huge_page(predictor, page, output, name, threshold, save_probabilities):
+    """Stream a page too large to hold into its TIFFs (module doc), row band by row band as the rows finish."""
+    height, width = page.shape
+    path = os.path.join(output, name)
+    with contextlib.ExitStack() as files:
+        if predictor.cfg.num_classes == 1:
+            prob = files.enter_context(RowWriter(path + "_prob.tif", height, width))
+            mask = files.enter_context(RowWriter(path + "_mask.tif", height, width))
+
+            def sink(rows):
+                prob.write_rows(to_png(rows))
+                mask.write_rows(to_mask(rows, threshold))
+        else:
+            classes = files.enter_context(RowWriter(path + "_classes.tif", height, width))
+            probs = files.enter_context(RowWriter(path + PROBABILITIES_OUTPUT, height, width,
+                                                  predictor.cfg.num_classes)) if save_probabilities else None
+
+            def sink(rows):
+                classes.write_rows(class_map(rows))
+                if probs is not None:
+                    probs.write_rows(to_png(rows))
+        predictor.predict_source(page, sink)
+
+
+def open_stacks(files, output, prefix, multi_class):
+    """{stack name: StackWriter} of a TIFF input, registered with the ExitStack `files` (closed, or discarded on
+    an error, when it exits)."""
+    names = CLASS_STACK_OUTPUTS if multi_class else STACK_OUTPUTS
+    return {name: files.enter_context(StackWriter(os.path.join(output, prefix + name))) for name in names}
+
+
+def predict_files(predictor, plan, output, threshold, palette=None, save_probabilities=False,
+                  huge_pixels=HUGE_PAGE_PIXELS):
+    """Predict every page of an output_plan, one page at a time, writing the outputs to `output` as they finish
+    (stacks page by page); returns the list of written names. palette: the class colours (RGB [C,3]) of a C >= 2
+    model's overlays; pages above huge_pixels are streamed into TIFFs (predict_huge_page)."""
     progress = ItemProgress(sum(len(pages) for _, pages, _, _ in plan))
     multi_class = predictor.cfg.num_classes > 1
     written = []
     try:
         for path, pages, names, prefix in plan:
-            maps = []
-            for page, name in zip(pages, names):
-                start = time.time()
-                prob = predictor.predict(page)
-                if multi_class:
-                    maps.append(write_class_outputs(output, name, page, prob, palette, save_probabilities))
-                else:
-                    write_output_image(os.path.join(output, name + "_prob.png"), to_png(prob))
-                    write_output_image(os.path.join(output, name + "_mask.png"), to_mask(prob, threshold))
-                    maps.append(prob)
-                written.append(name)
-                progress.step(name, time.time() - start)
-            if prefix is not None:
-                stack = os.path.join(output, prefix)
-                if multi_class:
-                    write_output_stack(stack + "classes.tif", maps)
-                else:
-                    write_output_stack(stack + "prob.tif", [to_png(p) for p in maps])
-                    write_output_stack(stack + "mask.tif", [to_mask(p, threshold) for p in maps])
+            with contextlib.ExitStack() as files:
+                stacks = open_stacks(files, output, prefix, multi_class) if prefix is not None else {}
+                if prefix is None and any(is_huge(page, huge_pixels) for page in pages) and len(pages) > 1:
+                    print("note: {} holds a page of more than {} pixels: no stacks for it, every page is in its "
+                          "per-page files (TIFFs for the large ones)".format(path, huge_pixels), flush=True)
+                for page, name in zip(pages, names):
+                    start = time.time()
+                    try:
+                        if is_huge(page, huge_pixels):
+                            predict_huge_page(predictor, page, output, name, threshold, save_probabilities)
+                        else:
+                            write_page(predictor, page, output, name, threshold, palette, save_probabilities,
+                                       stacks)
+                    finally:
+                        page.close()
+                    written.append(name)
+                    progress.step(name, time.time() - start)
     finally:
         progress.close()
     return written
+
+
+def write_page(predictor, page, output, name, threshold, palette, save_probabilities, stacks):
+    """Predict a page that fits in memory; write its PNGs (module doc) and add it to the open `stacks`."""
+    prob = predict_page(predictor, page)
+    if predictor.cfg.num_classes > 1:
+        classes = write_class_outputs(output, name, page.read(), prob, palette, save_probabilities)
+        if stacks:
+            stacks["classes.tif"].add_page(classes)
+        return
+    write_output_image(os.path.join(output, name + "_prob.png"), to_png(prob))
+    write_output_image(os.path.join(output, name + "_mask.png"), to_mask(prob, threshold))
+    if stacks:
+        stacks["prob.tif"].add_page(to_png(prob))
+        stacks["mask.tif"].add_page(to_mask(prob, threshold))
+
+
+def throughput_line(pages, seconds):
+    """The contract's throughput line: input megapixels of all pages over the prediction's wall time."""
+    megapixels = sum(page.shape[0] * page.shape[1] for page in pages) / 1e6
+    return "throughput: {:.2f} MP in {:.2f} s = {:.3f} MP/s".format(megapixels, seconds,
+                                                                 megapixels / max(seconds, 1e-9))
 
 
 def main(argv=None):
@@ -160,18 +247,21 @@ def main(argv=None):
     cfg = load_config(args.model_dir)
     palette = model_palette(cfg)
     files = list_inputs(args.input)
-    plan = output_plan([(path, read_image(path, args.rgb)) for path in files], os.path.isfile(args.input),
+    plan = output_plan([(path, open_pages(path, args.rgb)) for path in files], os.path.isfile(args.input),
                        cfg.num_classes, args.save_probabilities)
     with OutputFolder(args.output, args.overwrite, is_prediction_output, command="predict") as staging:
         predictor = open_predictor(args, cfg)
         try:
-            print("predicting {} file(s) with {} ({} weights, {}, tile {}, tta {})".format(
+            print("predicting {} file(s) with {} ({} weights, {}, tile {}, blend {}, tta {})".format(
                 len(files), predictor.checkpoint, predictor.weights, predictor.cfg.precision,
-                predictor.cfg.crop_size, args.tta),
+                predictor.tile, predictor.blend, args.tta),
                 flush=True)
+            start = time.time()
             written = predict_files(predictor, plan, staging, args.threshold, palette, args.save_probabilities)
+            seconds = time.time() - start
         finally:
             predictor.close()
+    print(throughput_line([page for _, pages, _, _ in plan for page in pages], seconds))
     print("wrote {} prediction(s) to {}".format(len(written), args.output))
     return 0
 

@@ -10,6 +10,8 @@ from unet_perf.config import PRECISIONS, WEIGHT_CHOICES
 from unet_perf.errors import UserError
 from unet_perf.inference.panels import class_palette
 
+BLEND_CHOICES = ("cosine", "gaussian")
+
 
 def add_model_flags(parser, precision_default=None,
                     precision_help="compute precision (default: the one the model was trained with)"):
@@ -28,9 +30,16 @@ def add_model_flags(parser, precision_default=None,
 def add_inference_flags(parser):
     """The model flags plus how predict and evaluate tile, batch and threshold."""
     add_model_flags(parser)
+    parser.add_argument("--tile_size", type=int, default=None,
+                        help="tile side in pixels at the network's input scale (default: the model's --crop_size); "
+                             "the U-Net is fully convolutional, so any positive multiple of 2^depth works and "
+                             "bigger tiles waste less overlap")
     parser.add_argument("--overlap", type=int, default=None,
                         help="pixels shared by neighbouring tiles, at the network's input scale (default: a "
-                             "quarter of --crop_size)")
+                             "quarter of the tile)")
+    parser.add_argument("--blend", default="cosine", choices=BLEND_CHOICES,
+                        help="how overlapping tiles are weighted: cosine (Hann window) or gaussian (sigma = tile/8, "
+                             "as nnU-Net and MONAI)")
     parser.add_argument("--tta", action="store_true", help="average the 8 flips/rotations of every tile")
     parser.add_argument("--batch_size", type=int, default=4, help="tiles per Session.run")
     parser.add_argument("--rgb", default="convert", choices=("convert", "refuse"),
@@ -46,6 +55,8 @@ def check_inference_flags(args):
     """UserError for a flag of add_inference_flags outside its range."""
     if args.batch_size <= 0:
         raise UserError("--batch_size must be positive, got {}".format(args.batch_size))
+    if args.tile_size is not None and args.tile_size <= 0:
+        raise UserError("--tile_size must be positive, got {}".format(args.tile_size))
     if args.overlap is not None and args.overlap < 0:
         raise UserError("--overlap must not be negative, got {}".format(args.overlap))
     if not 0.0 <= args.threshold <= 1.0:
@@ -57,14 +68,30 @@ def open_predictor(args, cfg=None):
     config when the caller has loaded it already."""
     from unet_perf.inference.predictor import Predictor  # TensorFlow is imported only once the flags are valid
 
-    predictor = Predictor.from_model_dir(args.model_dir, checkpoint=args.checkpoint, precision=args.precision,
-                                         batch_size=args.batch_size, overlap=args.overlap, tta=args.tta,
-                                         weights=args.weights, cfg=cfg)
-    if args.overlap is not None and args.overlap >= predictor.cfg.crop_size:
-        predictor.close()
-        raise UserError("--overlap {} must be smaller than the tile (--crop_size {} of the model)".format(
-            args.overlap, predictor.cfg.crop_size))
-    return predictor
+    from unet_perf.inference.model_dir import load_config
+
+    cfg = cfg if cfg is not None else load_config(args.model_dir)
+    tile = tile_size(args.tile_size, cfg)
+    if args.overlap is not None and args.overlap >= tile:
+        raise UserError("--overlap {} must be smaller than the tile ({} px: --tile_size, default the model's "
+                        "--crop_size)".format(args.overlap, tile))
+    return Predictor.from_model_dir(args.model_dir, checkpoint=args.checkpoint, precision=args.precision,
+                                    batch_size=args.batch_size, overlap=args.overlap, tta=args.tta,
+                                    weights=args.weights, cfg=cfg, tile_size=tile, blend=args.blend)
+
+
+def tile_size(requested, cfg):
+    """The tile side to predict with: `requested` (--tile_size) if it is a positive multiple of 2^depth (the
+    U-Net halves the tile depth times), else a UserError naming the nearest valid sizes; None: cfg.crop_size."""
+    if requested is None:
+        return cfg.crop_size
+    multiple = 2 ** cfg.depth
+    if requested > 0 and requested % multiple == 0:
+        return requested
+    below = requested // multiple * multiple
+    nearest = " or ".join(str(size) for size in (below, below + multiple) if size > 0)
+    raise UserError("--tile_size {} must be a positive multiple of 2^depth = {} for this model; try {}".format(
+        requested, multiple, nearest))
 
 
 def model_palette(cfg, warn=None):

@@ -2,7 +2,8 @@
 
 `build_predictor(cfg, batch_size)` adds a [B,t,t,1] placeholder and the probability tensor ([B,t,t,1] P(interior)
 for --num_classes 1, [B,t,t,C] softmax for C >= 2) to the current default graph (reusing the "unet" variables, so the trainer validates in its own session); `Predictor.from_model_dir`
-builds a graph and a session, restores a checkpoint and predicts whole images through inference.tiling.
+builds a graph and a session, restores a checkpoint and predicts images band by band (inference.streaming): a
+whole in-memory image with `predict`, a page source of any size row band by row band with `predict_source`.
 """
 import dataclasses
 
@@ -10,7 +11,7 @@ from unet_perf.compat import v1
 from unet_perf.config import PRECISIONS
 from unet_perf.errors import UserError
 from unet_perf.inference.model_dir import load_config, resolve_checkpoint
-from unet_perf.inference.tiling import predict_image
+from unet_perf.inference.streaming import predict_array, predict_source
 from unet_perf.model.network import unet
 from unet_perf.storage.checkpoints import check_compatible
 
@@ -60,27 +61,31 @@ class Predictor(object):
     """A session holding the inference graph: `predict(image)` -> P(interior) [H,W] (C = 1) or the class
     probabilities [H,W,C] (C >= 2)."""
 
-    def __init__(self, sess, cfg, images, probability, overlap=None, tta=False):
+    def __init__(self, sess, cfg, images, probability, overlap=None, tta=False, blend="cosine"):
         self.sess = sess
         self.cfg = cfg
         self.images = images
         self.probability = probability
         self.batch_size = int(images.shape[0])
+        self.tile = int(images.shape[1])
         self.overlap = overlap
         self.tta = tta
+        self.blend = blend
 
     @classmethod
     def from_model_dir(cls, model_dir, checkpoint=None, precision=None, batch_size=4, overlap=None, tta=False,
-                       session_config=None, weights="ema", cfg=None):
-        """cfg: the model's config when the caller has loaded it already (else read from model_dir)."""
+                       session_config=None, weights="ema", cfg=None, tile_size=None, blend="cosine"):
+        """cfg: the model's config when the caller has loaded it already (else read from model_dir); tile_size:
+        the tile side (default the model's crop_size; the U-Net is fully convolutional); blend: cosine or
+        gaussian (inference.tiling.blend_window)."""
         cfg = with_precision(cfg if cfg is not None else load_config(model_dir), precision)
         prefix = resolve_checkpoint(model_dir, checkpoint)
         graph = v1.Graph()
         with graph.as_default():
-            images, probability = build_predictor(cfg, batch_size)
+            images, probability = build_predictor(cfg, batch_size, tile_size, tile_size)
             sess = v1.Session(graph=graph, config=session_config)
             loaded = restore(sess, prefix, model_dir, cfg, weights)
-        predictor = cls(sess, cfg, images, probability, overlap, tta)
+        predictor = cls(sess, cfg, images, probability, overlap, tta, blend)
         predictor.checkpoint = prefix
         predictor.weights = loaded
         return predictor
@@ -89,8 +94,18 @@ class Predictor(object):
         return self.sess.run(self.probability, {self.images: batch})
 
     def predict(self, image, overlap=None, tta=None):
-        return predict_image(self.predict_batch, image, self.cfg, self.batch_size,
-                             self.overlap if overlap is None else overlap, self.tta if tta is None else tta)
+        """The probability map of an in-memory [H,W] image in 0..255 units (what tiling.predict_image gives)."""
+        return predict_array(self.predict_batch, image, self.cfg, self.batch_size, **self._options(overlap, tta))
+
+    def predict_source(self, source, sink, overlap=None, tta=None):
+        """Stream a page source (inference.image_io) through the model: `sink` gets the probability rows top to
+        bottom; memory O(width x tile). Returns the engine's buffer sizes (inference.streaming.predict_source)."""
+        return predict_source(self.predict_batch, source, self.cfg, self.batch_size, sink,
+                              **self._options(overlap, tta))
+
+    def _options(self, overlap, tta):
+        return dict(tile=self.tile, overlap=self.overlap if overlap is None else overlap,
+                    tta=self.tta if tta is None else tta, blend=self.blend)
 
     def close(self):
         self.sess.close()

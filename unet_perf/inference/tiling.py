@@ -5,6 +5,8 @@ the training size with `overlap` pixels shared between neighbours, runs them in 
 with a smooth window and optionally averages the 8 dihedral transforms (TTA). `predict_image` wraps it with the
 network's preprocessing: an image is first resized by cfg.input_scale (the fixed rescale of training), normalised
 over the WHOLE image (so tiles agree for "standard"), tiled at cfg.crop_size, and the map is resized back.
+These whole-image functions are the reference: predict, evaluate and validation run the band-by-band engine
+(inference.streaming, which reuses the helpers here and matches predict_image within 1e-5).
 """
 import cv2
 import numpy as np
@@ -52,6 +54,12 @@ def inverse_dihedral(array, k):
 
 def blend_window(tile, kind="cosine"):
     """Positive 2D weights peaking at the tile centre: tile edges (least context) count least when blending."""
+    line = blend_line(tile, kind)
+    return np.outer(line, line).astype(np.float32)
+
+
+def blend_line(tile, kind="cosine"):
+    """The 1D factor of blend_window (float64 [tile]): the window is its outer product with itself."""
     centres = np.arange(tile, dtype=np.float64) + 0.5
     if kind == "cosine":
         line = 0.5 - 0.5 * np.cos(2.0 * np.pi * centres / tile)  # Hann window sampled at pixel centres: > 0
@@ -62,8 +70,7 @@ def blend_window(tile, kind="cosine"):
         line = np.ones(tile)
     else:
         raise ValueError("unknown window {!r}; expected cosine, gaussian or flat".format(kind))
-    line = np.maximum(line, 1e-6)
-    return np.outer(line, line).astype(np.float32)
+    return np.maximum(line, 1e-6)
 
 
 def _tile_starts(length, tile, stride):
@@ -128,7 +135,7 @@ def default_overlap(tile):
     return (tile // 4) // 2 * 2
 
 
-def predict_image(predict_batch_fn, image, cfg, batch_size, overlap=None, tta=False):
+def predict_image(predict_batch_fn, image, cfg, batch_size, overlap=None, tta=False, window="cosine"):
     """Full inference of one [H,W] image in 0..255 units: rescale by cfg.input_scale, normalise (cfg.normalize),
     tile at cfg.crop_size, resize the probability map back to [H,W]. Returns float32 in [0,1]: P(interior) [H,W]
     for --num_classes 1, the class probabilities [H,W,C] for C >= 2 (each channel resized alike)."""
@@ -141,7 +148,8 @@ def predict_image(predict_batch_fn, image, cfg, batch_size, overlap=None, tta=Fa
     scaled = rescale(image, cfg.input_scale)
     tile = cfg.crop_size
     overlap = default_overlap(tile) if overlap is None else int(overlap)
-    prob = predict_tiled(predict_batch_fn, normalize_array(scaled, cfg.normalize), tile, overlap, batch_size, tta)
+    prob = predict_tiled(predict_batch_fn, normalize_array(scaled, cfg.normalize), tile, overlap, batch_size, tta,
+                         window)
     if prob.shape[:2] != (height, width):
         prob = resize_channels(prob, height, width)
     return np.clip(prob, 0.0, 1.0)

@@ -12,7 +12,7 @@ import numpy as np
 
 from unet_perf.compat import v1
 from unet_perf.inference.predictor import build_predictor
-from unet_perf.inference.tiling import predict_image
+from unet_perf.inference.streaming import predict_array
 from unet_perf.inference.metrics import METRIC_KEYS, THRESHOLD_KEYS, evaluate_slices
 from unet_perf.inference.class_metrics import evaluate_class_slices, flat_scores
 
@@ -41,8 +41,8 @@ class Validator(object):
         def predict_batch(batch):
             return sess.run(self.probability, {self.input: batch})
 
-        return np.stack([predict_image(predict_batch, image, self.cfg, self.batch_size, self.overlap, self.tta)
-                         for image in self.images])
+        return np.stack([predict_array(predict_batch, image, self.cfg, self.batch_size, overlap=self.overlap,
+                                       tta=self.tta) for image in self.images])
 
     def run(self, sess):
         """Dict of floats: v_rand, v_info (best threshold of the slice means), dice, iou, pixel_error (means),
