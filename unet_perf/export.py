@@ -62,6 +62,7 @@ def export_model(model_dir, output, height=None, width=None, batch=1, checkpoint
 
 def _export(cfg, model_dir, output, height, width, batch, checkpoint, weights, overwrite):
     from unet_perf.compat import v1
+    from unet_perf.inference.atc_graph import atc_problems, for_atc
     from unet_perf.inference.model_dir import resolve_checkpoint
     from unet_perf.inference.predictor import build_predictor, restore
 
@@ -102,6 +103,11 @@ def _export(cfg, model_dir, output, height, width, batch, checkpoint, weights, o
                 outputs[CLASSES_NAME] = v1.argmax(probability, axis=-1, output_type=v1.int32, name=CLASSES_NAME)
             info["weights"] = restore(sess, prefix, model_dir, cfg, weights)
             frozen = v1.graph_util.convert_variables_to_constants(sess, graph.as_graph_def(), sorted(outputs))
+            frozen = for_atc(frozen, sorted(outputs))
+            problems = atc_problems(frozen, INPUT_NAME)
+            if problems:  # a bug of the network or of for_atc, not of the user's flags
+                raise RuntimeError("the frozen graph is not ready for ATC: " + "; ".join(problems))
+            info["frozen_graph_ops"] = sorted(set(node.op for node in frozen.node))
             with open(os.path.join(staging, FROZEN_NAME), "wb") as handle:
                 handle.write(frozen.SerializeToString())
             builder = v1.saved_model.builder.SavedModelBuilder(os.path.join(staging, SAVED_MODEL_DIR))
