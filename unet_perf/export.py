@@ -18,8 +18,12 @@ Tensors (both files):
     classes:0      (C >= 2 only) int32 [batch, height, width], the most probable class (argmax of probability)
                    export.json then records num_classes and both outputs with their shapes
 
-Ascend: atc --model=<output>/unet.pb --framework=3 --output=unet --soc_version=Ascend910
-        --input_shape="input:1,256,256,1" --out_nodes="probability:0"   (C >= 2: "probability:0;classes:0")
+The frozen graph is in the form Ascend's ATC converts (unet_perf.inference.atc_graph): static shapes, one input,
+no Identity nodes, batch norm folded into the convolutions; export refuses to write one that is not, and
+export.json lists its op types ("frozen_graph_ops"). `python3 tools/atc_command.py <output>` prints the atc line:
+    atc --framework=3 --model=<output>/unet.pb --output=<output>_Ascend910 --input_format=NHWC
+        --input_shape="input:1,256,256,1" --out_nodes="probability:0" --soc_version=Ascend910
+    (C >= 2: --out_nodes="probability:0;classes:0"; --soc_version Ascend310 for the 310; --run runs it)
 """
 import json
 import os

@@ -23,7 +23,8 @@ from unet_perf.inference.tiling import normalize_array
 from support import REPO, make_model_dir, make_tiny_config
 
 BATCH = 2
-# Every op type of the frozen U-Net (C = 1); each is in CANN's TensorFlow operator list. A new one needs checking.
+# Every op type of the frozen U-Net (C = 1). A new one must first be found in CANN's "Supported TensorFlow
+# Operators" list (ATC converts only those).
 ATC_OPS = {"Placeholder", "Const", "Conv2D", "BiasAdd", "Relu", "MaxPool", "Pack", "Reshape", "ConcatV2", "Sigmoid",
            "Identity"}
 
