@@ -18,8 +18,12 @@ Tensors (both files):
     classes:0      (C >= 2 only) int32 [batch, height, width], the most probable class (argmax of probability)
                    export.json then records num_classes and both outputs with their shapes
 
-Ascend: atc --model=<output>/unet.pb --framework=3 --output=unet --soc_version=Ascend910
-        --input_shape="input:1,256,256,1" --out_nodes="probability:0"   (C >= 2: "probability:0;classes:0")
+The frozen graph is in the form Ascend's ATC converts (unet_perf.inference.atc_graph): static shapes, one input,
+no Identity nodes, batch norm folded into the convolutions; export refuses to write one that is not, and
+export.json lists its op types ("frozen_graph_ops"). `python3 tools/atc_command.py <output>` prints the atc line:
+    atc --framework=3 --model=<output>/unet.pb --output=<output>_Ascend910 --input_format=NHWC
+        --input_shape="input:1,256,256,1" --out_nodes="probability:0" --soc_version=Ascend910
+    (C >= 2: --out_nodes="probability:0;classes:0"; --soc_version Ascend310 for the 310; --run runs it)
 """
 import json
 import os
@@ -62,6 +66,7 @@ def export_model(model_dir, output, height=None, width=None, batch=1, checkpoint
 
 def _export(cfg, model_dir, output, height, width, batch, checkpoint, weights, overwrite):
     from unet_perf.compat import v1
+    from unet_perf.inference.atc_graph import atc_problems, for_atc
     from unet_perf.inference.model_dir import resolve_checkpoint
     from unet_perf.inference.predictor import build_predictor, restore
 
@@ -102,6 +107,11 @@ def _export(cfg, model_dir, output, height, width, batch, checkpoint, weights, o
                 outputs[CLASSES_NAME] = v1.argmax(probability, axis=-1, output_type=v1.int32, name=CLASSES_NAME)
             info["weights"] = restore(sess, prefix, model_dir, cfg, weights)
             frozen = v1.graph_util.convert_variables_to_constants(sess, graph.as_graph_def(), sorted(outputs))
+            frozen = for_atc(frozen, sorted(outputs))
+            problems = atc_problems(frozen, INPUT_NAME)
+            if problems:  # a bug of the network or of for_atc, not of the user's flags
+                raise RuntimeError("the frozen graph is not ready for ATC: " + "; ".join(problems))
+            info["frozen_graph_ops"] = sorted(set(node.op for node in frozen.node))
             with open(os.path.join(staging, FROZEN_NAME), "wb") as handle:
                 handle.write(frozen.SerializeToString())
             builder = v1.saved_model.builder.SavedModelBuilder(os.path.join(staging, SAVED_MODEL_DIR))
