@@ -10,8 +10,16 @@ repeats with the min-max spread, and the ratio to K = 1 of the same variant.
 
 Variants: "tuned" is HostBackend() as shipped; "naive" is the same loop with tf.while_loop's default
 parallel_iterations=10.
+
+    python benchmarks/loop_overhead.py --op_report --precision bf16   # no timing: what each K executes per step
+
+--op_report times nothing: it traces one Session.run per K and prints, per op type, how often the session executed
+it per training step after Grappler and the device rewrites (oneDNN names included). The K-step loop is only as
+fast as K single steps if the columns agree; a fusion or cast that applies to the plain step but not inside the
+while frame shows up as a differing row.
 """
 import argparse
+import collections
 import json
 import os
 import statistics
@@ -51,6 +59,56 @@ def in_memory_batches(cfg, size, count=16):
     return source
 
 
+# Loop control, variable handles and fetch plumbing carry no float tensor of rank >= 1 and are left out of the count.
+FLOAT_DTYPES = frozenset(dtype.as_datatype_enum for dtype in (tf.float16, tf.bfloat16, tf.float32, tf.float64))
+
+
+def executed_compute_ops(session, fetches):
+    """Counter {op type: executions} over one traced Session.run of `fetches`: the nodes the session executed (after
+    Grappler, lowering and the device rewrites) that compute a float tensor of rank >= 1 from data inputs.
+
+    Constants, handles, loop control and fetch plumbing do not count, so a K-step run counts exactly K times the
+    counts of one plain step when the loop body executes the same kernels as the plain step.
+    """
+    metadata = v1.RunMetadata()
+    session.run(fetches, options=v1.RunOptions(trace_level=v1.RunOptions.FULL_TRACE, output_partition_graphs=True),
+                run_metadata=metadata)
+    nodes = {node.name: node for graph in metadata.partition_graphs for node in graph.node}
+    counts = collections.Counter()
+    for device in metadata.step_stats.dev_stats:
+        for stats in device.node_stats:
+            node = nodes.get(stats.node_name)
+            if node is None or not any(not name.startswith("^") for name in node.input):
+                continue
+            if any(out.tensor_description.dtype in FLOAT_DTYPES and out.tensor_description.shape.dim
+                   for out in stats.output):
+                counts[node.op] += 1
+    return counts
+
+
+def op_report(cfgs, size, variant):
+    """Prints executed_compute_ops per training step for each cfg (one per K); returns the rows that differ from
+    the first cfg's (op type, per-step counts)."""
+    per_step = []
+    for cfg in cfgs:
+        runner = Runner(cfg, size, variant)
+        with runner.session:
+            runner.session.run(runner.fetches)  # the first run optimises the graph
+            counts = executed_compute_ops(runner.session, runner.fetches)
+        per_step.append({op: count / float(cfg.iterations_per_loop) for op, count in counts.items()})
+    print("{:<40}".format("op type, executions per step") + "".join(
+        "{:>10}".format("K={}".format(cfg.iterations_per_loop)) for cfg in cfgs))
+    differing = []
+    for op in sorted(set().union(*per_step)):
+        row = [counts.get(op, 0.0) for counts in per_step]
+        same = all(value == row[0] for value in row)
+        if not same:
+            differing.append((op, row))
+        print("{:<40}".format(op) + "".join("{:>10g}".format(value) for value in row) + ("" if same else "  <- differs"))
+    print("{} op types differ".format(len(differing)))
+    return differing
+
+
 class Runner(object):
     """One graph + session running K steps per call."""
 
@@ -74,6 +132,11 @@ class Runner(object):
         return time.perf_counter() - start, time.process_time() - cpu_start
 
 
+def loop_config(args, base, size, k):
+    return Config(depth=2 if size < 64 else 4, base_filters=base, crop_size=size, batch_size=args.batch_size,
+                  iterations_per_loop=k, precision=args.precision)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     parser.add_argument("--bases", default="4,16")
@@ -86,8 +149,16 @@ def main(argv=None):
     parser.add_argument("--warmup_steps", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", default="", help="also write the results to this JSON file")
+    parser.add_argument("--op_report", action="store_true",
+                        help="no timing: the op types executed per step for each K (first base, size, variant)")
     args = parser.parse_args(argv)
     ks = [int(k) for k in args.ks.split(",")]
+    if args.op_report:
+        base, size = int(args.bases.split(",")[0]), int(args.sizes.split(",")[0])
+        print("tensorflow {}  base {} size {} batch {} precision {}".format(
+            tf.__version__, base, size, args.batch_size, args.precision))
+        cfgs = [loop_config(args, base, size, k) for k in ks]
+        return 1 if op_report(cfgs, size, args.variants.split(",")[0]) else 0
     results = []
     print("tensorflow {}  cpus {}".format(tf.__version__, os.cpu_count()))
     print("{:>4} {:>5} {:>7} {:>5} {:>10} {:>19} {:>9}".format(
@@ -97,8 +168,7 @@ def main(argv=None):
             runners = {}
             for variant in args.variants.split(","):
                 for k in ks:
-                    cfg = Config(depth=2 if size < 64 else 4, base_filters=base, crop_size=size,
-                                 batch_size=args.batch_size, iterations_per_loop=k, precision=args.precision)
+                    cfg = loop_config(args, base, size, k)
                     runners[(variant, k)] = Runner(cfg, size, variant)
             for runner in runners.values():
                 runner.run_steps(max(args.warmup_steps, runner.steps))

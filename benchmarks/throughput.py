@@ -7,7 +7,9 @@ Modes (run alone or together):
 Sweeps are comma lists: --iterations_per_loop 1,10,100 --precision fp32,bf16,fp16 --batch_size 2,8
 --crop_size 128,256 --base_filters 16,64 --num_classes 1,2,8 (C = 1 sigmoid, C >= 2 softmax; above 4 classes the
 pipeline and e2e modes need --data_path, the synthetic set has 4). Each training config: warm-up excluded, --repeats timed blocks of
---steps steps (rounded up to whole Session.runs), median and min-max. The same run measures the machine's
+--steps steps (rounded up to whole Session.runs), median and min-max; the K values of a point run side by side in
+their own sessions with their blocks interleaved (K=1, K=10, K=1, ...), so a shared machine's drift hits every K alike,
+and the process CPU ms per step is reported next to the rates. The same run measures the machine's
 matmul ceiling per precision and reports achieved FLOP/s (analytic U-Net FLOPs) as a fraction of it.
   loss_scale  (or --loss_scale_report) fp16 dynamic loss scaling vs fp32, step by step, on the same batches, at
             the first value of each sweep (fp16 convolutions are slow on CPUs: use a small config there)
@@ -155,30 +157,36 @@ def sweep_points(sweeps):
 
 
 def measure_training(args, base, sweeps, modes, ceilings, log):
-    """One result dict per (sweep point, training mode); e2e results carry the input-bound share."""
+    """One result dict per (sweep point, training mode); e2e results carry the input-bound share.
+
+    The K values of a point are timed together, block by block (time_training), so the K comparison holds on a
+    machine whose speed drifts; an error (an unsupported dtype on this device) is recorded for every K of the point.
+    """
     from unet_perf.model.network import unet_flops
     results = []
-    for point in sweep_points(sweeps):
-        cfg = config_for(base, point, max(args.steps, args.warmup_steps))
-        flops = unet_flops(cfg, cfg.crop_size, cfg.crop_size)
-        by_mode = {}
+    by_point = {}
+    ks = sweeps["iterations_per_loop"]
+    for first in sweep_points(dict(sweeps, iterations_per_loop=ks[:1])):
+        points = [dict(first, iterations_per_loop=k) for k in ks]
+        cfgs = [config_for(base, point, max(args.steps, args.warmup_steps)) for point in points]
         for mode in ("model", "e2e"):
             if mode not in modes:
                 continue
-            log("{} {}".format(mode, _point_text(point)))
-            result = dict(point, mode=mode)
+            log("{} {} (K interleaved)".format(mode, _point_text(dict(first, iterations_per_loop=ks))))
             try:
-                result.update(time_training(cfg, "cached_batch" if mode == "model" else "pipeline",
-                                                      args.steps, args.repeats, args.warmup_steps))
+                figures = time_training(cfgs, "cached_batch" if mode == "model" else "pipeline",
+                                        args.steps, args.repeats, args.warmup_steps)
             except UserError:
                 raise
             except Exception as err:  # an unsupported dtype/op on this device: record it, keep sweeping
-                result["error"] = _error_text(err)
-                results.append(result)
+                results += [dict(point, mode=mode, error=_error_text(err)) for point in points]
                 continue
-            _add_flops(result, flops, ceilings.get(point["precision"]))
-            by_mode[mode] = result
-            results.append(result)
+            for point, cfg, figure in zip(points, cfgs, figures):
+                result = dict(point, mode=mode, **figure)
+                _add_flops(result, unet_flops(cfg, cfg.crop_size, cfg.crop_size), ceilings.get(point["precision"]))
+                by_point.setdefault(_point_text(point), {})[mode] = result
+                results.append(result)
+    for by_mode in by_point.values():
         if "model" in by_mode and "e2e" in by_mode:
             ratio = by_mode["e2e"]["images_per_sec"]["median"] / by_mode["model"]["images_per_sec"]["median"]
             by_mode["e2e"]["e2e_over_model"] = ratio
@@ -186,38 +194,55 @@ def measure_training(args, base, sweeps, modes, ceilings, log):
     return results
 
 
-def time_training(cfg, source_kind, steps, repeats, warmup_steps):
-    """Images/sec and steps/sec of cfg's training loop: medians and spread over `repeats` timed blocks.
+def time_training(cfgs, source_kind, steps, repeats, warmup_steps):
+    """Images/sec, steps/sec and process CPU ms/step of each cfg's training loop (one figure dict per cfg):
+    medians and spread over `repeats` timed blocks.
 
     Each block is the smallest whole number of Session.runs (K steps each) covering `steps`; warm-up runs (at least
-    one: the first run includes graph optimisation) are excluded. source_kind: see assembly.dataset_source.
+    one: the first run includes graph optimisation) are excluded. Every cfg gets its own session, all are warmed
+    up first, then the blocks go round-robin (cfg 1, cfg 2, ..., cfg 1, ...): a shared machine's drift hits every
+    cfg alike. CPU ms/step counts every thread of this process (other processes' load shows less there than in the
+    wall-clock rates). With the pipeline source an idle session may refill its few prefetched batches during
+    another's block. source_kind: see assembly.dataset_source.
     """
     import bench_lib
     from unet_perf.training import assembly
-    k = cfg.iterations_per_loop
-    runs = assembly.steps_to_runs(steps, k)
-    training = assembly.build(cfg, assembly.dataset_source(cfg, source_kind))
-    sess, fetches = assembly.open_session(training, cfg)
-    loop = assembly.CheckedRuns(sess, fetches, k)  # a run that did not train K steps is an error, never a rate
+    sessions, loops, backends = [], [], []
     try:
-        for _ in range(assembly.steps_to_runs(warmup_steps, k)):
-            last = loop.run()
-        times = []
+        for cfg in cfgs:
+            training = assembly.build(cfg, assembly.dataset_source(cfg, source_kind))
+            sess, fetches = assembly.open_session(training, cfg)
+            sessions.append(sess)
+            backends.append(training.backend.name)
+            loops.append(assembly.CheckedRuns(sess, fetches, cfg.iterations_per_loop))  # fewer than K: an error
+        last = [None] * len(cfgs)
+        for index, cfg in enumerate(cfgs):
+            for _ in range(assembly.steps_to_runs(warmup_steps, cfg.iterations_per_loop)):
+                last[index] = loops[index].run()
+        runs = [assembly.steps_to_runs(steps, cfg.iterations_per_loop) for cfg in cfgs]
+        walls, cpus = [[] for _ in cfgs], [[] for _ in cfgs]
         for _ in range(repeats):
-            start = time.perf_counter()
-            for _ in range(runs):
-                last = loop.run()
-            times.append(time.perf_counter() - start)
+            for index, loop in enumerate(loops):
+                start, cpu_start = time.perf_counter(), time.process_time()
+                for _ in range(runs[index]):
+                    last[index] = loop.run()
+                walls[index].append(time.perf_counter() - start)
+                cpus[index].append(time.process_time() - cpu_start)
     finally:
-        sess.close()
-    steps_per_block = runs * k
-    return {
-        "images_per_sec": bench_lib.stats([steps_per_block * cfg.batch_size / t for t in times]),
-        "steps_per_sec": bench_lib.stats([steps_per_block / t for t in times]),
-        "steps_per_repeat": steps_per_block,
-        "final_loss": float(last["loss"]),
-        "backend": training.backend.name,
-    }
+        for sess in sessions:
+            sess.close()
+    figures = []
+    for cfg, count, times, cpu, values, backend in zip(cfgs, runs, walls, cpus, last, backends):
+        steps_per_block = count * cfg.iterations_per_loop
+        figures.append({
+            "images_per_sec": bench_lib.stats([steps_per_block * cfg.batch_size / t for t in times]),
+            "steps_per_sec": bench_lib.stats([steps_per_block / t for t in times]),
+            "cpu_ms_per_step": bench_lib.stats([1000.0 * c / steps_per_block for c in cpu]),
+            "steps_per_repeat": steps_per_block,
+            "final_loss": float(values["loss"]),
+            "backend": backend,
+        })
+    return figures
 
 
 def _error_text(err):
@@ -276,9 +301,9 @@ def _pairs_per_sec(figures):
 
 
 def format_table(results, ceilings):
-    header = "{:<8} {:<5} {:>4} {:>5} {:>5} {:>5} {:>3} {:>24} {:>10} {:>8} {:>7} {:>7}".format(
-        "mode", "prec", "K", "batch", "crop", "base", "C", "img/s median [min-max]", "steps/s", "GFLOP/s", "ceil%",
-        "inbound")
+    header = "{:<8} {:<5} {:>4} {:>5} {:>5} {:>5} {:>3} {:>24} {:>10} {:>10} {:>8} {:>7} {:>7}".format(
+        "mode", "prec", "K", "batch", "crop", "base", "C", "img/s median [min-max]", "steps/s", "cpu ms/st", "GFLOP/s",
+        "ceil%", "inbound")
     lines = [header, "-" * len(header)]
     for r in results:
         if "error" in r:
@@ -289,12 +314,14 @@ def format_table(results, ceilings):
         ips = r.get("images_per_sec")
         ips_text = "{:.2f} [{:.2f}-{:.2f}]".format(ips["median"], ips["min"], ips["max"]) if ips else "see JSON"
         sps = r.get("steps_per_sec")
-        lines.append("{:<8} {:<5} {:>4} {:>5} {:>5} {:>5} {:>3} {:>24} {:>10} {:>8} {:>7} {:>7}".format(
+        cpu = r.get("cpu_ms_per_step")
+        lines.append("{:<8} {:<5} {:>4} {:>5} {:>5} {:>5} {:>3} {:>24} {:>10} {:>10} {:>8} {:>7} {:>7}".format(
             r["mode"], r.get("precision", "-") if r["mode"] != "pipeline" else "-",
             r.get("iterations_per_loop", "-") if r["mode"] != "pipeline" else "-", r["batch_size"], r["crop_size"],
             r.get("base_filters", "-") if r["mode"] != "pipeline" else "-",
             r.get("num_classes", "-") if r["mode"] != "pipeline" else "-", ips_text,
             "{:.2f}".format(sps["median"]) if sps else "-",
+            "{:.0f}".format(cpu["median"]) if cpu else "-",
             "{:.1f}".format(r["achieved_gflops"]) if "achieved_gflops" in r else "-",
             "{:.0%}".format(r["ceiling_fraction"]) if r.get("ceiling_fraction") is not None else "-",
             "{:.0%}".format(r["input_bound_share"]) if r.get("input_bound_share") is not None else "-"))
@@ -357,7 +384,8 @@ def main(argv=None):
         "modes": modes,
         "sweeps": sweeps,
         "timing": {"steps": args.steps, "repeats": args.repeats, "warmup_steps": args.warmup_steps,
-                   "statistic": "median over repeats, min-max spread; warm-up excluded"},
+                   "statistic": "median over repeats, min-max spread; warm-up excluded; the K values of a point "
+                                "interleaved block by block"},
         # the first sweep point's full config; each result names the sweep values it overrides
         "config": dataclasses.asdict(config_for(base, {n: v[0] for n, v in sweeps.items()}, args.steps)),
         "machine": machine,

@@ -10,8 +10,10 @@ Why the loop is sequential and not slower than K = 1 (measured with benchmarks/l
   the same thing to the executor (with the control dependencies, the default 10 gives identical weights);
 - back_prop=False: nothing is ever differentiated through the loop, so no per-iteration accumulators;
 - per step the loop executes fewer nodes than a Session.run of the plain step (the VarHandleOps and fetch
-  plumbing run once per Session.run, not once per step), Conv2D+BiasAdd+Relu are still fused by grappler's
-  remapper inside the loop body, and the Session.run overhead is paid once per K steps.
+  plumbing run once per Session.run, not once per step), and the Session.run overhead is paid once per K steps;
+- the while_loop is lowered to a dataflow frame before Grappler and the device rewrites run, so the loop body gets
+  the plain step's fusions and casts: per step it executes the same compute ops (tests/backends/test_loop_graph.py;
+  `benchmarks/loop_overhead.py --op_report` prints them on any machine).
 
 Several workers (`collectives` given, see collective.py): each step all-reduces (mean) the unscaled gradients
 before the finite check and the update, so every worker applies the same update and skips the same overflowing
