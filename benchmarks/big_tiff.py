@@ -34,7 +34,7 @@ def write_synthetic_tiff(path, height, width=None, seed=0):
     import tifffile
 
     width = width or height
-    block = texture(seed)
+    block = texture(seed, min(TEXTURE_SIZE, max(16, max(height, width) // 2)))
     tifffile.imwrite(path, data=strips(height, width, block), shape=(height, width), dtype=np.uint8,
                      rowsperstrip=ROWS_PER_STRIP, photometric="minisblack",
                      bigtiff=height * width >= BIGTIFF_BYTES)

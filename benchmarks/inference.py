@@ -8,7 +8,7 @@ Rate rows, for one synthetic --image_size^2 uint8 TIFF, per precision and with/w
   ceiling   the same tile batches (same count, batch size and precision; TTA = 8x the tiles), cut from the image
             beforehand and held in memory, through the same inference graph (Predictor.predict_batch): no tiling,
             blending or I/O in the timing. pipeline / ceiling is the share of the model's speed the pipeline keeps.
-  keras     the same U-Net built from tf.keras layers (benchmarks/keras_baseline.py, parameter count asserted
+  keras     the same U-Net built from Keras layers (benchmarks/keras_baseline.py, parameter count asserted
             equal), model.predict on all tiles of the image, numpy overlap-average stitching: today's Keras way
 Memory rows (--rss_sizes, default 16384 and 32768): a synthetic TIFF of that side is written to disk strip by strip
 (never held in memory), predicted once by the CLI (fp32, no TTA) with a lighter model (--rss_base_filters,
@@ -35,7 +35,7 @@ import tempfile
 import time
 
 # No TensorFlow import here: flag errors are reported at once. bench_lib (which imports it) is imported in main.
-from unet_perf.config import Config, build_parser
+from unet_perf.config import build_parser
 from unet_perf.errors import UserError, run_cli
 
 SCHEMA = "unet_perf.inference_bench/1"
@@ -49,9 +49,9 @@ PRESETS = {
     "default": {"image_size": 4096, "precision": "auto", "tta": "off,on", "repeats": 3, "tta_repeats": 1,
                 "warmup_batches": 2, "batch_size": 4, "base_filters": 16, "crop_size": 128, "depth": 4,
                 "rss_sizes": "16384,32768", "rss_base_filters": 8, "rss_tile_size": 256},
-    "tiny": {"image_size": 160, "precision": "fp32", "tta": "off,on", "repeats": 2, "tta_repeats": 2,
+    "tiny": {"image_size": 64, "precision": "fp32", "tta": "off,on", "repeats": 2, "tta_repeats": 1,
              "warmup_batches": 1, "batch_size": 2, "base_filters": 4, "crop_size": 32, "depth": 2,
-             "rss_sizes": "192,256", "rss_base_filters": 2, "rss_tile_size": 64},
+             "rss_sizes": "64,96", "rss_base_filters": 2, "rss_tile_size": 64},
 }
 
 

@@ -1,6 +1,6 @@
 """The way a Keras user predicts a large image today: the inference benchmark's baseline (b). Benchmark only.
 
-The same U-Net as unet_perf.model.network, built from tf.keras layers (parameter count asserted equal), run with
+The same U-Net as unet_perf.model.network, built from Keras layers (parameter count asserted equal), run with
 model.predict on all tiles of the image at once (batch_size the same as the pipeline's) and stitched back in numpy
 with a plain overlap average; TTA predicts the 8 flips/rotations of the tiles and averages them.
 
@@ -14,6 +14,7 @@ JSON}. Weights are Keras' random initialisation: the speed does not depend on th
 """
 import argparse
 import json
+import os
 import time
 
 import numpy as np
@@ -108,9 +109,13 @@ def set_precision(keras, precision):
 
 def run(spec):
     """Time the Keras user's prediction of spec["image"]; the result dict (or {"skipped": reason})."""
-    import tensorflow as tf
-
-    keras = tf.keras
+    os.environ["KERAS_BACKEND"] = "tensorflow"  # a Keras 3 configured for JAX/PyTorch would measure those
+    try:
+        # The Keras package itself: what tf.keras resolves to on TF 2.16+ (Keras 3), and a benchmark-only
+        # dependency (unet_perf itself has no Keras: tools/check_tf115.py).
+        import keras
+    except ImportError as err:
+        return {"skipped": "Keras is not installed ({})".format(err)}
     reason = set_precision(keras, spec["precision"])
     if reason:
         return {"skipped": reason}
@@ -130,7 +135,7 @@ def run(spec):
         seconds.append(time.perf_counter() - start)
         predict_seconds.append(in_predict)
     return {"seconds": seconds, "predict_seconds": predict_seconds, "tiles": tiles, "params": params,
-            "keras": getattr(keras, "__version__", None) or tf.__version__}
+            "keras": "{} ({})".format(getattr(keras, "__version__", "unknown"), keras.backend.backend())}
 
 
 def main(argv=None):
