@@ -21,11 +21,19 @@ row band by row band, `<name>_prob.tif` and `<name>_mask.tif` (C >= 2: `<name>_c
 gets no stacks (its pages are in the per-page files; a note says so).
 The last line before "wrote ..." is the throughput: input megapixels / seconds from the first tile read to the
 last output closed (graph build and checkpoint restore excluded).
+
+Several workers (TF_CONFIG, e.g. `python -m unet_perf.launch --nproc 2 --entry unet_perf.predict -- <flags>`):
+rank r predicts the pages r::N of the whole input into rank 0's staging folder (inference.workers); rank 0 then
+writes the stacks from the per-page files, read back one page at a time in page order, and commits --output: the
+same files and bytes as one process writes. Each worker prints its progress and its own throughput line (with
+"(worker r of N ...)" after it); rank 0 prints the whole run's line last. A failed worker fails the whole run and
+--output stays untouched. Without TF_CONFIG nothing of this applies.
 """
 import contextlib
 import os
 import time
 
+import cv2
 import numpy as np
 
 from unet_perf.inference.class_metrics import class_map
@@ -33,6 +41,7 @@ from unet_perf.inference.cli_flags import (add_inference_flags, check_inference_
                                            write_output_image, write_output_stack)
 from unet_perf.inference.image_io import RowWriter, StackWriter, open_pages
 from unet_perf.inference.panels import class_overlay
+from unet_perf import cluster as cluster_lib
 from unet_perf.config import build_parser
 from unet_perf.data.sources import EXTENSIONS, natural_key
 from unet_perf.errors import UserError, run_cli
@@ -75,6 +84,8 @@ CLASS_STACK_OUTPUTS = ("classes.tif",)
 HUGE_PAGE_OUTPUTS = ("_prob.tif", "_mask.tif")
 CLASS_HUGE_PAGE_OUTPUTS = ("_classes.tif",)
 HUGE_PAGE_PIXELS = 2 ** 28  # above: no PNG (nor one buffer for the page), TIFFs written row band by row band
+# The per-page file each stack page is made of (several workers: rank 0 reads them back into the stacks).
+STACK_PAGE_FILES = {"prob.tif": "_prob.png", "mask.tif": "_mask.png", "classes.tif": "_classes.png"}
 
 
 def is_huge(page, huge_pixels=HUGE_PAGE_PIXELS):
@@ -230,9 +241,33 @@ def throughput_line(pages, seconds):
                                                                  megapixels / max(seconds, 1e-9))
 
 
+def write_stacks_from_pages(plan, output, multi_class):
+    """Several workers, rank 0 once every page is written: the stacks of every TIFF input, from the per-page files
+    in `output` read back one page at a time in page order (the pages predict_files adds to them: same bytes)."""
+    for _, _, names, prefix in plan:
+        if prefix is None:
+            continue
+        with contextlib.ExitStack() as files:
+            stacks = open_stacks(files, output, prefix, multi_class)
+            for name in names:
+                for stack_name, stack in stacks.items():
+                    path = os.path.join(output, name + STACK_PAGE_FILES[stack_name])
+                    page = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+                    if page is None:
+                        raise UserError("cannot read back {} for the stack {}; check that --output is readable and "
+                                        "has free space".format(path, prefix + stack_name))
+                    stack.add_page(page)
+
+
+def predicting_line(files, predictor, args):
+    return "predicting {} file(s) with {} ({} weights, {}, tile {}, blend {}, tta {})".format(
+        len(files), predictor.checkpoint, predictor.weights, predictor.cfg.precision, predictor.tile,
+        predictor.blend, args.tta)
+
+
 def main(argv=None):
     parser = add_inference_flags(build_parser("Predict membrane probability maps and masks with a trained U-Net",
-                                              fields=()))
+                                              fields=("collective_timeout",)))
     parser.add_argument("--input", required=True, help="an image, a multipage TIFF, or a folder of images")
     parser.add_argument("--output", required=True, help="new folder for the PNG (and TIFF) outputs")
     parser.add_argument("--save_probabilities", action="store_true",
@@ -249,13 +284,13 @@ def main(argv=None):
     files = list_inputs(args.input)
     plan = output_plan([(path, open_pages(path, args.rgb)) for path in files], os.path.isfile(args.input),
                        cfg.num_classes, args.save_probabilities)
+    cluster = cluster_lib.from_environment()
+    if cluster.source == "TF_CONFIG" and cluster.distributed:
+        return predict_as_worker(args, cfg, palette, files, plan, cluster)
     with OutputFolder(args.output, args.overwrite, is_prediction_output, command="predict") as staging:
         predictor = open_predictor(args, cfg)
         try:
-            print("predicting {} file(s) with {} ({} weights, {}, tile {}, blend {}, tta {})".format(
-                len(files), predictor.checkpoint, predictor.weights, predictor.cfg.precision,
-                predictor.tile, predictor.blend, args.tta),
-                flush=True)
+            print(predicting_line(files, predictor, args), flush=True)
             start = time.time()
             written = predict_files(predictor, plan, staging, args.threshold, palette, args.save_probabilities)
             seconds = time.time() - start
@@ -263,6 +298,58 @@ def main(argv=None):
             predictor.close()
     print(throughput_line([page for _, pages, _, _ in plan for page in pages], seconds))
     print("wrote {} prediction(s) to {}".format(len(written), args.output))
+    return 0
+
+
+def predict_as_worker(args, cfg, palette, files, plan, cluster):
+    """One of several workers (module doc; the split and the barriers: inference.workers)."""
+    from unet_perf.inference.workers import PredictTeam, new_token, run_fingerprint, share_of, staging_suffix
+
+    team = PredictTeam(cluster, args.collective_timeout)
+    share = share_of(plan, cluster.rank, cluster.size)
+    every = [page for _, pages, _, _ in plan for page in pages]
+    mine = [page for _, pages, _, _ in share for page in pages]
+    predictor = open_predictor(args, cfg)
+    try:
+        print(predicting_line(files, predictor, args), flush=True)
+        print("worker {} of {}: pages {}::{} of the input, {} of {}".format(
+            cluster.rank, cluster.size, cluster.rank, cluster.size, len(mine), len(every)), flush=True)
+        with contextlib.ExitStack() as output:
+            token, refused = 0, None
+            if cluster.chief:
+                try:
+                    token = new_token()
+                    output.enter_context(OutputFolder(args.output, args.overwrite, is_prediction_output,
+                                                      command="predict", staging_suffix=staging_suffix(token)))
+                except UserError as err:  # told to the others at the barrier (token 0), then raised here
+                    token, refused = 0, err
+            try:
+                staging = team.start(run_fingerprint(args, plan), token, args.output)
+            except UserError:
+                if refused is None:
+                    raise
+            if refused is not None:
+                raise refused
+            start = time.time()
+            try:
+                predict_files(predictor, share, staging, args.threshold, palette, args.save_probabilities)
+            except Exception:
+                team.vote_failed()
+                raise
+            print("{} (worker {} of {}, {} of {} pages)".format(
+                throughput_line(mine, time.time() - start), cluster.rank, cluster.size, len(mine), len(every)),
+                flush=True)
+            if team.finish(failed=False):
+                raise UserError("{}: another worker failed (its error is above); --output {} is unchanged".format(
+                    team.describe(), args.output))
+            if cluster.chief:
+                write_stacks_from_pages(plan, staging, cfg.num_classes > 1)
+            seconds = time.time() - start
+    finally:
+        predictor.close()
+    if cluster.chief:
+        print(throughput_line(every, seconds))
+        print("wrote {} prediction(s) to {}".format(len(every), args.output))
     return 0
 
 

@@ -149,6 +149,18 @@ class Collectives(abc.ABC):
             bound = self.timeout_sec if elapsed < self.first_run_timeout_sec else self.first_run_timeout_sec
             raise self.peer_failure(err, doing, elapsed, bound)
 
+    def all_max(self, values, doing, target=None, first=False):
+        """The element-wise maximum over all workers of the float64 list `values`, in a small graph and session of
+        its own: the workers' agreements outside a training graph (start-up handshake, barriers). Bounded by
+        --collective_timeout (the first-run bound when `first`); target: the session target (default start())."""
+        graph = v1.Graph()
+        with graph.as_default(), v1.device(self.device):
+            reduced = self.all_reduce(v1.constant(values, v1.float64), merge_op="Max", final_op="Id",
+                                      purpose=STARTUP)
+        config = self.configure(v1.ConfigProto())
+        with v1.Session(self.start() if target is None else target, graph=graph, config=config) as sess:
+            return self.run(sess, reduced, doing=doing, first=first).tolist()
+
     def bound_name(self, bound):
         """How messages name the deadline `bound` (seconds)."""
         if bound == self.timeout_sec:

@@ -28,6 +28,11 @@ def add_overwrite_flag(parser, help):
     return parser
 
 
+def staging_path(path, suffix):
+    """The staging folder of an OutputFolder(path, ..., staging_suffix=suffix)."""
+    return os.path.join(path, STAGING_PREFIX + suffix)
+
+
 def _leftover(name):
     """A staging or replaced folder of an earlier run that was killed before it could clean up."""
     return name.startswith(STAGING_PREFIX) or name.startswith(REPLACED_PREFIX)
@@ -38,17 +43,24 @@ class OutputFolder(object):
 
     owns(name) -> True for a name of the folder this command writes (checked before --overwrite replaces);
     last: names moved out first and in last (a manifest), so a half-moved folder never looks complete.
+    staging_suffix: a fixed name for the staging folder (STAGING_PREFIX + suffix) that other processes writing
+    into it can derive (several predict workers); default a random one.
     """
 
-    def __init__(self, path, overwrite, owns, last=(), command="this command"):
+    def __init__(self, path, overwrite, owns, last=(), command="this command", staging_suffix=None):
         self.path, self.overwrite, self.owns, self.last, self.command = path, overwrite, owns, last, command
+        self.staging_suffix = staging_suffix
         self.created, self.staging = [], None
 
     def __enter__(self):
         self._check()
         self.created = _make_dirs(self.path)
         try:
-            self.staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.path)
+            if self.staging_suffix is None:
+                self.staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.path)
+            else:
+                self.staging = staging_path(self.path, self.staging_suffix)
+                os.mkdir(self.staging)
         except OSError as err:
             self._remove_created()
             raise UserError("cannot write into --output {} ({}); choose a writable folder".format(self.path, err))

@@ -100,17 +100,7 @@ class Team(object):
         return int(values[2])
 
     def _all_max(self, values, doing):
-        from unet_perf.backends.base import STARTUP
-        from unet_perf.compat import v1
-
-        collectives = self.backend.collectives
-        graph = v1.Graph()
-        with graph.as_default(), v1.device(collectives.device):
-            reduced = collectives.all_reduce(v1.constant(values, v1.float64), merge_op="Max", final_op="Id",
-                                             purpose=STARTUP)
-        config = collectives.configure(v1.ConfigProto())
-        with v1.Session(self.backend.session_target(), graph=graph, config=config) as sess:
-            return collectives.run(sess, reduced, doing=doing).tolist()
+        return self.backend.collectives.all_max(values, doing, target=self.backend.session_target())
 
     def build_vote(self, training):
         """Add the stop vote to the training graph (all workers, before opening the session)."""
