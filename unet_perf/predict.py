@@ -31,7 +31,8 @@ import numpy as np
 from unet_perf.inference.class_metrics import class_map
 from unet_perf.inference.cli_flags import (add_inference_flags, check_inference_flags, model_palette, open_predictor,
                                            write_output_image, write_output_stack)
-from unet_perf.inference.image_io import RowWriter, StackWriter, open_pages
+from unet_perf.inference.image_io import open_pages
+from unet_perf.inference.tiff_writer import RowWriter, StackWriter
 from unet_perf.inference.panels import class_overlay
 from unet_perf.config import build_parser
 from unet_perf.data.sources import EXTENSIONS, natural_key
