@@ -15,7 +15,7 @@ written as a whole (unet_perf.storage.output_folder): a failed run leaves nothin
 
 Memory: pages are opened lazily (inference.image_io.open_pages reads headers only), predicted one at a time band
 by band (inference.streaming) and written as they finish; the stacks are written page by page. A page of more
-than HUGE_PAGE_PIXELS (2^28, e.g. 16384 x 16384) pixels is never held whole: instead of PNGs it gets TIFFs written
+than HUGE_PAGE_PIXELS (2^24, larger than 4096 x 4096) pixels is never held whole: instead of PNGs it gets TIFFs written
 row band by row band, `<name>_prob.tif` and `<name>_mask.tif` (C >= 2: `<name>_classes.tif` and, with
 --save_probabilities, `<name>_probs.tif` as one C-sample page), and no overlay. A TIFF input holding such a page
 gets no stacks (its pages are in the per-page files; a note says so).
@@ -75,7 +75,9 @@ PROBABILITIES_OUTPUT = "_probs.tif"
 CLASS_STACK_OUTPUTS = ("classes.tif",)
 HUGE_PAGE_OUTPUTS = ("_prob.tif", "_mask.tif")
 CLASS_HUGE_PAGE_OUTPUTS = ("_classes.tif",)
-HUGE_PAGE_PIXELS = 2 ** 28  # above: no PNG (nor one buffer for the page), TIFFs written row band by row band
+# Above: no PNG (nor one buffer for the page), TIFFs written row band by row band. 2^24 pixels keep the whole-page
+# buffers of smaller pages (the map, the PNGs, C >= 2: [H,W,C] float32) to a few hundred MB at most.
+HUGE_PAGE_PIXELS = 2 ** 24
 
 
 def is_huge(page, huge_pixels=HUGE_PAGE_PIXELS):
