@@ -139,7 +139,7 @@ def run(spec):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     parser.add_argument("--spec", required=True, help="JSON file describing the run (see the module doc)")
     args = parser.parse_args(argv)
     with open(args.spec) as handle:

@@ -15,7 +15,7 @@ written as a whole (unet_perf.storage.output_folder): a failed run leaves nothin
 
 Memory: pages are opened lazily (inference.image_io.open_pages reads headers only), predicted one at a time band
 by band (inference.streaming) and written as they finish; the stacks are written page by page. A page of more
-than HUGE_PAGE_PIXELS (2^28, e.g. 16384 x 16384) pixels is never held whole: instead of PNGs it gets TIFFs written
+than HUGE_PAGE_PIXELS (2^24, larger than 4096 x 4096) pixels is never held whole: instead of PNGs it gets TIFFs written
 row band by row band, `<name>_prob.tif` and `<name>_mask.tif` (C >= 2: `<name>_classes.tif` and, with
 --save_probabilities, `<name>_probs.tif` as one C-sample page), and no overlay. A TIFF input holding such a page
 gets no stacks (its pages are in the per-page files; a note says so).
@@ -39,7 +39,8 @@ import numpy as np
 from unet_perf.inference.class_metrics import class_map
 from unet_perf.inference.cli_flags import (add_inference_flags, check_inference_flags, model_palette, open_predictor,
                                            write_output_image, write_output_stack)
-from unet_perf.inference.image_io import RowWriter, StackWriter, open_pages
+from unet_perf.inference.image_io import open_pages
+from unet_perf.inference.tiff_writer import RowWriter, StackWriter
 from unet_perf.inference.panels import class_overlay
 from unet_perf import cluster as cluster_lib
 from unet_perf.config import build_parser
@@ -83,7 +84,9 @@ PROBABILITIES_OUTPUT = "_probs.tif"
 CLASS_STACK_OUTPUTS = ("classes.tif",)
 HUGE_PAGE_OUTPUTS = ("_prob.tif", "_mask.tif")
 CLASS_HUGE_PAGE_OUTPUTS = ("_classes.tif",)
-HUGE_PAGE_PIXELS = 2 ** 28  # above: no PNG (nor one buffer for the page), TIFFs written row band by row band
+# Above: no PNG (nor one buffer for the page), TIFFs written row band by row band. 2^24 pixels keep the whole-page
+# buffers of smaller pages (the map, the PNGs, C >= 2: [H,W,C] float32) to a few hundred MB at most.
+HUGE_PAGE_PIXELS = 2 ** 24
 # The per-page file each stack page is made of (several workers: rank 0 reads them back into the stacks).
 STACK_PAGE_FILES = {"prob.tif": "_prob.png", "mask.tif": "_mask.png", "classes.tif": "_classes.png"}
 

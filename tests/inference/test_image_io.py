@@ -11,7 +11,8 @@ import tifffile
 
 from unet_perf.data.sources import read_image
 from unet_perf.errors import UserError, run_cli
-from unet_perf.inference.image_io import ArraySource, RowWriter, StackWriter, open_pages
+from unet_perf.inference.image_io import ArraySource, open_pages
+from unet_perf.inference.tiff_writer import RowWriter, StackWriter
 
 HEIGHT, WIDTH = 75, 61  # odd sizes: partial last strips and tiles
 RNG = np.random.RandomState(22)

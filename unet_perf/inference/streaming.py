@@ -28,7 +28,7 @@ import numpy as np
 
 from unet_perf.data.normalization import STD_FLOOR
 from unet_perf.errors import UserError
-from unet_perf.inference.tiling import (DIHEDRAL, _tile_starts, blend_line, blend_window, default_overlap, dihedral,
+from unet_perf.inference.tiling import (DIHEDRAL, tile_starts, blend_line, blend_window, default_overlap, dihedral,
                                         inverse_dihedral, normalize_array)
 
 READ_ROWS = 64  # source rows read at a time (more only when one band of tiles needs more)
@@ -175,8 +175,8 @@ class TileGrid(object):
         stride = tile - overlap
         self.margin = overlap // 2
         height, width = shape
-        self.rows, self.covered_h = _tile_starts(height + 2 * self.margin, tile, stride)
-        self.cols, self.covered_w = _tile_starts(width + 2 * self.margin, tile, stride)
+        self.rows, self.covered_h = tile_starts(height + 2 * self.margin, tile, stride)
+        self.cols, self.covered_w = tile_starts(width + 2 * self.margin, tile, stride)
         self.edge = min(shape) <= 1  # predict_tiled pads with "edge" then
         self.col_index = _mirror(np.arange(self.covered_w) - self.margin, width, self.edge)
         # after tile row b, rows above keep_from[b + 1] are never read again

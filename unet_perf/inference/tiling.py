@@ -73,7 +73,9 @@ def blend_line(tile, kind="cosine"):
     return np.maximum(line, 1e-6)
 
 
-def _tile_starts(length, tile, stride):
+def tile_starts(length, tile, stride):
+    """(start of every tile along an axis of `length`, tiles `stride` apart, the last one reaching past the end;
+    the length the tiles cover)."""
     count = max(1, int(np.ceil((length - tile) / float(stride))) + 1)
     return [k * stride for k in range(count)], (count - 1) * stride + tile
 
@@ -96,8 +98,8 @@ def predict_tiled(predict_batch_fn, image_float, tile, overlap, batch_size, tta=
     height, width = image.shape
     stride = tile - overlap
     margin = overlap // 2
-    rows, covered_h = _tile_starts(height + 2 * margin, tile, stride)
-    cols, covered_w = _tile_starts(width + 2 * margin, tile, stride)
+    rows, covered_h = tile_starts(height + 2 * margin, tile, stride)
+    cols, covered_w = tile_starts(width + 2 * margin, tile, stride)
     padded = np.pad(image, ((margin, covered_h - height - margin), (margin, covered_w - width - margin)),
                     mode="reflect" if min(height, width) > 1 else "edge")
     weights = blend_window(tile, window)[..., None]
