@@ -20,6 +20,7 @@ setup(
     extras_require={
         "test": [
             "pytest",
+            "pytest-xdist",  # two test processes (pytest.ini)
             "pytest-benchmark",
             "vermin",
             "scikit-image",  # reference metrics in tests
