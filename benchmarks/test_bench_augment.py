@@ -1,6 +1,6 @@
 """pytest-benchmark: the fused augmentation op per batch size (512x512 in and out, full augmentation).
 
-Run with `pytest -p no:xdist benchmarks --benchmark-only` (not part of the default `pytest tests` run).
+Run with `pytest -n 0 --dist no benchmarks --benchmark-only` (not part of the default `pytest tests` run).
 """
 import dataclasses
 

@@ -75,3 +75,17 @@ def no_leaked_op_determinism():
     if enabled is not None and enabled():
         tf_config.disable_op_determinism()
     os.environ.pop("TF_DETERMINISTIC_OPS", None)
+
+
+# The modules that take longest (each over ~20 s on an idle 2-core machine, `--durations`), longest first. The two
+# test processes (pytest.ini: pytest-xdist, one module per process at a time) take modules in collection order, so
+# these go first: the short modules then fill in at the end instead of one long module running alone.
+LONG_MODULES = ("test_distributed_faults.py", "test_user_paths.py", "test_resume.py", "test_determinism.py",
+                "test_modelzoo_scripts.py", "test_train_cli.py", "test_accuracy_bench.py", "test_throughput_json.py",
+                "test_distributed.py", "test_cli_traps.py", "test_npu_distributed.py", "test_accuracy_folds.py",
+                "test_profile.py", "test_multiclass_training.py", "test_predict_launch.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: index for index, name in enumerate(LONG_MODULES)}
+    items.sort(key=lambda item: rank.get(os.path.basename(str(item.fspath)), len(LONG_MODULES)))  # stable sort
