@@ -7,6 +7,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -15,9 +16,32 @@ import tensorflow as tf
 
 from unet_perf import compat
 from unet_perf.compat import v1
+from unet_perf.errors import UserError
 from unet_perf.model.precision import compute_dtype
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout: benchmarks/ sits in it
+
+
+# --- a benchmark run: its output folder and its progress lines ---------------------------------------------------
+
+def output_folder(path):
+    """`path` made absolute and created (with its parents); a UserError when it cannot be."""
+    output = os.path.abspath(path)
+    try:
+        os.makedirs(output, exist_ok=True)
+    except OSError as err:
+        raise UserError("--output {} cannot be created ({}); pass a writable folder".format(output, err.strerror))
+    return output
+
+
+def elapsed_logger():
+    """log(text): prints "[  12.3s] text" to stderr, seconds since this call (a benchmark's progress lines)."""
+    started = time.time()
+
+    def log(text):
+        print("[{:6.1f}s] {}".format(time.time() - started, text), file=sys.stderr, flush=True)
+
+    return log
 
 
 # --- statistics -----------------------------------------------------------------------------------------------

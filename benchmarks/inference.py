@@ -76,7 +76,7 @@ def build_arg_parser():
         parser.add_argument("--" + name, type=kind, default=None, help=text + " (default from the preset)")
     parser.add_argument("--tile_size", type=int, default=None,
                         help="predict --tile_size for the rate rows (default: the model's crop size, flag not "
-                             "passed); needs a predict CLI that has it")
+                             "passed)")
     parser.add_argument("--overlap", type=int, default=None,
                         help="predict --overlap, at the network's scale (default: a quarter of the tile)")
     parser.add_argument("--skip", default="", help="comma list of rows to leave out: pipeline, ceiling, keras, rss")
@@ -157,15 +157,6 @@ def train_command():
 
 def keras_command():
     return [sys.executable, os.path.join(BENCHMARKS, "keras_baseline.py")]
-
-
-def predict_flags():
-    """The flags today's predict CLI accepts (from its --help), so optional ones are passed only where they exist."""
-    import subprocess
-
-    proc = subprocess.run(predict_command() + ["--help"], env=child_env(), stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, universal_newlines=True, timeout=300)
-    return set(re.findall(r"--[a-z_]+", proc.stdout))
 
 
 def train_model(model_dir, base_filters, crop_size, depth, input_scale, timeout):
@@ -445,19 +436,9 @@ def main(argv=None):
     from unet_perf.inference.model_dir import load_config
 
     started = time.time()
-
-    def log(text):
-        print("[{:6.1f}s] {}".format(time.time() - started, text), file=sys.stderr, flush=True)
-
-    output = os.path.abspath(args.output)
-    try:
-        os.makedirs(output, exist_ok=True)
-    except OSError as err:
-        raise UserError("--output {} cannot be created ({}); pass a writable folder".format(output, err.strerror))
+    log = bench_lib.elapsed_logger()
+    output = bench_lib.output_folder(args.output)
     precisions, skipped = resolve_precisions(args.precision, bench_lib.native_bf16())
-    if args.tile_size and "--tile_size" not in predict_flags():
-        raise UserError("--tile_size: this predict CLI has no --tile_size flag; leave it out (tiles are the "
-                        "model's crop size)")
     work = tempfile.mkdtemp(prefix="unet_inference_bench_", dir=args.tmp_dir)
     rows, rss, models = [], [], {}
     try:

@@ -343,15 +343,8 @@ def main(argv=None):
     for point in sweep_points(sweeps):  # a bad combination (crop vs depth, ...) fails now, not after minutes
         config_for(base, point, args.steps)
     started = time.time()
-
-    def log(text):
-        print("[{:6.1f}s] {}".format(time.time() - started, text), file=sys.stderr, flush=True)
-
-    output = os.path.abspath(args.output)
-    try:
-        os.makedirs(output, exist_ok=True)
-    except OSError as err:
-        raise UserError("--output {} cannot be created ({}); pass a writable folder".format(output, err.strerror))
+    log = bench_lib.elapsed_logger()
+    output = bench_lib.output_folder(args.output)
 
     machine = bench_lib.machine_description()
     ceilings = {}

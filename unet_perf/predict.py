@@ -152,13 +152,6 @@ def write_class_outputs(output, name, image, probs, palette, save_probabilities)
     return classes
 
 
-def predict_page(predictor, page):
-    """The whole probability map of one page source (a page below the huge threshold), predicted band by band."""
-    parts = []
-    predictor.predict_source(page, parts.append)
-    return np.concatenate(parts)
-
-
 def predict_huge_page(predictor, page, output, name, threshold, save_probabilities):
     """Stream a page too large to hold into its TIFFs (module doc), row band by row band as the rows finish."""
     height, width = page.shape
@@ -224,17 +217,19 @@ def predict_files(predictor, plan, output, threshold, palette=None, save_probabi
 
 def write_page(predictor, page, output, name, threshold, palette, save_probabilities, stacks):
     """Predict a page that fits in memory; write its PNGs (module doc) and add it to the open `stacks`."""
-    prob = predict_page(predictor, page)
+    image = page.read()  # read once: the model and the overlay both need it, and it fits (below the huge size)
+    prob = predictor.predict(image)
     if predictor.cfg.num_classes > 1:
-        classes = write_class_outputs(output, name, page.read(), prob, palette, save_probabilities)
+        classes = write_class_outputs(output, name, image, prob, palette, save_probabilities)
         if stacks:
             stacks["classes.tif"].add_page(classes)
         return
-    write_output_image(os.path.join(output, name + "_prob.png"), to_png(prob))
-    write_output_image(os.path.join(output, name + "_mask.png"), to_mask(prob, threshold))
+    prob_png, mask = to_png(prob), to_mask(prob, threshold)
+    write_output_image(os.path.join(output, name + "_prob.png"), prob_png)
+    write_output_image(os.path.join(output, name + "_mask.png"), mask)
     if stacks:
-        stacks["prob.tif"].add_page(to_png(prob))
-        stacks["mask.tif"].add_page(to_mask(prob, threshold))
+        stacks["prob.tif"].add_page(prob_png)
+        stacks["mask.tif"].add_page(mask)
 
 
 def throughput_line(pages, seconds):

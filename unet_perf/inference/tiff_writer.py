@@ -191,14 +191,12 @@ def _directories(pages, start, big):
     return bytes(blob), first
 
 
-class RowWriter(object):
-    """One TIFF page ([H,W], or [H,W,C] as C samples) written top to bottom with .write_rows(rows [n, W(, C)]);
-    .close() raises UserError when rows are missing (and removes the partial file). Deflate strips; BigTIFF past
-    ~2 GB (`bigtiff_threshold` bytes). Context manager: an exception inside the block discards the file."""
+class _StreamWriter(object):
+    """What both writers share: a _TiffStreamFile, rows written in order, close or (on an exception inside the
+    `with` block) discard."""
 
-    def __init__(self, path, height, width, channels=None, dtype=np.uint8, bigtiff_threshold=BIGTIFF_THRESHOLD):
+    def __init__(self, path, bigtiff_threshold=BIGTIFF_THRESHOLD):
         self._file = _TiffStreamFile(path, bigtiff_threshold)
-        self._file.begin_page(height, width, channels, dtype)
 
     @property
     def bigtiff(self):
@@ -224,17 +222,20 @@ class RowWriter(object):
         return False
 
 
-class StackWriter(object):
+class RowWriter(_StreamWriter):
+    """One TIFF page ([H,W], or [H,W,C] as C samples) written top to bottom with .write_rows(rows [n, W(, C)]);
+    .close() raises UserError when rows are missing (and removes the partial file). Deflate strips; BigTIFF past
+    ~2 GB (`bigtiff_threshold` bytes). Context manager: an exception inside the block discards the file."""
+
+    def __init__(self, path, height, width, channels=None, dtype=np.uint8, bigtiff_threshold=BIGTIFF_THRESHOLD):
+        super(RowWriter, self).__init__(path, bigtiff_threshold)
+        self._file.begin_page(height, width, channels, dtype)
+
+
+class StackWriter(_StreamWriter):
     """A multipage TIFF written page by page: .add_page(page [H,W] uint8), or .begin_page(H, W) + .write_rows(rows)
     + .end_page() for pages too large to hold; .close(). BigTIFF past ~2 GB. Context manager (an exception inside
     the block discards the file). Readable by OpenCV (cv2.imreadmulti) and tifffile."""
-
-    def __init__(self, path, bigtiff_threshold=BIGTIFF_THRESHOLD):
-        self._file = _TiffStreamFile(path, bigtiff_threshold)
-
-    @property
-    def bigtiff(self):
-        return self._file.bigtiff
 
     def add_page(self, page):
         page = np.asarray(page)
@@ -245,24 +246,5 @@ class StackWriter(object):
     def begin_page(self, height, width, channels=None, dtype=np.uint8):
         self._file.begin_page(height, width, channels, dtype)
 
-    def write_rows(self, rows):
-        self._file.write_rows(rows)
-
     def end_page(self):
         self._file.end_page()
-
-    def close(self):
-        self._file.close()
-
-    def discard(self):
-        self._file.discard()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, value, traceback):
-        if kind is None:
-            self.close()
-        else:
-            self.discard()
-        return False
