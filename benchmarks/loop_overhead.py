@@ -3,13 +3,23 @@
     python benchmarks/loop_overhead.py                       # base 4/16 at 64^2/128^2, K = 1, 10, 100
     python benchmarks/loop_overhead.py --bases 4 --sizes 64 --variants tuned,naive --repeats 7
 
-Every (model, K, variant) gets its own graph and session; after warm-up the timed repeats are interleaved
-round-robin across them, so slow drift of the machine hits every configuration alike. Each repeat runs
---steps_per_repeat training steps (steps_per_repeat / K Session.run calls). Reported: median steps/s over the
-repeats with the min-max spread, and the ratio to K = 1 of the same variant.
+Every (model, K, variant) gets its own graph and session; after warm-up the timed repeats are interleaved across
+them, in forward order on even rounds and backward on odd ones (A B B A), so slow drift of the machine hits every
+configuration alike. Each repeat runs --steps_per_repeat training steps (steps_per_repeat / K Session.run calls).
+Reported: median steps/s over the repeats with the min-max spread; the speed relative to the first row (the first
+variant at the first K) as the median of the per-round ratios with their interquartile range (a ratio of
+neighbouring blocks drifts less than a ratio of medians); process CPU ms, minor page faults and context switches
+per step.
 
 Variants: "tuned" is HostBackend() as shipped; "naive" is the same loop with tf.while_loop's default
-parallel_iterations=10.
+parallel_iterations=10; "frame" runs K = 1 as a one-iteration while loop too, so that "tuned" K = 1 against
+"frame" K = 1 is what the while frame itself costs, and "frame" K = 1 against K = 10 is what the fewer
+Session.runs save:
+
+    python benchmarks/loop_overhead.py --bases 16 --sizes 128 --ks 1,10 --variants tuned,frame --repeats 16
+
+Page faults per step show the CPU allocator at work: thousands with malloc (TF_CPU_ALLOCATOR_USE_BFC=false), about
+none with the BFC allocator that training processes use (unet_perf/cpu_allocator.py).
 
     python benchmarks/loop_overhead.py --op_report --precision bf16   # no timing: what each K executes per step
 
@@ -22,14 +32,19 @@ import argparse
 import collections
 import json
 import os
+import resource
 import statistics
 import sys
 import time
 
 import numpy as np
 
-from unet_perf import compat
-from unet_perf.training import assembly
+from unet_perf.cpu_allocator import prefer_bfc_allocator
+
+prefer_bfc_allocator()  # measure what training processes run with (before TensorFlow allocates)
+
+from unet_perf import compat  # noqa: E402
+from unet_perf.training import assembly  # noqa: E402
 
 compat.enable_graph_mode()
 
@@ -42,6 +57,7 @@ from unet_perf.config import Config  # noqa: E402
 VARIANTS = {
     "tuned": lambda: HostBackend(),
     "naive": lambda: HostBackend(parallel_iterations=10),
+    "frame": lambda: HostBackend(plain_single_step=False),
     # Diagnostics: TF 1.15-style dataflow control flow (Switch/Merge built directly, not a lowered While op).
     "cf_v1": lambda: HostBackend(),
 }
@@ -125,11 +141,58 @@ class Runner(object):
                 v1.enable_control_flow_v2()
 
     def run_steps(self, total_steps):
-        """(wall seconds, process CPU seconds) for total_steps steps."""
-        start, cpu_start = time.perf_counter(), time.process_time()
+        """Wall seconds and this process's resource usage over total_steps steps: a dict of wall, cpu (seconds),
+        faults (minor page faults) and switches (context switches)."""
+        before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
         for _ in range(max(1, total_steps // self.steps)):
             self.session.run(self.fetches)
-        return time.perf_counter() - start, time.process_time() - cpu_start
+        wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
+        return {"wall": wall,
+                "cpu": after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime,
+                "faults": after.ru_minflt - before.ru_minflt,
+                "switches": after.ru_nvcsw + after.ru_nivcsw - before.ru_nvcsw - before.ru_nivcsw}
+
+
+def quartiles(values):
+    """(first quartile, median, third quartile), nearest rank."""
+    ordered = sorted(values)
+    pick = lambda share: ordered[int(round(share * (len(ordered) - 1)))]  # noqa: E731
+    return pick(0.25), statistics.median(ordered), pick(0.75)
+
+
+def time_point(args, base, size, ks):
+    """One result row per (variant, K) of one model: see the module docstring."""
+    runners = collections.OrderedDict()
+    for variant in args.variants.split(","):
+        for k in ks:
+            runners[(variant, k)] = Runner(loop_config(args, base, size, k), size, variant)
+    try:
+        for runner in runners.values():
+            runner.run_steps(max(args.warmup_steps, runner.steps))
+        blocks = dict((key, []) for key in runners)
+        for round_index in range(args.repeats):
+            keys = list(runners) if round_index % 2 == 0 else list(reversed(runners))
+            for key in keys:
+                steps = max(args.steps_per_repeat, runners[key].steps)
+                usage = runners[key].run_steps(steps)
+                blocks[key].append(dict((name, value / steps) for name, value in usage.items()))
+    finally:
+        for runner in runners.values():
+            runner.session.close()
+    rows = []
+    reference = next(iter(blocks.values()))
+    for (variant, k), per_step in blocks.items():
+        rates = [1.0 / block["wall"] for block in per_step]
+        q1, ratio, q3 = quartiles([ref["wall"] / block["wall"] for ref, block in zip(reference, per_step)])
+        rows.append({"base": base, "size": size, "variant": variant, "K": k, "steps_per_s": statistics.median(rates),
+                     "min": min(rates), "max": max(rates), "vs_first": ratio, "vs_first_q1": q1,
+                     "vs_first_q3": q3,
+                     "cpu_ms_per_step": 1000.0 * statistics.median(block["cpu"] for block in per_step),
+                     "faults_per_step": statistics.median(block["faults"] for block in per_step),
+                     "switches_per_step": statistics.median(block["switches"] for block in per_step),
+                     "batch_size": args.batch_size, "precision": args.precision, "repeats": args.repeats,
+                     "steps_per_repeat": args.steps_per_repeat})
+    return rows
 
 
 def loop_config(args, base, size, k):
@@ -160,39 +223,19 @@ def main(argv=None):
         cfgs = [loop_config(args, base, size, k) for k in ks]
         return 1 if op_report(cfgs, size, args.variants.split(",")[0]) else 0
     results = []
-    print("tensorflow {}  cpus {}".format(tf.__version__, os.cpu_count()))
-    print("{:>4} {:>5} {:>7} {:>5} {:>10} {:>19} {:>9}".format(
-        "base", "size", "variant", "K", "steps/s", "min-max", "vs K=1") + " cpu ms/step")
+    print("tensorflow {}  cpus {}  {}={}".format(tf.__version__, os.cpu_count(), "TF_CPU_ALLOCATOR_USE_BFC",
+                                                os.environ.get("TF_CPU_ALLOCATOR_USE_BFC")))
+    print("{:>4} {:>5} {:>7} {:>5} {:>9} {:>15} {:>19} {:>9} {:>8} {:>7}".format(
+        "base", "size", "variant", "K", "steps/s", "min-max", "vs first [IQR]", "cpu ms", "faults",
+        "switch") + " (per step)")
     for base in [int(b) for b in args.bases.split(",")]:
         for size in [int(s) for s in args.sizes.split(",")]:
-            runners = {}
-            for variant in args.variants.split(","):
-                for k in ks:
-                    cfg = loop_config(args, base, size, k)
-                    runners[(variant, k)] = Runner(cfg, size, variant)
-            for runner in runners.values():
-                runner.run_steps(max(args.warmup_steps, runner.steps))
-            times = dict((key, []) for key in runners)
-            cpu_ms = dict((key, []) for key in runners)
-            for _ in range(args.repeats):
-                for key, runner in runners.items():
-                    steps = max(args.steps_per_repeat, runner.steps)
-                    wall, cpu = runner.run_steps(steps)
-                    times[key].append(steps / wall)
-                    cpu_ms[key].append(1000.0 * cpu / steps)
-            for (variant, k), rates in sorted(times.items()):
-                median = statistics.median(rates)
-                reference = statistics.median(times[(variant, ks[0])])
-                cpu = statistics.median(cpu_ms[(variant, k)])
-                row = {"base": base, "size": size, "variant": variant, "K": k, "steps_per_s": median,
-                       "min": min(rates), "max": max(rates), "vs_first_k": median / reference,
-                       "cpu_ms_per_step": cpu, "batch_size": args.batch_size, "precision": args.precision,
-                       "repeats": args.repeats, "steps_per_repeat": args.steps_per_repeat}
+            for row in time_point(args, base, size, ks):
                 results.append(row)
-                print("{:>4} {:>5} {:>7} {:>5} {:>10.2f} {:>9.2f}-{:<9.2f} {:>9.3f} {:>10.2f}".format(
-                    base, size, variant, k, median, min(rates), max(rates), median / reference, cpu))
-            for runner in runners.values():
-                runner.session.close()
+                print("{:>4} {:>5} {:>7} {:>5} {:>9.2f} {:>7.2f}-{:<7.2f} {:>7.3f} [{:.3f}-{:.3f}] {:>9.1f} {:>8.0f} "
+                      "{:>7.0f}".format(base, size, row["variant"], row["K"], row["steps_per_s"], row["min"],
+                                        row["max"], row["vs_first"], row["vs_first_q1"], row["vs_first_q3"],
+                                        row["cpu_ms_per_step"], row["faults_per_step"], row["switches_per_step"]))
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"config": vars(args), "tf": compat.versions(), "results": results}, handle, indent=1)

@@ -26,11 +26,13 @@ import dataclasses
 import itertools
 import json
 import os
+import resource
 import sys
 import time
 
 # No TensorFlow import here: flag errors are reported at once. bench_lib (which imports it) is imported in main.
 from unet_perf.config import PRECISIONS, Config, build_parser
+from unet_perf.cpu_allocator import prefer_bfc_allocator
 from unet_perf.errors import UserError, run_cli
 
 SCHEMA = "unet_perf.throughput/1"
@@ -200,10 +202,12 @@ def time_training(cfgs, source_kind, steps, repeats, warmup_steps):
 
     Each block is the smallest whole number of Session.runs (K steps each) covering `steps`; warm-up runs (at least
     one: the first run includes graph optimisation) are excluded. Every cfg gets its own session, all are warmed
-    up first, then the blocks go round-robin (cfg 1, cfg 2, ..., cfg 1, ...): a shared machine's drift hits every
-    cfg alike. CPU ms/step counts every thread of this process (other processes' load shows less there than in the
-    wall-clock rates). With the pipeline source an idle session may refill its few prefetched batches during
-    another's block. source_kind: see assembly.dataset_source.
+    up first, then the blocks go forward on even repeats and backward on odd ones (cfg 1, cfg 2, cfg 2, cfg 1, ...):
+    a shared machine's drift hits every cfg alike. CPU ms/step counts every thread of this process (other
+    processes' load shows less there than in the wall-clock rates); faults/step counts its minor page faults (the
+    CPU allocator refilling freed memory page by page, see unet_perf/cpu_allocator.py). With the pipeline source
+    an idle session may refill its few prefetched batches during another's block. source_kind: see
+    assembly.dataset_source.
     """
     import bench_lib
     from unet_perf.training import assembly
@@ -220,24 +224,28 @@ def time_training(cfgs, source_kind, steps, repeats, warmup_steps):
             for _ in range(assembly.steps_to_runs(warmup_steps, cfg.iterations_per_loop)):
                 last[index] = loops[index].run()
         runs = [assembly.steps_to_runs(steps, cfg.iterations_per_loop) for cfg in cfgs]
-        walls, cpus = [[] for _ in cfgs], [[] for _ in cfgs]
-        for _ in range(repeats):
-            for index, loop in enumerate(loops):
+        walls, cpus, faults = [[] for _ in cfgs], [[] for _ in cfgs], [[] for _ in cfgs]
+        for repeat in range(repeats):
+            order = range(len(loops)) if repeat % 2 == 0 else reversed(range(len(loops)))
+            for index in order:
                 start, cpu_start = time.perf_counter(), time.process_time()
+                faults_start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
                 for _ in range(runs[index]):
-                    last[index] = loop.run()
+                    last[index] = loops[index].run()
                 walls[index].append(time.perf_counter() - start)
                 cpus[index].append(time.process_time() - cpu_start)
+                faults[index].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_start)
     finally:
         for sess in sessions:
             sess.close()
     figures = []
-    for cfg, count, times, cpu, values, backend in zip(cfgs, runs, walls, cpus, last, backends):
+    for cfg, count, times, cpu, fault_counts, values, backend in zip(cfgs, runs, walls, cpus, faults, last, backends):
         steps_per_block = count * cfg.iterations_per_loop
         figures.append({
             "images_per_sec": bench_lib.stats([steps_per_block * cfg.batch_size / t for t in times]),
             "steps_per_sec": bench_lib.stats([steps_per_block / t for t in times]),
             "cpu_ms_per_step": bench_lib.stats([1000.0 * c / steps_per_block for c in cpu]),
+            "faults_per_step": bench_lib.stats([float(f) / steps_per_block for f in fault_counts]),
             "steps_per_repeat": steps_per_block,
             "final_loss": float(values["loss"]),
             "backend": backend,
@@ -301,9 +309,9 @@ def _pairs_per_sec(figures):
 
 
 def format_table(results, ceilings):
-    header = "{:<8} {:<5} {:>4} {:>5} {:>5} {:>5} {:>3} {:>24} {:>10} {:>10} {:>8} {:>7} {:>7}".format(
-        "mode", "prec", "K", "batch", "crop", "base", "C", "img/s median [min-max]", "steps/s", "cpu ms/st", "GFLOP/s",
-        "ceil%", "inbound")
+    header = "{:<8} {:<5} {:>4} {:>5} {:>5} {:>5} {:>3} {:>24} {:>10} {:>10} {:>10} {:>8} {:>7} {:>7}".format(
+        "mode", "prec", "K", "batch", "crop", "base", "C", "img/s median [min-max]", "steps/s", "cpu ms/st",
+        "faults/st", "GFLOP/s", "ceil%", "inbound")
     lines = [header, "-" * len(header)]
     for r in results:
         if "error" in r:
@@ -315,13 +323,15 @@ def format_table(results, ceilings):
         ips_text = "{:.2f} [{:.2f}-{:.2f}]".format(ips["median"], ips["min"], ips["max"]) if ips else "see JSON"
         sps = r.get("steps_per_sec")
         cpu = r.get("cpu_ms_per_step")
-        lines.append("{:<8} {:<5} {:>4} {:>5} {:>5} {:>5} {:>3} {:>24} {:>10} {:>10} {:>8} {:>7} {:>7}".format(
+        faults = r.get("faults_per_step")
+        lines.append("{:<8} {:<5} {:>4} {:>5} {:>5} {:>5} {:>3} {:>24} {:>10} {:>10} {:>10} {:>8} {:>7} {:>7}".format(
             r["mode"], r.get("precision", "-") if r["mode"] != "pipeline" else "-",
             r.get("iterations_per_loop", "-") if r["mode"] != "pipeline" else "-", r["batch_size"], r["crop_size"],
             r.get("base_filters", "-") if r["mode"] != "pipeline" else "-",
             r.get("num_classes", "-") if r["mode"] != "pipeline" else "-", ips_text,
             "{:.2f}".format(sps["median"]) if sps else "-",
             "{:.0f}".format(cpu["median"]) if cpu else "-",
+            "{:.0f}".format(faults["median"]) if faults else "-",
             "{:.1f}".format(r["achieved_gflops"]) if "achieved_gflops" in r else "-",
             "{:.0%}".format(r["ceiling_fraction"]) if r.get("ceiling_fraction") is not None else "-",
             "{:.0%}".format(r["input_bound_share"]) if r.get("input_bound_share") is not None else "-"))
@@ -335,6 +345,7 @@ def format_table(results, ceilings):
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     args, base, sweeps, modes = make_plan(argv)
+    prefer_bfc_allocator()  # time what training processes run with (before bench_lib imports TensorFlow)
     import bench_lib
     from unet_perf import compat
     compat.enable_graph_mode()

@@ -22,11 +22,15 @@ import os
 import shutil
 import time
 
-from unet_perf import compat
-from unet_perf.training import assembly
-from unet_perf.compat import v1
-from unet_perf.config import Config, build_parser
-from unet_perf.errors import UserError, run_cli
+from unet_perf.cpu_allocator import prefer_bfc_allocator
+
+prefer_bfc_allocator()  # profile what training processes run with (before TensorFlow allocates)
+
+from unet_perf import compat  # noqa: E402
+from unet_perf.training import assembly  # noqa: E402
+from unet_perf.compat import v1  # noqa: E402
+from unet_perf.config import Config, build_parser  # noqa: E402
+from unet_perf.errors import UserError, run_cli  # noqa: E402
 
 CATEGORIES = (
     # (category, op types or prefixes of the base op type, see base_op_type); first match wins

@@ -8,6 +8,7 @@ one `error: ...` line (bad flag, bad data, unwritable or incompatible --model_di
 import sys
 
 from unet_perf.config import config_from_args
+from unet_perf.cpu_allocator import prefer_bfc_allocator
 from unet_perf.errors import run_cli
 
 DESCRIPTION = ("Train a U-Net for EM membrane segmentation (graph mode, K steps per Session.run). Resumes from "
@@ -17,6 +18,7 @@ DESCRIPTION = ("Train a U-Net for EM membrane segmentation (graph mode, K steps 
 
 def train_from_args(argv=None):
     cfg = config_from_args(argv, description=DESCRIPTION)
+    prefer_bfc_allocator()  # before TensorFlow allocates: see unet_perf.cpu_allocator
     from unet_perf.compat import v1  # imports TensorFlow: only after the flags are known to be good
     from unet_perf.training.run import train
 

@@ -33,7 +33,10 @@ from unet_perf.model.precision import LossScaler
 class HostBackend(Backend):
     name = "host"
 
-    def __init__(self, parallel_iterations=1, swap_memory=False, collectives=None):
+    def __init__(self, parallel_iterations=1, swap_memory=False, collectives=None, plain_single_step=True):
+        """plain_single_step=False runs K = 1 as a one-iteration while loop too: benchmarks/loop_overhead.py's
+        "frame" variant, which separates what the while frame costs from what K steps per Session.run save."""
+        self.plain_single_step = plain_single_step
         self.parallel_iterations = parallel_iterations
         self.swap_memory = swap_memory
         self.collectives = collectives
@@ -76,7 +79,7 @@ class HostBackend(Backend):
                 loss = self.mean_over_workers([loss])[0]  # the global batch's loss, the same on every worker
             return loss, overflow, tf.group(train_op, *update_ops)
 
-        if steps == 1:
+        if steps == 1 and self.plain_single_step:
             loss, overflow, train_op = one_step(first_step)
             with tf.control_dependencies([train_op]):
                 loss = tf.identity(loss)
