@@ -61,19 +61,19 @@ def summarise(rounds):
     summary = []
     keys = sorted({point_key(row) for by_allocator in rounds for rows in by_allocator.values() for row in rows})
     for key in keys:
-        medians = {}
-        for name, _ in ALLOCATORS:
-            medians[name] = [[row for row in by_allocator[name] if point_key(row) == key][0] for by_allocator in rounds]
+        # per allocator, this point's row of every round's child
+        per_round = dict((name, [[row for row in by_allocator[name] if point_key(row) == key][0]
+                                 for by_allocator in rounds]) for name, _ in ALLOCATORS)
         ratios = [bfc["images_per_sec"]["median"] / malloc["images_per_sec"]["median"]
-                  for malloc, bfc in zip(medians["malloc"], medians["bfc"])]
+                  for malloc, bfc in zip(per_round["malloc"], per_round["bfc"])]
         for name, _ in ALLOCATORS:
-            rates = [row["images_per_sec"]["median"] for row in medians[name]]
+            rates = [row["images_per_sec"]["median"] for row in per_round[name]]
             summary.append({
                 "precision": key[0], "iterations_per_loop": key[1], "batch_size": key[2], "crop_size": key[3],
                 "base_filters": key[4], "allocator": name, "images_per_sec": statistics.median(rates),
                 "min": min(rates), "max": max(rates),
-                "cpu_ms_per_step": statistics.median(row["cpu_ms_per_step"]["median"] for row in medians[name]),
-                "faults_per_step": statistics.median(row["faults_per_step"]["median"] for row in medians[name]),
+                "cpu_ms_per_step": statistics.median(row["cpu_ms_per_step"]["median"] for row in per_round[name]),
+                "faults_per_step": statistics.median(row["faults_per_step"]["median"] for row in per_round[name]),
                 "bfc_over_malloc": statistics.median(ratios) if name == "bfc" else None})
     return summary
 

@@ -5,6 +5,7 @@ Training graphs come from unet_perf.training.assembly, the trainer's own assembl
 import math
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -42,6 +43,18 @@ def elapsed_logger():
         print("[{:6.1f}s] {}".format(time.time() - started, text), file=sys.stderr, flush=True)
 
     return log
+
+
+def timed_usage(work):
+    """Run work(); a dict of its wall seconds and of this process's CPU seconds (every thread), minor page faults
+    and context switches meanwhile: wall, cpu, faults, switches."""
+    before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    work()
+    wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
+    return {"wall": wall,
+            "cpu": after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime,
+            "faults": after.ru_minflt - before.ru_minflt,
+            "switches": after.ru_nvcsw + after.ru_nivcsw - before.ru_nvcsw - before.ru_nivcsw}
 
 
 # --- statistics -----------------------------------------------------------------------------------------------

@@ -32,10 +32,8 @@ import argparse
 import collections
 import json
 import os
-import resource
 import statistics
 import sys
-import time
 
 import numpy as np
 
@@ -43,6 +41,7 @@ from unet_perf.cpu_allocator import prefer_bfc_allocator
 
 prefer_bfc_allocator()  # measure what training processes run with (before TensorFlow allocates)
 
+import bench_lib  # noqa: E402  (benchmarks/: the script's folder, or on sys.path through pytest.ini)
 from unet_perf import compat  # noqa: E402
 from unet_perf.training import assembly  # noqa: E402
 
@@ -141,16 +140,11 @@ class Runner(object):
                 v1.enable_control_flow_v2()
 
     def run_steps(self, total_steps):
-        """Wall seconds and this process's resource usage over total_steps steps: a dict of wall, cpu (seconds),
-        faults (minor page faults) and switches (context switches)."""
-        before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-        for _ in range(max(1, total_steps // self.steps)):
-            self.session.run(self.fetches)
-        wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
-        return {"wall": wall,
-                "cpu": after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime,
-                "faults": after.ru_minflt - before.ru_minflt,
-                "switches": after.ru_nvcsw + after.ru_nivcsw - before.ru_nvcsw - before.ru_nivcsw}
+        """bench_lib.timed_usage of total_steps steps (wall, cpu, faults, switches)."""
+        def work():
+            for _ in range(max(1, total_steps // self.steps)):
+                self.session.run(self.fetches)
+        return bench_lib.timed_usage(work)
 
 
 def quartiles(values):

@@ -1,7 +1,8 @@
 """pytest-benchmark: one training step (K = 1, model mode: cached synthetic batch) per precision.
 
-Run with `pytest -n 0 --dist no benchmarks --benchmark-only` (not part of the default `pytest tests` run). Config: depth 4, base 16,
-128x128 tiles, batch 2, Adam; fp16 uses dynamic loss scaling (slow on CPUs, which lack fp16 convolutions).
+Run with `pytest -n 0 --dist no benchmarks --benchmark-only` (not part of the default `pytest tests` run).
+Config: depth 4, base 16, 128x128 tiles, batch 2, Adam; fp16 uses dynamic loss scaling (slow on CPUs, which lack
+fp16 convolutions).
 """
 import dataclasses
 import math

@@ -26,7 +26,6 @@ import dataclasses
 import itertools
 import json
 import os
-import resource
 import sys
 import time
 
@@ -228,13 +227,13 @@ def time_training(cfgs, source_kind, steps, repeats, warmup_steps):
         for repeat in range(repeats):
             order = range(len(loops)) if repeat % 2 == 0 else reversed(range(len(loops)))
             for index in order:
-                start, cpu_start = time.perf_counter(), time.process_time()
-                faults_start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-                for _ in range(runs[index]):
-                    last[index] = loops[index].run()
-                walls[index].append(time.perf_counter() - start)
-                cpus[index].append(time.process_time() - cpu_start)
-                faults[index].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_start)
+                def block():
+                    for _ in range(runs[index]):
+                        last[index] = loops[index].run()
+                usage = bench_lib.timed_usage(block)
+                walls[index].append(usage["wall"])
+                cpus[index].append(usage["cpu"])
+                faults[index].append(usage["faults"])
     finally:
         for sess in sessions:
             sess.close()

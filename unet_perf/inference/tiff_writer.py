@@ -13,6 +13,7 @@ import zlib
 import numpy as np
 
 from unet_perf.errors import UserError
+from unet_perf.storage.atomic import remove_quietly
 
 _MINISBLACK, _RGB = 1, 2  # TIFF PhotometricInterpretation
 
@@ -117,8 +118,7 @@ class _TiffStreamFile(object):
         """Drop the partial file (after an error)."""
         if not self._handle.closed:
             self._handle.close()
-        if os.path.exists(self.partial):
-            os.remove(self.partial)
+        remove_quietly(self.partial)
 
     def _write_directories(self):
         if self._position % 2:  # directories start on a word boundary
